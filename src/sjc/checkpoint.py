@@ -1,0 +1,104 @@
+"""Checkpoints: one safetensors file per step holding the field, the optimiser state and every
+random generator's state, with the step and the resolved config as JSON metadata.
+
+Files are written to a temporary name and renamed, so a crash never leaves a half-written
+checkpoint under a real name; no pickled objects are stored.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import Tensor
+
+CHECKPOINT_RE = re.compile(r"step_(\d+)\.safetensors$")
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint file that cannot be read; the message names the file."""
+
+
+def checkpoint_path(run_dir: Path, step: int) -> Path:
+    return Path(run_dir) / "checkpoints" / f"step_{step:07d}.safetensors"
+
+
+def list_checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
+    """(step, path) of the run's checkpoints, oldest first."""
+    folder = Path(run_dir) / "checkpoints"
+    found = [(int(m.group(1)), p) for p in folder.glob("step_*.safetensors") if (m := CHECKPOINT_RE.search(p.name))]
+    return sorted(found)
+
+
+def save_checkpoint(
+    path: Path,
+    field: torch.nn.Module,
+    optimizer: torch.optim.Optimizer | None,
+    generators: dict[str, torch.Generator],
+    step: int,
+    config_json: str,
+) -> Path:
+    tensors: dict[str, Tensor] = {f"field.{k}": v.detach() for k, v in field.state_dict().items()}
+    meta: dict = {"step": step, "field": field.spec()}
+    if optimizer is not None:
+        opt_state = optimizer.state_dict()
+        for idx, state in opt_state["state"].items():
+            for key, value in state.items():
+                tensors[f"optim.{idx}.{key}"] = torch.as_tensor(value)
+        meta["param_groups"] = opt_state["param_groups"]
+    for name, gen in generators.items():
+        tensors[f"rng.{name}"] = gen.get_state()
+    tensors = {k: v.contiguous().cpu() for k, v in tensors.items()}
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    save_file(tensors, str(tmp), metadata={"sjc": json.dumps(meta), "config": config_json})
+    os.replace(tmp, path)
+    return path
+
+
+def read_checkpoint(path: Path) -> tuple[dict[str, Tensor], dict, str]:
+    """(tensors, metadata, config JSON) of a checkpoint; CheckpointError if unreadable."""
+    try:
+        tensors = load_file(str(path))
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as f:
+            metadata = f.metadata() or {}
+        return tensors, json.loads(metadata["sjc"]), metadata["config"]
+    except (OSError, SafetensorError, KeyError, ValueError) as err:
+        raise CheckpointError(f"cannot read checkpoint {path}: {err}") from err
+
+
+def restore(
+    tensors: dict[str, Tensor],
+    meta: dict,
+    field: torch.nn.Module,
+    optimizer: torch.optim.Optimizer | None = None,
+    generators: dict[str, torch.Generator] | None = None,
+) -> int:
+    """Load a checkpoint's state into `field` (and optimiser, generators); returns its step."""
+    device = next(field.parameters()).device
+    field_state = {k[len("field.") :]: v for k, v in tensors.items() if k.startswith("field.")}
+    field.load_state_dict({k: v.to(device) for k, v in field_state.items()})
+    if optimizer is not None and "param_groups" in meta:
+        state: dict[int, dict[str, Tensor]] = {}
+        for key, value in tensors.items():
+            if key.startswith("optim."):
+                _, idx, name = key.split(".", 2)
+                state.setdefault(int(idx), {})[name] = value if name == "step" else value.to(device)
+        optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+    for name, gen in (generators or {}).items():
+        gen.set_state(tensors[f"rng.{name}"])
+    return int(meta["step"])
+
+
+def prune_checkpoints(run_dir: Path, keep: int) -> None:
+    """Delete all but the newest `keep` checkpoints."""
+    for _, path in list_checkpoints(run_dir)[:-keep] if keep > 0 else []:
+        path.unlink(missing_ok=True)

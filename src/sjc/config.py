@@ -1,0 +1,263 @@
+"""Run configuration: frozen dataclasses whose field docstrings become `sjc --help`, and presets.
+
+This module imports no torch, so the command line starts fast. Defaults are the paper's
+(official code) values unless a comment says otherwise; presets adapt them per prior.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal
+
+import tyro
+
+
+@dataclass(frozen=True)
+class FieldConfig:
+    resolution: int = 100
+    """Voxels along each side of the grid over the box [-1, 1]^3."""
+    step_ratio: float = 0.5
+    """Distance between samples along a ray, in voxels."""
+    density_shift: float = -1.0
+    """Density = softplus(raw * exp(d_scale) + shift); the shift sets the initial fog."""
+    background: Literal["texture", "fixed"] = "texture"
+    """'texture': a small learned texture over the sphere of directions; 'fixed': a constant colour."""
+    background_value: float = 1.0
+    """Colour of a fixed background, in the prior's data space (1.0 is white for pixel priors)."""
+    background_size: int = 4
+    """Side of the learned background texture, in texels."""
+    min_transmittance: float = 1e-4
+    """Samples behind the point where a ray's transmittance drops below this are not evaluated."""
+
+
+@dataclass(frozen=True)
+class CameraConfig:
+    radius: float = 1.5
+    """Distance from the cameras to the origin."""
+    fov_min: float = 40.0
+    """Smallest horizontal field of view of training cameras, degrees."""
+    fov_max: float = 70.0
+    """Largest horizontal field of view of training cameras, degrees."""
+    test_fov: float = 60.0
+    """Field of view of validation, turntable and evaluation cameras, degrees."""
+    max_polar_param: float = 100.0
+    """Training directions are area-uniform from the top down to polar = arccos(1 - 2v/pi), v this (deg)."""
+
+
+@dataclass(frozen=True)
+class ScoringConfig:
+    sigma_schedule: Literal["log-uniform", "grid", "annealed"] = "grid"
+    """How sigma is drawn each step: log-uniform in [sigma_min, sigma_max]; uniform over the prior's
+    discrete sigma grid minus its extremes; or annealed geometrically from sigma_max to sigma_min."""
+    sigma_min: float | None = None
+    """Smallest sigma; None takes the prior's own range."""
+    sigma_max: float | None = None
+    """Largest sigma; None takes the prior's own range."""
+    drop_lowest: int = 10
+    """With the 'grid' schedule: how many of the smallest grid sigmas are never drawn."""
+    drop_highest: int = 30
+    """With the 'grid' schedule: how many of the largest grid sigmas are never drawn."""
+    variance_reduced: bool = True
+    """PAAS with (D(y + sigma n) - y) / sigma (paper Eq. 16) instead of (D - (y + sigma n)) / sigma (Eq. 15)."""
+    n_noise: int = 1
+    """Noise draws averaged per step (k in the paper)."""
+    guidance_scale: float = 100.0
+    """Classifier-free guidance scale for text-conditioned priors."""
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    emptiness_weight: float = 1e4
+    """Weight of the emptiness loss mean(log(1 + scale * w)) over the compositing weights w."""
+    emptiness_scale: float = 10.0
+    """Scale s inside the emptiness loss."""
+    emptiness_multiplier: float = 20.0
+    """The emptiness weight is multiplied by this from `emptiness_switch` of the steps on."""
+    emptiness_switch: float = 0.5
+    """Fraction of the steps after which the emptiness multiplier applies."""
+    center_depth_weight: float = 0.0
+    """Weight of the loss that keeps the image centre nearer than its border (0 turns it off)."""
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    lr: float = 0.05
+    """Adamax learning rate of the voxel grid."""
+    background_lr: float = 1e-4
+    """Adamax learning rate of the background texture."""
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    steps: int = 10000
+    """Optimisation steps."""
+    seed: int = 0
+    """Seed of every random draw of the run (field init, cameras, sigma, noise)."""
+    checkpoint_every: int = 1000
+    """Write a checkpoint every this many steps (and at the end)."""
+    keep_checkpoints: int = 3
+    """How many of the newest checkpoints to keep."""
+    validate_every: int = 500
+    """Save a validation render every this many steps (0 turns it off)."""
+    log_every: int = 10
+    """Write a line to log.jsonl every this many steps."""
+
+
+@dataclass(frozen=True)
+class ToyConfig:
+    n_images: int = 5000
+    """Renders of the prompt's scene the exact empirical denoiser averages over."""
+    image_size: int = 32
+    """Side of the toy renders, and of the field's renders, in pixels."""
+    view_conditioning: bool = True
+    """Condition the prior on the view bucket (front / side / back / overhead); off shows the multi-face failure."""
+    data_seed: int = 0
+    """Seed of the toy data set (independent of the run seed)."""
+    cache_dir: str | None = None
+    """Folder caching the toy renders; None uses $SJC_CACHE or ~/.cache/sjc."""
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    turntable_frames: int = 48
+    """Frames of the turntable video."""
+    turntable_size: int = 128
+    """Side of the turntable frames, pixels."""
+    mesh_threshold: float = 0.5
+    """Marching-cubes level on the voxel alpha (alpha of one voxel-length step)."""
+
+
+@dataclass(frozen=True)
+class GenerateConfig:
+    prompt: Annotated[str, tyro.conf.Positional, tyro.conf.arg(metavar="PROMPT")] = ""
+    """What to generate, e.g. "a red and blue cube" for the toy prior."""
+    prior: Literal["toy"] = "toy"
+    """The 2D diffusion prior: 'toy' is the embedded toy-world prior (nothing downloaded)."""
+    preset: str = "default"
+    """Named set of defaults for the prior ('default', 'tiny' for a smoke test, 'paper'); flags override it."""
+    out: str | None = None
+    """Run folder; default runs/<prompt-slug>."""
+    device: str = "auto"
+    """'auto' (CUDA when present, else CPU), 'cpu', 'cuda', 'cuda:1', ..."""
+    threads: int | None = None
+    """CPU threads for PyTorch; None keeps PyTorch's default."""
+    dry_run: bool = False
+    """Print the resolved configuration and exit."""
+    overwrite: bool = False
+    """Replace an existing run folder."""
+    field: FieldConfig = dataclasses.field(default_factory=FieldConfig)
+    camera: CameraConfig = dataclasses.field(default_factory=CameraConfig)
+    scoring: ScoringConfig = dataclasses.field(default_factory=ScoringConfig)
+    losses: LossConfig = dataclasses.field(default_factory=LossConfig)
+    optim: OptimConfig = dataclasses.field(default_factory=OptimConfig)
+    train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+    toy: ToyConfig = dataclasses.field(default_factory=ToyConfig)
+    export: ExportConfig = dataclasses.field(default_factory=ExportConfig)
+
+
+# --- presets ----------------------------------------------------------------------------
+def _toy_default() -> GenerateConfig:
+    # A 32^3 grid seen at 32x32: about 2 samples per pixel footprint per voxel, and a few
+    # minutes on a laptop CPU. The emptiness weight is 10x below the paper's because its
+    # mean runs over ~4x fewer samples per image here (see docs/CONVENTIONS.md).
+    return GenerateConfig(
+        field=FieldConfig(resolution=32, background="fixed", background_value=1.0),
+        scoring=ScoringConfig(sigma_schedule="log-uniform"),
+        losses=LossConfig(emptiness_weight=1e3),
+        train=TrainConfig(steps=2000, checkpoint_every=500, validate_every=250),
+    )
+
+
+def _toy_tiny() -> GenerateConfig:
+    base = _toy_default()
+    return dataclasses.replace(
+        base,
+        field=dataclasses.replace(base.field, resolution=16),
+        toy=dataclasses.replace(base.toy, n_images=400, image_size=16),
+        train=TrainConfig(steps=60, checkpoint_every=30, validate_every=30, log_every=5),
+        export=ExportConfig(turntable_frames=8, turntable_size=32),
+    )
+
+
+def _toy_paper() -> GenerateConfig:
+    base = _toy_default()
+    return dataclasses.replace(
+        base,
+        field=dataclasses.replace(base.field, resolution=100),
+        toy=dataclasses.replace(base.toy, image_size=64),
+        losses=LossConfig(),
+        train=TrainConfig(),
+    )
+
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "toy": {"default": _toy_default, "tiny": _toy_tiny, "paper": _toy_paper},
+}
+
+
+def preset(prior: str, name: str) -> GenerateConfig:
+    """The named preset of `prior`; ValueError listing the known names otherwise."""
+    table = PRESETS.get(prior)
+    if table is None:
+        raise ValueError(f"unknown prior {prior!r}; known priors: {', '.join(PRESETS)}")
+    if name not in table:
+        raise ValueError(f"unknown preset {name!r} for prior {prior!r}; known presets: {', '.join(table)}")
+    return dataclasses.replace(table[name](), prior=prior, preset=name)
+
+
+# --- (de)serialisation -------------------------------------------------------------------
+def to_dict(cfg: Any) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def to_json(cfg: Any) -> str:
+    return json.dumps(to_dict(cfg), indent=2, sort_keys=False)
+
+
+def from_dict(cls: type, data: dict) -> Any:
+    """Rebuild a (nested) config dataclass from `to_dict` output; unknown keys are an error."""
+    kwargs = {}
+    hints = {f.name: f for f in dataclasses.fields(cls)}
+    for key, value in data.items():
+        if key not in hints:
+            raise ValueError(f"unknown configuration key {key!r} for {cls.__name__}")
+        sub = _dataclass_type(cls, key)
+        kwargs[key] = from_dict(sub, value) if sub is not None and isinstance(value, dict) else value
+    return cls(**kwargs)
+
+
+def _dataclass_type(cls: type, key: str) -> type | None:
+    default = next(f for f in dataclasses.fields(cls) if f.name == key).default_factory
+    if default is not dataclasses.MISSING and dataclasses.is_dataclass(default):
+        return default
+    return None
+
+
+def validate(cfg: GenerateConfig) -> None:
+    """ValueError naming the first out-of-range setting and what would be valid."""
+    checks = [
+        (cfg.train.steps > 0, f"--train.steps must be positive, got {cfg.train.steps}"),
+        (cfg.field.resolution >= 2, f"--field.resolution must be at least 2, got {cfg.field.resolution}"),
+        (cfg.field.step_ratio > 0, f"--field.step-ratio must be positive, got {cfg.field.step_ratio}"),
+        (cfg.optim.lr >= 0, f"--optim.lr must not be negative, got {cfg.optim.lr}"),
+        (cfg.optim.background_lr >= 0, f"--optim.background-lr must not be negative, got {cfg.optim.background_lr}"),
+        (
+            cfg.losses.emptiness_weight >= 0,
+            f"--losses.emptiness-weight must not be negative, got {cfg.losses.emptiness_weight}",
+        ),
+        (cfg.losses.center_depth_weight >= 0, "--losses.center-depth-weight must not be negative"),
+        (cfg.scoring.n_noise >= 1, f"--scoring.n-noise must be at least 1, got {cfg.scoring.n_noise}"),
+        (cfg.camera.fov_min <= cfg.camera.fov_max, "--camera.fov-min must not exceed --camera.fov-max"),
+        (cfg.train.checkpoint_every > 0, "--train.checkpoint-every must be positive"),
+        (cfg.train.log_every > 0, "--train.log-every must be positive"),
+    ]
+    lo, hi = cfg.scoring.sigma_min, cfg.scoring.sigma_max
+    if lo is not None:
+        checks.append((lo > 0, f"--scoring.sigma-min must be positive, got {lo}"))
+    if lo is not None and hi is not None:
+        checks.append((lo < hi, f"--scoring.sigma-min ({lo}) must be below --scoring.sigma-max ({hi})"))
+    for ok, message in checks:
+        if not ok:
+            raise ValueError(message)

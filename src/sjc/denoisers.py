@@ -1,0 +1,144 @@
+"""Denoisers D(x; sigma, cond) in the variance-exploding convention x = y + sigma * n.
+
+Every prior the project uses is a Denoiser; the score of the noised density is
+(D(x; sigma) - x) / sigma^2 (Tweedie). The analytic denoisers here are exact, so the rest
+of the pipeline can be tested against closed forms.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Mapping
+from typing import Any, Protocol
+
+import torch
+from torch import Tensor
+
+
+class Denoiser(Protocol):
+    def __call__(self, x: Tensor, sigma: Tensor, cond: Any = None) -> Tensor:
+        """x [B, C, H, W], sigma [B] -> the posterior mean E[y | x] [B, C, H, W]."""
+        ...
+
+
+def _per_sample(sigma: Tensor, x: Tensor) -> Tensor:
+    """sigma [B] (or a scalar) shaped to broadcast over x [B, ...]."""
+    sigma = torch.as_tensor(sigma, dtype=x.dtype, device=x.device)
+    return sigma.reshape(-1, *([1] * (x.dim() - 1)))
+
+
+def score(denoiser: Denoiser, x: Tensor, sigma: Tensor, cond: Any = None) -> Tensor:
+    """Score of the sigma-noised data density at x: (D(x; sigma) - x) / sigma^2."""
+    return (denoiser(x, sigma, cond) - x) / _per_sample(sigma, x) ** 2
+
+
+class PointMassDenoiser:
+    """Data is the single image `target`: D(x; sigma) = target for every x and sigma."""
+
+    def __init__(self, target: Tensor) -> None:
+        self.target = target
+
+    def __call__(self, x: Tensor, sigma: Tensor, cond: Any = None) -> Tensor:
+        return self.target.to(x).expand_as(x).clone()
+
+
+class GaussianDenoiser:
+    """Data ~ N(mean, std^2 I): D(x; sigma) = mean + std^2 / (std^2 + sigma^2) (x - mean)."""
+
+    def __init__(self, mean: Tensor | float, std: float) -> None:
+        self.mean, self.std = mean, std
+
+    def __call__(self, x: Tensor, sigma: Tensor, cond: Any = None) -> Tensor:
+        s2 = _per_sample(sigma, x) ** 2
+        mean = torch.as_tensor(self.mean, dtype=x.dtype, device=x.device)
+        return mean + self.std**2 / (self.std**2 + s2) * (x - mean)
+
+
+class EmpiricalDenoiser:
+    """Data is uniform over a set of images y_i (N, C, H, W): the exact posterior mean
+    D(x; sigma) = sum_i softmax_i(-|x - y_i|^2 / (2 sigma^2)) y_i.
+
+    The softmax is accumulated over chunks of the set with a running log-sum-exp, so memory
+    stays at one chunk and no weight underflows to a 0/0 at small sigma.
+    """
+
+    def __init__(self, images: Tensor, chunk: int = 1024) -> None:
+        if images.dim() != 4 or images.shape[0] == 0:
+            raise ValueError(f"expected a non-empty image set [N, C, H, W], got shape {tuple(images.shape)}")
+        self.images = images
+        self.chunk = chunk
+
+    def __call__(self, x: Tensor, sigma: Tensor, cond: Any = None) -> Tensor:
+        B = x.shape[0]
+        flat_x = x.reshape(B, -1)
+        inv_two_var = 1.0 / (2 * _per_sample(sigma, flat_x) ** 2)  # [B, 1]
+        run_max = torch.full((B, 1), -torch.inf, dtype=x.dtype, device=x.device)
+        run_sum = torch.zeros(B, 1, dtype=x.dtype, device=x.device)
+        run_acc = torch.zeros_like(flat_x)
+        for start in range(0, self.images.shape[0], self.chunk):
+            ys = self.images[start : start + self.chunk].reshape(-1, flat_x.shape[1]).to(x)
+            # Squared distances computed from differences, not |x|^2 - 2xy + |y|^2,
+            # which loses the small gaps between images to cancellation in float32.
+            d2 = torch.stack([(flat_x[b] - ys).square().sum(-1) for b in range(B)])  # [B, n]
+            logits = -d2 * inv_two_var
+            new_max = torch.maximum(run_max, logits.amax(dim=1, keepdim=True))
+            rescale = torch.exp(run_max - new_max)
+            w = torch.exp(logits - new_max)
+            run_sum = run_sum * rescale + w.sum(dim=1, keepdim=True)
+            run_acc = run_acc * rescale + w @ ys
+            run_max = new_max
+        return (run_acc / run_sum).reshape_as(x)
+
+
+class ConditionalDenoiser:
+    """Routes each call to the denoiser registered under its `cond` key (a class-conditional
+    prior built from one denoiser per label)."""
+
+    def __init__(self, denoisers: Mapping[Hashable, Denoiser]) -> None:
+        self.denoisers = dict(denoisers)
+
+    def __call__(self, x: Tensor, sigma: Tensor, cond: Any = None) -> Tensor:
+        if cond not in self.denoisers:
+            known = ", ".join(map(str, self.denoisers))
+            raise KeyError(f"no denoiser for condition {cond!r}; known conditions: {known}")
+        return self.denoisers[cond](x, sigma, None)
+
+
+class ClassifierFreeGuidance:
+    """D_uncond + scale * (D_cond - D_uncond), both branches in one batched call.
+
+    `cond` is a pair (conditional, unconditional) and the wrapped denoiser must accept a
+    batch of conditions built by `batch_conds` (default: a Python list).
+    """
+
+    def __init__(self, denoiser: Denoiser, scale: float, batch_conds=None) -> None:
+        self.denoiser, self.scale = denoiser, scale
+        self.batch_conds = batch_conds or (lambda c, u, n: [c] * n + [u] * n)
+
+    def __call__(self, x: Tensor, sigma: Tensor, cond: Any = None) -> Tensor:
+        cond_c, cond_u = cond
+        B = x.shape[0]
+        sigma = torch.as_tensor(sigma, dtype=x.dtype, device=x.device).reshape(-1).expand(B)
+        both = self.denoiser(torch.cat([x, x]), torch.cat([sigma, sigma]), self.batch_conds(cond_c, cond_u, B))
+        d_cond, d_uncond = both[:B], both[B:]
+        return d_uncond + self.scale * (d_cond - d_uncond)
+
+
+class Prior(Protocol):
+    """A 2D diffusion prior as the 3D loop sees it: a denoiser plus its data space."""
+
+    channels: int  # channels of the data space the field renders (3 for RGB, 4 for SD latents)
+    image_size: int  # side of the data-space image the field renders
+    feature_activation: str  # 'sigmoid' for pixel priors in [-1, 1], 'none' for latents
+    sigma_min: float
+    sigma_max: float
+    sigmas: Tensor | None  # the discrete sigma grid of the network, or None when continuous
+
+    def condition(self, prompt: str, view: Any) -> Any:
+        """What `denoise` is conditioned on for this (view-prefixed) prompt seen from `view`."""
+        ...
+
+    def denoise(self, x: Tensor, sigma: Tensor, cond: Any) -> Tensor: ...
+
+    def decode(self, x: Tensor) -> Tensor:
+        """Data-space images [B, C, H, W] to RGB in [-1, 1] for viewing."""
+        ...

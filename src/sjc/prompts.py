@@ -1,0 +1,17 @@
+"""View-dependent prompts: the paper prefixes the text prompt with the side it is seen from."""
+
+from __future__ import annotations
+
+from .cameras import View, view_bucket
+
+PREFIXES = {
+    "front": "front view of",
+    "side": "side view of",
+    "back": "backside view of",
+    "overhead": "overhead view of",
+}
+
+
+def view_prompt(prompt: str, view: View) -> str:
+    """`prompt` with the prefix of the view bucket of `view`, e.g. "front view of a red cube"."""
+    return f"{PREFIXES[view_bucket(view)]} {prompt}"

@@ -1,0 +1,152 @@
+"""VoxelField: the 3D asset SJC optimises.
+
+One grid holds density (channel 0) and C feature channels, so a sample costs one trilinear
+lookup. Density is softplus(d * exp(d_scale) + shift); features are raw (latent priors) or
+sigmoid-mapped to [-1, 1] (pixel priors). Voxel values sit at voxel centres inside the
+axis-aligned box [-half, half]^3 (grid_sample with align_corners=False).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+class VoxelField(nn.Module):
+    def __init__(
+        self,
+        resolution: int = 100,
+        channels: int = 4,
+        *,
+        feature_activation: str = "none",
+        density_shift: float = -1.0,
+        step_ratio: float = 0.5,
+        half_size: float = 1.0,
+        background: str = "texture",
+        background_value: float = 1.0,
+        background_size: int = 4,
+        generator: torch.Generator | None = None,
+    ) -> None:
+        super().__init__()
+        if feature_activation not in ("none", "sigmoid"):
+            raise ValueError(f"feature_activation must be 'none' or 'sigmoid', got {feature_activation!r}")
+        if background not in ("texture", "fixed"):
+            raise ValueError(f"background must be 'texture' or 'fixed', got {background!r}")
+        if resolution < 2:
+            raise ValueError(f"the grid resolution must be at least 2, got {resolution}")
+        self._spec = dict(
+            resolution=resolution,
+            channels=channels,
+            feature_activation=feature_activation,
+            density_shift=density_shift,
+            step_ratio=step_ratio,
+            half_size=half_size,
+            background=background,
+            background_value=background_value,
+            background_size=background_size,
+        )
+        self.channels = channels
+        self.feature_activation = feature_activation
+        self.density_shift = density_shift
+        self.step_ratio = step_ratio
+        self.background_mode = background
+        self.background_value = background_value
+        self.register_buffer("aabb", torch.tensor([[-half_size] * 3, [half_size] * 3]), persistent=False)
+
+        n = resolution
+        grid = torch.zeros(1, 1 + channels, n, n, n)
+        grid[:, 1:] = torch.randn(1, channels, n, n, n, generator=generator)
+        self.grid = nn.Parameter(grid)
+        self.d_scale = nn.Parameter(torch.zeros(()))
+        # A learned texture over the sphere of directions, or nothing for a fixed colour.
+        size = background_size if background == "texture" else 1
+        self.bg = nn.Parameter(torch.randn(1, channels, size, size, generator=generator))
+        self.bg.requires_grad_(background == "texture")
+
+    def spec(self) -> dict:
+        """Constructor arguments that rebuild a field of this shape (stored in checkpoints)."""
+        return {**self._spec, "resolution": self.resolution}
+
+    # --- geometry -------------------------------------------------------------------------
+    @property
+    def resolution(self) -> int:
+        return self.grid.shape[-1]
+
+    @property
+    def voxel_size(self) -> float:
+        return float(self.aabb[1, 0] - self.aabb[0, 0]) / self.resolution
+
+    @property
+    def step_size(self) -> float:
+        """Distance between samples along a ray, in world units."""
+        return self.voxel_size * self.step_ratio
+
+    def _grid_coords(self, pts: Tensor) -> Tensor:
+        lo, hi = self.aabb[0].to(pts.dtype), self.aabb[1].to(pts.dtype)
+        return ((pts - lo) / (hi - lo) * 2 - 1).view(1, -1, 1, 1, 3)
+
+    def _lookup(self, grid: Tensor, pts: Tensor) -> Tensor:
+        """Trilinear values of `grid` [1, K, n, n, n] at world points [N, 3] -> [N, K]."""
+        out = F.grid_sample(grid, self._grid_coords(pts), mode="bilinear", padding_mode="border", align_corners=False)
+        return out.view(grid.shape[1], -1).T
+
+    # --- activations ----------------------------------------------------------------------
+    def activate_density(self, raw: Tensor) -> Tensor:
+        return F.softplus(raw * torch.exp(self.d_scale) + self.density_shift)
+
+    def activate_features(self, raw: Tensor) -> Tensor:
+        if self.feature_activation == "sigmoid":
+            return torch.sigmoid(raw) * 2 - 1
+        return raw
+
+    # --- the Field protocol of render.py --------------------------------------------------
+    def density(self, pts: Tensor) -> Tensor:
+        """Volume density [N] at world points [N, 3]."""
+        return self.activate_density(self._lookup(self.grid[:, :1], pts)[:, 0])
+
+    def query(self, pts: Tensor) -> tuple[Tensor, Tensor]:
+        """Density [N] and features [N, C] at world points [N, 3], in one grid lookup."""
+        values = self._lookup(self.grid, pts)
+        return self.activate_density(values[:, 0]), self.activate_features(values[:, 1:])
+
+    def background(self, dirs: Tensor) -> Tensor:
+        """Background features [R, C] seen along unit directions [R, 3]."""
+        if self.background_mode == "fixed":
+            return torch.full(
+                (dirs.shape[0], self.channels), self.background_value, dtype=dirs.dtype, device=dirs.device
+            )
+        x, y, z = dirs.unbind(-1)
+        u = torch.atan2(x, z) / math.pi  # azimuth, front (+z) at the centre
+        v = -torch.asin(y.clamp(-1, 1)) / (math.pi / 2)  # up at the top row
+        uv = torch.stack([u, v], dim=-1).view(1, -1, 1, 2).to(self.bg.dtype)
+        out = F.grid_sample(self.bg, uv, mode="bilinear", padding_mode="border", align_corners=False)
+        return self.activate_features(out.view(self.channels, -1).T)
+
+    # --- whole-grid views -----------------------------------------------------------------
+    def voxel_alpha(self) -> Tensor:
+        """Opacity of one voxel-length step through each voxel: [n, n, n] indexed [z, y, x]."""
+        sigma = self.activate_density(self.grid[0, 0])
+        return 1 - torch.exp(-sigma * self.voxel_size)
+
+    def voxel_centres(self) -> Tensor:
+        """World coordinates [n, n, n, 3] (x, y, z) of the voxel centres, indexed [z, y, x]."""
+        n, lo = self.resolution, float(self.aabb[0, 0])
+        c = lo + (torch.arange(n, dtype=self.grid.dtype, device=self.grid.device) + 0.5) * self.voxel_size
+        zz, yy, xx = torch.meshgrid(c, c, c, indexing="ij")
+        return torch.stack([xx, yy, zz], dim=-1)
+
+    @torch.no_grad()
+    def upsample(self, resolution: int) -> None:
+        """Resample the grid to `resolution`^3 (coarse-to-fine); rebuild the optimiser after."""
+        size = (resolution,) * 3
+        self.grid = nn.Parameter(F.interpolate(self.grid.data, size=size, mode="trilinear", align_corners=False))
+
+    def param_groups(self, lr: float, background_lr: float) -> list[dict]:
+        """Optimiser groups: grid and density scale at `lr`, background texture at `background_lr`."""
+        groups = [{"params": [self.grid, self.d_scale], "lr": lr}]
+        if self.bg.requires_grad:
+            groups.append({"params": [self.bg], "lr": background_lr})
+        return groups

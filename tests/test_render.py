@@ -1,0 +1,104 @@
+import pytest
+import torch
+
+from sjc.cameras import View, camera_from_view
+from sjc.render import ray_aabb, render
+from sjc.voxel import VoxelField
+
+
+def _field(resolution=16, channels=3, background="fixed", **kw):
+    return VoxelField(resolution, channels, feature_activation="sigmoid", background=background, **kw)
+
+
+def test_empty_field_renders_the_background():
+    field = _field(background_value=0.3)
+    with torch.no_grad():
+        field.grid[:, 0] = -60.0  # density softplus(-61): nothing there
+    out = render(field, camera_from_view(View(30, 20), 12))
+    assert torch.allclose(out.image, torch.full_like(out.image, 0.3), atol=1e-6)
+    assert out.opacity.max() < 1e-6
+    assert torch.allclose(out.depth, torch.full_like(out.depth, 10.0), atol=1e-4)
+
+
+def test_opaque_slab_gives_its_colour_and_depth():
+    n = 32
+    field = _field(n)
+    z = field.voxel_centres()[..., 2]
+    with torch.no_grad():
+        field.grid[0, 0] = torch.where((z > -0.3) & (z < 0.2), 60.0, -60.0)
+        field.grid[0, 1:] = torch.tensor([2.0, -2.0, 0.0]).view(3, 1, 1, 1)  # sigmoid*2-1 -> (0.76, -0.76, 0)
+    out = render(field, camera_from_view(View(0, 0, fov=30), 16))
+    centre = out.image[0, :, 6:10, 6:10].reshape(3, -1)
+    expected = torch.sigmoid(torch.tensor([2.0, -2.0, 0.0])) * 2 - 1
+    assert torch.allclose(centre, expected[:, None].expand_as(centre), atol=1e-3)
+    assert out.opacity[6:10, 6:10].min() > 0.999
+    # The camera sits on +z at 1.5; the slab's front face is at z = 0.2, blurred by half a voxel.
+    d = (out.depth[8, 8] / out.opacity[8, 8]).item()
+    assert abs(float(d) - 1.3) < field.voxel_size
+
+
+def test_weights_are_probabilities_on_random_fields():
+    gen = torch.Generator().manual_seed(3)
+    field = _field(12, background="texture", generator=gen)
+    with torch.no_grad():
+        field.grid[:, 0] = 4 * torch.randn(field.grid[:, 0].shape, generator=gen)
+    out = render(field, camera_from_view(View(70, 10), 10))
+    assert out.weights.min() >= 0 and out.weights.max() <= 1
+    assert out.weights.sum(dim=1).max() <= 1 + 1e-6
+    assert torch.allclose(out.opacity.flatten(), out.weights.sum(dim=1))
+
+
+def test_early_termination_changes_nothing_that_matters():
+    gen = torch.Generator().manual_seed(4)
+    field = _field(16, generator=gen)
+    with torch.no_grad():
+        field.grid[:, 0] = 10 * torch.randn(field.grid[:, 0].shape, generator=gen) + 5
+    cam = camera_from_view(View(10, 30), 12)
+    exact, fast = render(field, cam, min_transmittance=0), render(field, cam, min_transmittance=1e-4)
+    assert (fast.weights > 0).sum() < (exact.weights > 0).sum()  # it did skip samples
+    assert torch.allclose(exact.image, fast.image, atol=1e-3)
+    assert torch.allclose(exact.depth, fast.depth, atol=1e-2)
+
+
+def test_rays_missing_the_box_and_cameras_inside_it():
+    origins = torch.tensor([[0.0, 0.0, 3.0], [0.0, 0.0, 0.0], [5.0, 5.0, 5.0]])
+    dirs = torch.tensor([[0.0, 0.0, -1.0], [1.0, 0.0, 0.0], [0.0, 0.0, -1.0]])
+    near, far = ray_aabb(origins, dirs, torch.tensor([[-1.0] * 3, [1.0] * 3]))
+    assert near.tolist()[:2] == [2.0, 0.0] and far.tolist()[:2] == [4.0, 1.0]
+    assert far[2] <= near[2]
+    # A very wide camera: corner rays miss the box and see the background.
+    field = _field(8, background_value=-0.5)
+    out = render(field, camera_from_view(View(0, 0, fov=170), 9))
+    assert torch.allclose(out.image[0, :, 0, 0], torch.tensor(-0.5))
+    assert out.opacity[4, 4] > 0.1
+    # A camera inside the box renders what lies in front of it only.
+    inside = render(field, camera_from_view(View(0, 0, radius=0.5), 9))
+    assert torch.isfinite(inside.image).all() and inside.depth.min() > 0
+
+
+@pytest.mark.parametrize("part", ["density", "features", "background"])
+def test_gradcheck_float64(part):
+    gen = torch.Generator().manual_seed(5)
+    field = VoxelField(4, 2, feature_activation="sigmoid", background="texture", background_size=2, generator=gen)
+    field = field.double()
+    with torch.no_grad():
+        field.grid[:, 0] = torch.randn(field.grid[:, 0].shape, generator=gen, dtype=torch.float64) + 1
+    cam = camera_from_view(View(25, 15, fov=50), 3)
+    base = {"density": field.grid[:, :1], "features": field.grid[:, 1:], "background": field.bg}[part]
+    x = base.detach().clone().requires_grad_(True)
+
+    def fn(values):
+        grid, bg = field.grid, field.bg
+        if part == "background":
+            bg = values
+        else:
+            grid = torch.cat([values, grid[:, 1:]], 1) if part == "density" else torch.cat([grid[:, :1], values], 1)
+        saved = field.grid, field.bg
+        field._parameters["grid"], field._parameters["bg"] = grid, bg
+        try:
+            out = render(field, cam, min_transmittance=0)
+        finally:
+            field._parameters["grid"], field._parameters["bg"] = saved
+        return out.image, out.depth, out.weights
+
+    assert torch.autograd.gradcheck(fn, (x,), eps=1e-6, atol=1e-5)
