@@ -20,7 +20,7 @@ def two_colour_sphere(resolution: int = 32, radius: float = 0.5) -> VoxelField:
     inside = xyz.norm(dim=-1) < radius
     colour = torch.where((xyz[..., 2:] > 0), RED, BLUE)  # [n, n, n, 3]
     with torch.no_grad():
-        field.grid[0, 0] = torch.where(inside, 8.0, -8.0)
+        field.grid[0, 0] = torch.where(inside, 40.0, -40.0)
         field.grid[0, 1:] = torch.logit((colour.permute(3, 0, 1, 2) + 1) / 2, eps=1e-3)
     return field
 
