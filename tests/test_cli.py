@@ -1,0 +1,74 @@
+import json
+import subprocess
+import sys
+
+import pytest
+
+from sjc import cli
+from sjc.config import GenerateConfig, from_dict, preset, to_dict, validate
+
+
+def _run(*args, **kw):
+    return subprocess.run([sys.executable, "-m", "sjc.cli", *args], capture_output=True, text=True, timeout=120, **kw)
+
+
+@pytest.mark.parametrize("args", [["--help"], ["generate", "--help"]])
+def test_help_does_not_import_torch(args):
+    code = (
+        f"import sys\nfrom sjc import cli\ntry:\n    cli.main({args!r})\nexcept SystemExit:\n    pass\n"
+        "print('TORCH' if 'torch' in sys.modules else 'NO-TORCH')"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.stdout.strip().endswith("NO-TORCH"), out.stdout[-500:]
+
+
+def test_generate_help_documents_fields():
+    out = _run("generate", "--help")
+    assert out.returncode == 0
+    assert "--field.resolution" in out.stdout and "Voxels along each side" in out.stdout
+    assert "PROMPT" in out.stdout
+
+
+def test_dry_run_prints_the_resolved_config_with_overrides():
+    out = _run("generate", "a red cube", "--preset", "tiny", "--train.steps", "7", "--train.seed", "5", "--dry-run")
+    assert out.returncode == 0, out.stderr
+    cfg = json.loads(out.stdout)
+    assert cfg["prompt"] == "a red cube" and cfg["preset"] == "tiny"
+    assert cfg["train"]["steps"] == 7 and cfg["train"]["seed"] == 5
+    assert cfg["field"]["resolution"] == preset("toy", "tiny").field.resolution
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["generate", "a red cube", "--train.steps", "0"], "--train.steps must be positive"),
+        (["generate", "a red cube", "--field.resolution", "1"], "--field.resolution must be at least 2"),
+        (["generate", "a red cube", "--optim.lr", "-1"], "--optim.lr must not be negative"),
+        (
+            ["generate", "a red cube", "--scoring.sigma-min", "2", "--scoring.sigma-max", "1"],
+            "must be below --scoring.sigma-max",
+        ),
+        (["generate", "a red cube", "--preset", "huge"], "unknown preset 'huge'"),
+        (["generate"], "give a prompt"),
+        (["frobnicate"], "unknown command 'frobnicate'"),
+    ],
+)
+def test_user_mistakes_exit_2_with_one_message(args, message, capsys):
+    assert cli.main(args) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+def test_unknown_flag_exits_2_without_traceback():
+    out = _run("generate", "a red cube", "--no-such-flag", "3")
+    assert out.returncode == 2
+    assert "Traceback" not in out.stderr
+
+
+def test_config_round_trips_through_json():
+    cfg = preset("toy", "tiny")
+    assert from_dict(GenerateConfig, json.loads(json.dumps(to_dict(cfg)))) == cfg
+    with pytest.raises(ValueError, match="unknown configuration key 'bogus'"):
+        from_dict(GenerateConfig, {**to_dict(cfg), "bogus": 1})
+    for name in ("default", "tiny", "paper"):
+        validate(preset("toy", name))
