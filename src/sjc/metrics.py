@@ -1,0 +1,188 @@
+"""Quality against toy-world ground truth: 3D IoU of occupancy grids at the best rotation about the
+vertical axis (the prior pins the azimuth only up to its view buckets), silhouette IoU and PSNR of
+renders from held-out cameras. Grids are [n, n, n] indexed [z, y, x] over [-1, 1]^3, as in
+VoxelField. Rotations: +angle turns the object about +y so a point's azimuth grows by angle.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from scipy import ndimage
+from torch import Tensor
+
+from . import toyworld
+from .cameras import View, camera_from_view
+from .render import render
+from .voxel import VoxelField
+
+ANGLES = tuple(range(0, 360, 5))
+THRESHOLDS = (0.1, 0.3, 0.5, 0.7, 0.9)
+
+
+def iou(a: Tensor, b: Tensor) -> float:
+    """Intersection over union of two boolean tensors (1.0 when both are empty)."""
+    union = (a | b).sum().item()
+    return 1.0 if union == 0 else (a & b).sum().item() / union
+
+
+def silhouette_iou(pred_mask: Tensor, true_mask: Tensor) -> float:
+    return iou(pred_mask.bool(), true_mask.bool())
+
+
+def psnr(pred: Tensor, target: Tensor, data_range: float = 2.0) -> float:
+    """Peak signal-to-noise ratio in dB; data_range 2 for images in [-1, 1]."""
+    mse = (pred.double() - target.double()).square().mean().item()
+    return math.inf if mse == 0 else 10 * math.log10(data_range**2 / mse)
+
+
+def fill_interior(occ: Tensor) -> Tensor:
+    """Fill empty space enclosed by occupied voxels: the prior never sees inside an object, so a
+    hollow shell and a solid are the same answer."""
+    return torch.from_numpy(ndimage.binary_fill_holes(occ.cpu().numpy())).to(occ.device)
+
+
+def _rotated_points(n: int, angle_deg: float, device=None) -> Tensor:
+    """Voxel-centre coordinates [1, n, n, n, 3] (x, y, z) turned by -angle: where each output
+    voxel of a +angle rotation reads the input."""
+    c = -1 + (torch.arange(n, dtype=torch.float64, device=device) + 0.5) * 2 / n
+    zz, yy, xx = torch.meshgrid(c, c, c, indexing="ij")
+    cos, sin = math.cos(math.radians(angle_deg)), math.sin(math.radians(angle_deg))
+    # R(theta) about +y maps (x, z) to (x cos + z sin, -x sin + z cos); its inverse reads the source.
+    return torch.stack([cos * xx - sin * zz, yy, sin * xx + cos * zz], dim=-1)[None]
+
+
+def rotate_about_vertical(grid: Tensor, angle_deg: float) -> Tensor:
+    """Turn an occupancy grid [n, n, n] (z, y, x) by `angle_deg` about the +y axis through the
+    centre (front +z goes towards +x for +90): trilinear resampling, then threshold at 0.5."""
+    n = grid.shape[-1]
+    # World coordinates equal grid_sample's normalised ones: voxel centres, align_corners=False.
+    pts = _rotated_points(n, angle_deg, grid.device).float()
+    out = F.grid_sample(grid.float()[None, None], pts, mode="bilinear", padding_mode="zeros", align_corners=False)
+    return out[0, 0] > 0.5
+
+
+def rotation_ious(pred_occ: Tensor, true_occ: Tensor, angles: Iterable[float] = ANGLES) -> list[float]:
+    """IoU of `pred_occ` with `true_occ` turned by each angle."""
+    return [iou(pred_occ, rotate_about_vertical(true_occ, a)) for a in angles]
+
+
+def best_rotation_iou(pred_occ: Tensor, true_occ: Tensor, angles: Iterable[float] = ANGLES) -> tuple[float, float]:
+    """(best IoU, angle): the prediction is closest to the truth turned by `angle` degrees, so the
+    field seen from azimuth a + angle shows what the truth shows from azimuth a."""
+    angles = list(angles)
+    scores = rotation_ious(pred_occ, true_occ, angles)
+    k = int(np.argmax(scores))
+    return scores[k], float(angles[k])
+
+
+def true_rotations(shape: str, resolution: int, angles: Iterable[float] = ANGLES) -> list[Tensor]:
+    """Occupancy grids of a primitive turned by each angle, exact at the voxel centres (no
+    resampling of an already voxelised grid). A shape symmetric about +y is evaluated once and
+    the same grid object repeated."""
+    n, angles = resolution, list(angles)
+    if shape in toyworld.SYMMETRIC_SHAPES:
+        return [toyworld.occupancy(shape, _rotated_points(n, 0.0).view(-1, 3)).view(n, n, n)] * len(angles)
+    return [toyworld.occupancy(shape, _rotated_points(n, a).view(-1, 3)).view(n, n, n) for a in angles]
+
+
+def _ious(pred_occ: Tensor, rotated: list[Tensor]) -> list[float]:
+    """IoU with each grid; a grid object repeated in the list is scored once."""
+    seen: dict[int, float] = {}
+    for r in rotated:
+        if id(r) not in seen:
+            seen[id(r)] = iou(pred_occ, r)
+    return [seen[id(r)] for r in rotated]
+
+
+def shape_scores(pred_occ: Tensor, resolution: int | None = None, angles: Iterable[float] = ANGLES) -> dict[str, float]:
+    """Best-rotation IoU of an occupancy grid against every toy-world primitive."""
+    n = pred_occ.shape[-1]
+    if resolution is not None and resolution != n:
+        raise ValueError(f"pred_occ is {n}^3 but resolution={resolution}; pass the grid's own resolution")
+    angles = list(angles)
+    return {s: max(_ious(pred_occ, true_rotations(s, n, angles))) for s in toyworld.KNOWN_SHAPES}
+
+
+def shape_accuracy(scores: dict[str, float], shape: str) -> bool:
+    """True when `shape` is the best-scoring primitive."""
+    return max(scores, key=scores.get) == shape
+
+
+def _colour_errors(field: VoxelField, scene: toyworld.Scene, angles: list[float]) -> list[float]:
+    """Mean squared error, for each angle, between the field's colours just inside the true surface
+    turned by that angle and the true shaded colours there: breaks ties between angles that the
+    geometry cannot tell apart (every primitive but the cube is symmetric about +y)."""
+    n = field.resolution
+    pts = _rotated_points(n, 0.0).view(-1, 3)
+    d = toyworld.sdf(scene, pts)
+    shell = pts[(d <= 0) & (d > -1.5 * 2 / n)]
+    true_rgb = toyworld.shaded_colour(scene, shell).double() * 2 - 1
+    x, y, z = shell.unbind(-1)
+    errors = []
+    for a in angles:
+        cos, sin = math.cos(math.radians(a)), math.sin(math.radians(a))
+        turned = torch.stack([cos * x + sin * z, y, -sin * x + cos * z], dim=-1)
+        _, feats = field.query(turned.to(field.aabb))
+        errors.append((feats.double().cpu() - true_rgb).square().mean().item())
+    return errors
+
+
+@torch.no_grad()
+def _occupancy_metrics(field: VoxelField, scene: toyworld.Scene, threshold: float, tie_tolerance: float) -> dict:
+    alpha = field.voxel_alpha().cpu()
+    n = alpha.shape[-1]
+    rotations = {s: true_rotations(s, n) for s in toyworld.KNOWN_SHAPES}
+    rotated = rotations[scene.shape]
+    sweep = {th: max(_ious(fill_interior(alpha > th), rotated)) for th in sorted(set(THRESHOLDS) | {threshold})}
+    occ = fill_interior(alpha > threshold)
+    scores = _ious(occ, rotated)
+    best = max(scores)
+    near_best = [a for a, s in zip(ANGLES, scores, strict=True) if s >= best - tie_tolerance]
+    errors = _colour_errors(field, scene, near_best)
+    angle = near_best[int(np.argmin(errors))]
+    shapes = {s: max(_ious(occ, r)) for s, r in rotations.items()}
+    return {
+        "iou_3d": best,
+        "angle": float(angle),
+        "iou_3d_at_angle": scores[ANGLES.index(angle)],
+        "iou_sweep": sweep,
+        "shape_scores": shapes,
+        "shape_accuracy": shape_accuracy(shapes, scene.shape),
+    }
+
+
+@torch.no_grad()
+def evaluate_field(
+    field: VoxelField,
+    scene: toyworld.Scene | str,
+    views: Sequence[View] | None = None,
+    threshold: float = 0.5,
+    image_size: int = 64,
+    tie_tolerance: float = 0.02,
+) -> dict:
+    """All metrics of a VoxelField against the scene's ground truth.
+
+    iou_3d: best-rotation IoU of the filled occupancy (voxel alpha > threshold). angle: the
+    rotation used for the image metrics, chosen among angles within `tie_tolerance` of the best
+    IoU by the colour match on the true surface. silhouette_iou / psnr: means over held-out
+    views of the field rendered at azimuth + angle against the truth at azimuth.
+    """
+    scene = toyworld.parse_prompt(scene) if isinstance(scene, str) else scene
+    out = _occupancy_metrics(field, scene, threshold, tie_tolerance)
+    views = toyworld.held_out_views() if views is None else views
+    sil, snr = [], []
+    for v in views:
+        image, mask, _ = toyworld.render_scene(scene, camera_from_view(v, image_size))
+        turned = View((v.azimuth + out["angle"]) % 360.0, v.elevation, v.fov, v.radius)
+        r = render(field, camera_from_view(turned, image_size))
+        sil.append(silhouette_iou(r.opacity.cpu() > 0.5, mask))
+        snr.append(psnr(r.image[0].cpu().clamp(-1, 1), image))
+    out["silhouette_iou"] = sum(sil) / len(sil)
+    out["psnr"] = sum(snr) / len(snr)
+    out["silhouette_iou_per_view"], out["psnr_per_view"] = sil, snr
+    return out
