@@ -155,3 +155,16 @@ def test_symmetric_shapes_are_unchanged_by_turns(shape):
     assert (metrics.iou(turned, grid) > 0.97) == (shape in tw.SYMMETRIC_SHAPES)
     assert metrics.iou(metrics.true_rotations(shape, 24, [37])[0], turned) > 0.97
     assert torch.equal(metrics.rotate_about_vertical(grid, 90), grid)  # all five have quarter-turn symmetry
+
+
+def test_mesh_occupancy_of_an_analytic_cube_mesh_matches_the_cube():
+    import trimesh
+
+    from sjc.metrics import mesh_occupancy, shape_scores
+
+    occ = mesh_occupancy(trimesh.creation.box((0.8, 0.8, 0.8)), 48)
+    scores = shape_scores(occ)
+    assert scores["cube"] > 0.97
+    assert max(scores, key=scores.get) == "cube"
+    shifted = mesh_occupancy(trimesh.creation.box((0.8, 0.8, 0.8)).apply_translation((0.4, 0, 0)), 48)
+    assert shape_scores(shifted)["cube"] < 0.5

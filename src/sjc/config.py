@@ -171,13 +171,14 @@ def _toy_default() -> GenerateConfig:
 
 
 def _toy_tiny() -> GenerateConfig:
+    # Seconds on a CPU: a 16^3 grid seen at 16x16, for smoke tests and trying out flags.
     base = _toy_default()
     return dataclasses.replace(
         base,
         field=dataclasses.replace(base.field, resolution=16),
-        toy=dataclasses.replace(base.toy, n_images=400, image_size=16),
-        train=TrainConfig(steps=60, checkpoint_every=30, validate_every=30, log_every=5),
-        export=ExportConfig(turntable_frames=8, turntable_size=32),
+        toy=dataclasses.replace(base.toy, n_images=1000, image_size=16),
+        train=TrainConfig(steps=300, checkpoint_every=100, validate_every=100, log_every=10),
+        export=ExportConfig(turntable_frames=8, turntable_size=48),
     )
 
 

@@ -108,6 +108,17 @@ def shape_scores(pred_occ: Tensor, resolution: int | None = None, angles: Iterab
     return {s: max(_ious(pred_occ, true_rotations(s, n, angles))) for s in toyworld.KNOWN_SHAPES}
 
 
+def mesh_occupancy(mesh, resolution: int, oversample: int = 2) -> Tensor:
+    """Occupancy [n, n, n] ([z, y, x] voxel centres over [-1, 1]^3) of the solid a closed
+    trimesh mesh encloses: voxelised at `oversample` times the resolution and filled, so the
+    surface voxels' overhang stays below a grid voxel."""
+    solid = mesh.voxelized(2.0 / (resolution * oversample)).fill()
+    c = -1 + (np.arange(resolution) + 0.5) * 2.0 / resolution
+    zz, yy, xx = np.meshgrid(c, c, c, indexing="ij")
+    inside = solid.is_filled(np.stack([xx, yy, zz], axis=-1).reshape(-1, 3))
+    return torch.from_numpy(np.asarray(inside, dtype=bool)).view(resolution, resolution, resolution)
+
+
 def shape_accuracy(scores: dict[str, float], shape: str) -> bool:
     """True when `shape` is the best-scoring primitive."""
     return max(scores, key=scores.get) == shape

@@ -7,6 +7,7 @@ validation/, and after `generate`: turntable.mp4/.gif, views.png, mesh.glb, metr
 from __future__ import annotations
 
 import json
+import math
 import re
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -43,6 +44,7 @@ def build_prior(cfg: GenerateConfig, device: torch.device) -> Prior:
                 seed=t.data_seed,
                 view_conditioning=t.view_conditioning,
                 cache_dir=t.cache_dir,
+                device=device,
             )
         case _:
             raise ValueError(f"unknown prior {cfg.prior!r}")
@@ -85,7 +87,7 @@ def generate(cfg: GenerateConfig, *, progress: bool = True) -> RunResult:
     metrics = evaluate(field, cfg)
     if metrics is not None:
         files["metrics"] = run_dir / "metrics.json"
-        files["metrics"].write_text(json.dumps(metrics, indent=2) + "\n")
+        files["metrics"].write_text(json.dumps(_json_safe(metrics), indent=2) + "\n")
     return RunResult(run_dir, field, prior, files, metrics)
 
 
@@ -118,6 +120,17 @@ def evaluate(field: VoxelField, cfg: GenerateConfig) -> dict | None:
     from .toyworld import parse_prompt
 
     return evaluate_field(field, parse_prompt(cfg.prompt), threshold=0.5)
+
+
+def _json_safe(value):
+    """Strict JSON: non-finite floats become null (e.g. the PSNR of identical images)."""
+    if isinstance(value, dict):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
 
 
 def load_run(run_dir: Path, step: int | None = None, device: str = "cpu") -> tuple[GenerateConfig, VoxelField, int]:

@@ -311,6 +311,7 @@ class ToyPrior:
         seed: int = 0,
         view_conditioning: bool = True,
         cache_dir: str | Path | None = None,
+        device: torch.device | str = "cpu",
     ) -> None:
         self.scene = parse_prompt(prompt)
         self.prompt = self.scene.prompt
@@ -322,7 +323,7 @@ class ToyPrior:
             groups = {b: images[[i for i, bi in enumerate(buckets) if bi == b]] for b in sorted(set(buckets))}
         else:
             groups = {ALL_VIEWS: images}
-        self.denoiser = ConditionalDenoiser({k: EmpiricalDenoiser(v) for k, v in groups.items()})
+        self.denoiser = ConditionalDenoiser({k: EmpiricalDenoiser(v).to(device) for k, v in groups.items()})
 
     def condition(self, prompt: str, view: View) -> Hashable:
         """The view bucket (text is ignored: the prior knows its one prompt)."""

@@ -180,8 +180,9 @@ def save_validation(field: VoxelField, prior: Prior, cfg: GenerateConfig, path: 
     """A render of the field from a fixed three-quarter view, decoded to RGB, as PNG."""
     import imageio.v3 as iio
 
+    from .export import to_uint8
+
     view = View(VALIDATION_VIEW.azimuth, VALIDATION_VIEW.elevation, cfg.camera.test_fov, cfg.camera.radius)
     out = render(field, camera_from_view(view, prior.image_size))
-    rgb = prior.decode(out.image)[0].permute(1, 2, 0)
     path.parent.mkdir(parents=True, exist_ok=True)
-    iio.imwrite(path, ((rgb.clamp(-1, 1) + 1) * 127.5).round().byte().cpu().numpy())
+    iio.imwrite(path, to_uint8(prior.decode(out.image)))

@@ -1,0 +1,129 @@
+"""Quality of SJC with the toy-world prior, measured against the ground truth.
+
+Runs a fixed suite of toy prompts (every shape, one- and two-colour) with a preset, plus the
+ablations (view-bucket conditioning off, emptiness loss off, Eq. 15 instead of Eq. 16) on the
+two-colour prompts, and prints a table of 3D IoU, silhouette IoU, PSNR, shape match, steps and
+wall time. Independent runs go to separate processes (one PyTorch thread each).
+
+    python benchmarks/quality.py                 # the whole suite and the ablations, 2 processes
+    python benchmarks/quality.py --only suite    # just the suite
+    python benchmarks/quality.py --prompts "a red cube" --steps 500
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+SUITE = (
+    "a red and blue cube",
+    "a green cube",
+    "a yellow sphere",
+    "an orange and purple sphere",
+    "a blue cylinder",
+    "a red and green cylinder",
+    "a purple cone",
+    "a yellow and blue cone",
+    "an orange torus",
+    "a green and red torus",
+)
+ABLATIONS = {
+    "no view conditioning": {"toy": {"view_conditioning": False}},
+    "no emptiness loss": {"losses": {"emptiness_weight": 0.0}},
+    "Eq. 15 (no variance reduction)": {"scoring": {"variance_reduced": False}},
+}
+ABLATION_PROMPTS = ("a red and blue cube", "an orange and purple sphere", "a red and green cylinder")
+
+
+def _override(cfg, changes: dict):
+    parts = {name: dataclasses.replace(getattr(cfg, name), **values) for name, values in changes.items()}
+    return dataclasses.replace(cfg, **parts)
+
+
+def run_one(job: tuple[str, str, dict, str, int | None]) -> dict:
+    """Fit one prompt under one variant and evaluate it (runs in a worker process)."""
+    prompt, variant, changes, preset_name, steps = job
+    import torch
+
+    from sjc.config import preset
+    from sjc.metrics import evaluate_field
+    from sjc.run import build_prior
+    from sjc.toyworld import parse_prompt
+    from sjc.trainer import build_field, fit, make_generators
+
+    torch.set_num_threads(1)
+    cfg = dataclasses.replace(preset("toy", preset_name), prompt=prompt)
+    if steps:
+        cfg = _override(cfg, {"train": {"steps": steps}})
+    cfg = _override(cfg, changes)
+    start = time.perf_counter()
+    prior = build_prior(cfg, torch.device("cpu"))
+    gens = make_generators(cfg.train.seed, torch.device("cpu"))
+    field = build_field(cfg, prior, torch.device("cpu"), gens["init"])
+    fit(field, prior, cfg, None, gens=gens, progress=False)
+    seconds = time.perf_counter() - start
+    m = evaluate_field(field, parse_prompt(prompt))
+    return {
+        "prompt": prompt,
+        "variant": variant,
+        "iou_3d": m["iou_3d"],
+        "silhouette_iou": m["silhouette_iou"],
+        "psnr": m["psnr"],
+        "shape_match": m["shape_accuracy"],
+        "steps": cfg.train.steps,
+        "seconds": seconds,
+    }
+
+
+def table(rows: list[dict]) -> str:
+    head = "| prompt | variant | 3D IoU | silhouette IoU | PSNR (dB) | shape | steps | time (s) |"
+    lines = [head, "|" + "---|" * 8]
+    for r in rows:
+        lines.append(
+            f"| {r['prompt']} | {r['variant']} | {r['iou_3d']:.3f} | {r['silhouette_iou']:.3f} | {r['psnr']:.2f} | "
+            f"{'yes' if r['shape_match'] else 'NO'} | {r['steps']} | {r['seconds']:.0f} |"
+        )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--preset", default="default")
+    parser.add_argument("--steps", type=int, default=None, help="override the preset's step count")
+    parser.add_argument("--only", choices=("suite", "ablations"), default=None)
+    parser.add_argument("--prompts", nargs="*", default=None, help="replace the suite's prompts")
+    parser.add_argument("--jobs", type=int, default=2, help="worker processes")
+    parser.add_argument("--json", type=Path, default=None, help="also write the rows to this file")
+    args = parser.parse_args()
+
+    suite = tuple(args.prompts) if args.prompts else SUITE
+    ablation_prompts = tuple(args.prompts) if args.prompts else ABLATION_PROMPTS
+    jobs = []
+    if args.only != "ablations":
+        jobs += [(p, "default", {}, args.preset, args.steps) for p in suite]
+    if args.only != "suite":
+        jobs += [(p, name, ch, args.preset, args.steps) for name, ch in ABLATIONS.items() for p in ablation_prompts]
+        if args.only == "ablations":  # the baseline each ablation is compared with
+            jobs += [(p, "default", {}, args.preset, args.steps) for p in ablation_prompts]
+    with ProcessPoolExecutor(max_workers=args.jobs) as pool:
+        rows = list(pool.map(run_one, jobs))
+    order = {name: i for i, name in enumerate(["default", *ABLATIONS])}
+    rows.sort(key=lambda r: (order[r["variant"]], r["prompt"]))
+    print(table(rows))
+    base = [r for r in rows if r["variant"] == "default" and r["prompt"] in suite]
+    if base:
+        print(
+            f"\nsuite: mean 3D IoU {sum(r['iou_3d'] for r in base) / len(base):.3f}, "
+            f"min {min(r['iou_3d'] for r in base):.3f}, shape accuracy "
+            f"{sum(r['shape_match'] for r in base)}/{len(base)}"
+        )
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
