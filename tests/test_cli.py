@@ -72,3 +72,14 @@ def test_config_round_trips_through_json():
         from_dict(GenerateConfig, {**to_dict(cfg), "bogus": 1})
     for name in ("default", "tiny", "paper"):
         validate(preset("toy", name))
+
+
+def test_an_unavailable_device_is_a_user_error(capsys, tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    assert cli.main(["generate", "a red cube", "--preset", "tiny", "--device", "cuda", "--out", str(tmp_path)]) == 2
+    assert "not available" in capsys.readouterr().err
+    assert cli.main(["generate", "a red cube", "--preset", "tiny", "--device", "gpu7", "--out", str(tmp_path)]) == 2
+    assert "unknown device" in capsys.readouterr().err

@@ -69,12 +69,13 @@ def cmd_generate(argv: list[str]) -> int:
 
     from .run import RunFolderError, generate
     from .toyworld import PromptError
+    from .trainer import DeviceError
 
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     try:
         result = generate(cfg)
-    except (PromptError, RunFolderError) as err:
+    except (PromptError, RunFolderError, DeviceError) as err:
         raise UserError(str(err)) from None
     print(f"run folder: {result.run_dir}")
     for name, path in result.files.items():

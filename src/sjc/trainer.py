@@ -32,10 +32,21 @@ class NonFiniteError(RuntimeError):
     """A loss, gradient or parameter stopped being finite."""
 
 
+class DeviceError(ValueError):
+    """The requested device does not exist on this machine."""
+
+
 def pick_device(name: str = "auto") -> torch.device:
+    """'auto' is CUDA when present, else CPU; an unavailable device is a DeviceError."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise DeviceError(f"unknown device {name!r}; use 'auto', 'cpu', 'cuda' or 'cuda:N'") from None
+    if device.type == "cuda" and (not torch.cuda.is_available() or (device.index or 0) >= torch.cuda.device_count()):
+        raise DeviceError(f"device {name!r} is not available here (no such CUDA device); use --device cpu")
+    return device
 
 
 def make_generators(seed: int, device: torch.device) -> dict[str, torch.Generator]:
