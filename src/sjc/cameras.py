@@ -40,18 +40,24 @@ class Camera:
 
     def rays(self, device: torch.device | str | None = None, dtype: torch.dtype = torch.float32):
         """Origins and unit directions of the rays through every pixel centre: [H*W, 3] each."""
-        K = self.K.to(device=device, dtype=dtype)
-        c2w = self.c2w.to(device=device, dtype=dtype)
-        j = torch.arange(self.width, device=device, dtype=dtype) + 0.5
-        i = torch.arange(self.height, device=device, dtype=dtype) + 0.5
-        ii, jj = torch.meshgrid(i, j, indexing="ij")
-        x = (jj - K[0, 2]) / K[0, 0]
-        y = -(ii - K[1, 2]) / K[1, 1]  # image rows grow downwards, camera y upwards
-        d_cam = torch.stack([x, y, -torch.ones_like(x)], dim=-1).reshape(-1, 3)
-        dirs = d_cam @ c2w[:3, :3].T
-        dirs = dirs / dirs.norm(dim=-1, keepdim=True)
-        origins = c2w[:3, 3].expand_as(dirs)
-        return origins, dirs
+        origins, dirs = batch_rays([self], device, dtype)
+        return origins[0], dirs[0]
+
+
+def batch_rays(cameras: list[Camera], device: torch.device | str | None = None, dtype: torch.dtype = torch.float32):
+    """Rays of many cameras of one image size at once: origins, unit dirs [N, H*W, 3]."""
+    H, W = cameras[0].height, cameras[0].width
+    K = torch.stack([c.K for c in cameras]).to(device=device, dtype=dtype)  # [N, 3, 3]
+    c2w = torch.stack([c.c2w for c in cameras]).to(device=device, dtype=dtype)  # [N, 4, 4]
+    i = torch.arange(H, device=device, dtype=dtype) + 0.5
+    j = torch.arange(W, device=device, dtype=dtype) + 0.5
+    ii, jj = (g.reshape(1, -1) for g in torch.meshgrid(i, j, indexing="ij"))  # [1, H*W]
+    x = (jj - K[:, 0, 2:3]) / K[:, 0, 0:1]
+    y = -(ii - K[:, 1, 2:3]) / K[:, 1, 1:2]  # image rows grow downwards, camera y upwards
+    d_cam = torch.stack([x, y, -torch.ones_like(x)], dim=-1)  # [N, H*W, 3]
+    dirs = d_cam @ c2w[:, :3, :3].transpose(1, 2)
+    dirs = dirs / dirs.norm(dim=-1, keepdim=True)
+    return c2w[:, None, :3, 3].expand_as(dirs), dirs
 
 
 def intrinsics_from_fov(fov_deg: float, height: int, width: int) -> Tensor:

@@ -16,7 +16,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
-from .cameras import Camera, View, camera_from_view, sample_training_view, view_bucket
+from .cameras import Camera, View, batch_rays, camera_from_view, sample_training_view, view_bucket
 from .denoisers import ConditionalDenoiser, EmpiricalDenoiser
 
 FORMAT_VERSION = 1  # bump when renders change, so stale caches are not reused
@@ -224,26 +224,12 @@ def render_scene(scene: Scene, camera: Camera, background: float = BACKGROUND) -
     return colour.T.reshape(3, H, W).contiguous(), mask.view(H, W), depth.view(H, W)
 
 
-def _batch_rays(cameras: Sequence[Camera]) -> tuple[Tensor, Tensor]:
-    """Camera.rays for many same-sized cameras at once: origins, dirs [N, H*W, 3] float32."""
-    K = torch.stack([c.K for c in cameras]).float()[:, :, :, None, None]  # [N, 3, 3, 1, 1]
-    c2w = torch.stack([c.c2w for c in cameras]).float()
-    H, W = cameras[0].height, cameras[0].width
-    ii, jj = torch.meshgrid(torch.arange(H) + 0.5, torch.arange(W) + 0.5, indexing="ij")
-    x = (jj - K[:, 0, 2]) / K[:, 0, 0]
-    y = -(ii - K[:, 1, 2]) / K[:, 1, 1]
-    d_cam = torch.stack([x, y, -torch.ones_like(x)], dim=-1).reshape(len(cameras), -1, 3)
-    dirs = d_cam @ c2w[:, :3, :3].transpose(1, 2)
-    dirs = dirs / dirs.norm(dim=-1, keepdim=True)
-    return c2w[:, None, :3, 3].expand_as(dirs), dirs
-
-
 def render_views(
     scene: Scene, views: Sequence[View], size: int, background: float = BACKGROUND
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Render many views at once: images [N, 3, S, S], masks [N, S, S], depths [N, S, S]."""
     N = len(views)
-    origins, dirs = _batch_rays([camera_from_view(v, size) for v in views])
+    origins, dirs = batch_rays([camera_from_view(v, size) for v in views])
     colour, mask, depth = _shade_rays(scene, origins.reshape(-1, 3), dirs.reshape(-1, 3), background)
     images = colour.view(N, size, size, 3).permute(0, 3, 1, 2).contiguous()
     return images, mask.view(N, size, size), depth.view(N, size, size)
