@@ -36,6 +36,8 @@ def test_dry_run_prints_the_resolved_config_with_overrides():
     assert cfg["prompt"] == "a red cube" and cfg["preset"] == "tiny"
     assert cfg["train"]["steps"] == 7 and cfg["train"]["seed"] == 5
     assert cfg["field"]["resolution"] == preset("toy", "tiny").field.resolution
+    short = json.loads(_run("generate", "a red cube", "--steps", "9", "--seed", "2", "--dry-run").stdout)
+    assert short["train"]["steps"] == 9 and short["train"]["seed"] == 2
 
 
 @pytest.mark.parametrize(

@@ -91,9 +91,9 @@ class OptimConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    steps: int = 10000
+    steps: Annotated[int, tyro.conf.arg(aliases=("--steps",))] = 10000
     """Optimisation steps."""
-    seed: int = 0
+    seed: Annotated[int, tyro.conf.arg(aliases=("--seed",))] = 0
     """Seed of every random draw of the run (field init, cameras, sigma, noise)."""
     checkpoint_every: int = 1000
     """Write a checkpoint every this many steps (and at the end)."""
