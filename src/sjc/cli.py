@@ -1,7 +1,7 @@
 """The `sjc` command. Parsing and help import no torch; each subcommand imports what it runs.
 
 User mistakes (unknown flags, bad values, prompts outside a prior's vocabulary, occupied
-output folders) end with one message and exit status 2, never a traceback.
+output folders, missing model weights) end with one message and exit status 2, never a traceback.
 """
 
 from __future__ import annotations
@@ -68,6 +68,7 @@ def cmd_generate(argv: list[str]) -> int:
     import torch
 
     from .run import RunFolderError, generate
+    from .sd import WeightsNotFoundError
     from .toyworld import PromptError
     from .trainer import DeviceError
 
@@ -75,7 +76,7 @@ def cmd_generate(argv: list[str]) -> int:
         torch.set_num_threads(cfg.threads)
     try:
         result = generate(cfg)
-    except (PromptError, RunFolderError, DeviceError) as err:
+    except (PromptError, RunFolderError, DeviceError, WeightsNotFoundError) as err:
         raise UserError(str(err)) from None
     print(f"run folder: {result.run_dir}")
     for name, path in result.files.items():

@@ -120,11 +120,23 @@ class ToyConfig:
 
 
 @dataclass(frozen=True)
+class SDConfig:
+    model: str = "stable-diffusion-v1-5/stable-diffusion-v1-5"
+    """Stable Diffusion 1.x/2.x weights: a Hugging Face model id in your HF cache, or a local diffusers folder."""
+    dtype: Literal["auto", "float16", "bfloat16", "float32"] = "auto"
+    """Precision of the UNet and text encoder: 'auto' is float16 on CUDA and float32 on CPU."""
+    resolution: int = 512
+    """Side of the images the prior scores, in pixels; the field renders latents of resolution / 8 (64 for 512)."""
+    negative_prompt: str = ""
+    """Text of the unconditional branch of classifier-free guidance ('' is the paper's empty prompt)."""
+
+
+@dataclass(frozen=True)
 class ExportConfig:
     turntable_frames: int = 48
     """Frames of the turntable video."""
     turntable_size: int = 128
-    """Side of the turntable frames, pixels."""
+    """Side of the turntable and contact-sheet renders, pixels of the prior's data space (SD latents decode 8x)."""
     mesh_threshold: float = 0.5
     """Marching-cubes level on the voxel alpha (alpha of one voxel-length step)."""
 
@@ -133,8 +145,8 @@ class ExportConfig:
 class GenerateConfig:
     prompt: Annotated[str, tyro.conf.Positional, tyro.conf.arg(metavar="PROMPT")] = ""
     """What to generate, e.g. "a red and blue cube" for the toy prior."""
-    prior: Literal["toy"] = "toy"
-    """The 2D diffusion prior: 'toy' is the embedded toy-world prior (nothing downloaded)."""
+    prior: Literal["toy", "sd"] = "toy"
+    """The 2D prior: 'toy' (embedded, nothing downloaded) or 'sd' (Stable Diffusion: [sd] extra, weights, a GPU)."""
     preset: str = "default"
     """Named set of defaults for the prior ('default', 'tiny' for a smoke test, 'paper'); flags override it."""
     out: str | None = None
@@ -154,6 +166,7 @@ class GenerateConfig:
     optim: OptimConfig = dataclasses.field(default_factory=OptimConfig)
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
     toy: ToyConfig = dataclasses.field(default_factory=ToyConfig)
+    sd: SDConfig = dataclasses.field(default_factory=SDConfig)
     export: ExportConfig = dataclasses.field(default_factory=ExportConfig)
 
 
@@ -194,8 +207,34 @@ def _toy_paper() -> GenerateConfig:
     )
 
 
+def _sd_paper() -> GenerateConfig:
+    # The official code's defaults are this module's defaults: a 100^3 grid with raw 4-channel latent
+    # features and a learned 4x4 background, 64x64 latents (512 px), Adamax 0.05 (background 1e-4),
+    # sigma uniform over the grid minus its 10 lowest and 30 highest values, Eq. 16, emptiness 1e4
+    # (scale 10) x20 from step 5000 of 10000, guidance 100, no centre-depth loss. Turntables render
+    # 64x64 latents, which the VAE decodes to 512x512 frames.
+    return GenerateConfig(
+        field=FieldConfig(resolution=100, background="texture"),
+        export=ExportConfig(turntable_size=64),
+    )
+
+
+def _sd_tiny() -> GenerateConfig:
+    # Seconds on a CPU with a tiny test model: a 16^3 grid seen as 8x8 latents (64 px images).
+    base = _sd_paper()
+    return dataclasses.replace(
+        base,
+        field=dataclasses.replace(base.field, resolution=16),
+        sd=SDConfig(resolution=64),
+        train=TrainConfig(steps=20, checkpoint_every=10, validate_every=10, log_every=1),
+        export=ExportConfig(turntable_frames=8, turntable_size=8),
+    )
+
+
 PRESETS: dict[str, dict[str, Any]] = {
     "toy": {"default": _toy_default, "tiny": _toy_tiny, "paper": _toy_paper},
+    # For Stable Diffusion the paper's settings are the defaults.
+    "sd": {"default": _sd_paper, "tiny": _sd_tiny, "paper": _sd_paper},
 }
 
 
@@ -254,6 +293,10 @@ def validate(cfg: GenerateConfig) -> None:
         (cfg.camera.fov_min <= cfg.camera.fov_max, "--camera.fov-min must not exceed --camera.fov-max"),
         (cfg.train.checkpoint_every > 0, "--train.checkpoint-every must be positive"),
         (cfg.train.log_every > 0, "--train.log-every must be positive"),
+        (
+            cfg.prior != "sd" or (cfg.sd.resolution > 0 and cfg.sd.resolution % 8 == 0),
+            f"--sd.resolution must be a positive multiple of 8 (the VAE's downsampling), got {cfg.sd.resolution}",
+        ),
     ]
     lo, hi = cfg.scoring.sigma_min, cfg.scoring.sigma_max
     if lo is not None:

@@ -46,6 +46,18 @@ def build_prior(cfg: GenerateConfig, device: torch.device) -> Prior:
                 cache_dir=t.cache_dir,
                 device=device,
             )
+        case "sd":
+            from .sd import StableDiffusionPrior
+
+            s = cfg.sd
+            return StableDiffusionPrior.from_pretrained(
+                s.model,
+                device=device,
+                dtype=s.dtype,
+                guidance_scale=cfg.scoring.guidance_scale,
+                negative_prompt=s.negative_prompt,
+                resolution=s.resolution,
+            )
         case _:
             raise ValueError(f"unknown prior {cfg.prior!r}")
 
