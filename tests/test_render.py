@@ -102,3 +102,34 @@ def test_gradcheck_float64(part):
         return out.image, out.depth, out.weights
 
     assert torch.autograd.gradcheck(fn, (x,), eps=1e-6, atol=1e-5)
+
+
+def _grads(field, out):
+    field.zero_grad()
+    loss = (out.image * torch.linspace(-1, 1, out.image.numel()).view_as(out.image)).sum() + out.depth.mean()
+    loss = loss + out.weights.square().sum()
+    loss.backward()
+    return [p.grad.clone() for p in (field.grid, field.d_scale, field.bg)]
+
+
+@pytest.mark.parametrize("state", ["random", "empty regions", "opaque"])
+def test_fast_renderer_equals_the_dense_reference(state):
+    from sjc.reference import render_dense
+
+    gen = torch.Generator().manual_seed(7)
+    field = VoxelField(12, 4, background="texture", generator=gen)
+    xyz = field.voxel_centres()
+    with torch.no_grad():
+        if state == "random":
+            field.grid[:, 0] = 2 * torch.randn(field.grid[:, 0].shape, generator=gen)
+        elif state == "empty regions":
+            field.grid[:, 0] = torch.where(xyz[..., 0] > 0.2, 3.0, -30.0)
+        else:
+            field.grid[:, 0] = torch.where(xyz.norm(dim=-1) < 0.5, 40.0, -30.0)
+    cam = camera_from_view(View(40, 25, fov=55), 10)
+    ref = render_dense(field, cam)
+    fast = render(field, cam, min_transmittance=0)
+    for a, b in zip((ref.image, ref.depth, ref.weights), (fast.image, fast.depth, fast.weights), strict=True):
+        assert torch.allclose(a, b, atol=1e-4)
+    for ga, gb in zip(_grads(field, ref), _grads(field, render(field, cam, min_transmittance=0)), strict=True):
+        assert torch.allclose(ga, gb, atol=1e-4)
