@@ -1,8 +1,6 @@
-"""Tests of sjc.export: meshes of an analytic two-tone sphere, mesh files, turntables, contact sheets."""
+"""Tests of sjc.export: depth pictures, sub-pixel (hires) rendering, videos, turntables, contact sheets."""
 
 from __future__ import annotations
-
-import math
 
 import imageio.v2 as imageio_v2
 import imageio.v3 as iio
@@ -10,130 +8,17 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-import trimesh
 
+from fields import cube_field, sphere_field
 from sjc import export
-from sjc.cameras import View, turntable_views
+from sjc.cameras import View, camera_from_view, turntable_views
+from sjc.render import render
 from sjc.voxel import VoxelField
-
-N = 32
-RADIUS = 0.5
-RAW_IN, RAW_OUT = 80.0, -8.0  # alpha ~1 inside, ~0 outside at 32^3: the 0.5 crossing sits mid-edge
-RED, BLUE = (4.0, -4.0, -4.0), (-4.0, -4.0, 4.0)  # logits: sigmoid*2-1 gives +-0.96
-
-
-def sphere_field(n: int = N, channels: int = 3, raw_in: float = RAW_IN) -> VoxelField:
-    """Dense sphere of radius 0.5; for RGB fields red in front (z > 0), blue behind."""
-    field = VoxelField(n, channels, feature_activation="sigmoid" if channels == 3 else "none", background="fixed")
-    with torch.no_grad():
-        centres = field.voxel_centres()
-        field.grid[0, 0] = torch.where(centres.norm(dim=-1) < RADIUS, raw_in, RAW_OUT)
-        if channels == 3:
-            front = (centres[..., 2] > 0)[..., None]
-            colours = torch.where(front, torch.tensor(RED), torch.tensor(BLUE))
-            field.grid[0, 1:] = colours.permute(3, 0, 1, 2)
-    return field
 
 
 @pytest.fixture(scope="module")
 def field() -> VoxelField:
     return sphere_field()
-
-
-@pytest.fixture(scope="module")
-def mesh(field: VoxelField) -> trimesh.Trimesh:
-    return export.extract_mesh(field)
-
-
-def test_sphere_mesh_is_closed_outward_and_round(field: VoxelField, mesh: trimesh.Trimesh) -> None:
-    assert mesh.is_watertight and mesh.is_winding_consistent
-    assert mesh.volume > 0  # outward normals
-    assert mesh.volume == pytest.approx(4 / 3 * math.pi * RADIUS**3, rel=0.10)
-    radii = np.linalg.norm(mesh.vertices, axis=1)
-    # Voxel centres straddle the sphere; a mid-edge crossing is within half a voxel of it.
-    assert np.abs(radii - RADIUS).max() < 0.5 * field.voxel_size + 1e-3
-    # Outward normals point away from the centre.
-    assert (np.einsum("ij,ij->i", mesh.vertex_normals, mesh.vertices) > 0).mean() > 0.99
-
-
-def test_vertex_colours_front_red_back_blue(field: VoxelField, mesh: trimesh.Trimesh) -> None:
-    colours = np.asarray(mesh.visual.vertex_colors)
-    z = mesh.vertices[:, 2]
-    margin = 2 * field.voxel_size  # away from the seam, where colours blend
-    front, back = colours[z > margin], colours[z < -margin]
-    assert len(front) > 50 and len(back) > 50
-    assert (front[:, 0] > 200).all() and (front[:, 1:3] < 50).all()
-    assert (back[:, 2] > 200).all() and (back[:, :2] < 50).all()
-    assert (colours[:, 3] == 255).all()
-
-
-def test_resampling_follows_the_rendered_density() -> None:
-    # Raw density linear in the radius: the alpha = 0.5 surface is a sphere of known radius r*.
-    slope = 200.0
-    field = VoxelField(N, 3, feature_activation="sigmoid")
-    with torch.no_grad():
-        field.grid[0, 0] = slope * (RADIUS - field.voxel_centres().norm(dim=-1))
-    vs = field.voxel_size
-    # alpha = 0.5 where softplus(raw + shift) * vs = ln 2.
-    r_star = RADIUS - (math.log(math.expm1(math.log(2) / vs)) - field.density_shift) / slope
-    native = export.extract_mesh(field)
-    same = export.extract_mesh(field, resolution=N)  # through the resampling path
-    assert np.allclose(same.vertices, native.vertices, atol=1e-5)
-    fine = export.extract_mesh(field, resolution=48)
-    assert fine.is_watertight and fine.volume > 0 and len(fine.vertices) > len(native.vertices)
-    for mesh in (native, fine):
-        assert np.abs(np.linalg.norm(mesh.vertices, axis=1) - r_star).max() < 0.1 * vs
-
-
-def test_keep_largest_drops_floater() -> None:
-    field = sphere_field()
-    with torch.no_grad():
-        field.grid[0, 0, 1:3, 1:3, 1:3] = RAW_IN  # a 2^3-voxel speck in a corner
-    both = export.extract_mesh(field, keep_largest=False)
-    assert len(both.split(only_watertight=False)) == 2
-    main = export.extract_mesh(field)
-    assert len(main.split(only_watertight=False)) == 1
-    assert np.linalg.norm(main.vertices, axis=1).max() < RADIUS + 0.1
-
-
-def test_object_touching_the_box_gives_a_closed_mesh() -> None:
-    field = VoxelField(8, 3, feature_activation="sigmoid")
-    with torch.no_grad():
-        field.grid[0, 0] = RAW_IN  # fills the whole box
-    cube = export.extract_mesh(field)
-    assert cube.is_watertight and cube.volume > 0
-    assert np.allclose(cube.bounds, [[-1, -1, -1], [1, 1, 1]], atol=field.voxel_size)
-
-
-def test_latent_field_mesh_is_grey() -> None:
-    latent = export.extract_mesh(sphere_field(16, channels=4))
-    assert latent.is_watertight
-    assert (np.asarray(latent.visual.vertex_colors) == np.array(export.GREY)).all()
-
-
-def test_empty_field_raises_a_clear_error() -> None:
-    empty = sphere_field(16, raw_in=RAW_OUT)
-    with pytest.raises(ValueError, match="largest voxel alpha"):
-        export.extract_mesh(empty)
-    with pytest.raises(ValueError, match="threshold"):
-        export.extract_mesh(sphere_field(16), threshold=1.5)
-
-
-@pytest.mark.parametrize("ext", ["glb", "obj", "ply"])
-def test_mesh_files_round_trip_with_colours(mesh: trimesh.Trimesh, tmp_path, ext: str) -> None:
-    path = export.write_mesh(mesh, tmp_path / f"sphere.{ext}")
-    loaded = trimesh.load(path, force="mesh")
-    assert len(loaded.vertices) == len(mesh.vertices)
-    assert len(loaded.faces) == len(mesh.faces)
-    colours = np.asarray(loaded.visual.vertex_colors)
-    z = loaded.vertices[:, 2]
-    assert (colours[z > 0.15, 0] > 200).all() and (colours[z > 0.15, 2] < 50).all()
-    assert (colours[z < -0.15, 2] > 200).all() and (colours[z < -0.15, 0] < 50).all()
-
-
-def test_write_mesh_rejects_unknown_format(mesh: trimesh.Trimesh, tmp_path) -> None:
-    with pytest.raises(ValueError, match=".glb"):
-        export.write_mesh(mesh, tmp_path / "sphere.stl")
 
 
 def test_depth_picture_is_bright_near_and_black_when_empty() -> None:
@@ -196,3 +81,82 @@ def test_contact_sheet_size(field: VoxelField, tmp_path) -> None:
     assert sheet.shape == (2 * 24 + gap, 4 * 24 + 3 * gap, 3)
     custom = export.contact_sheet(field, tmp_path / "three.png", views=[View(0, 0)] * 3, size=16, columns=2)
     assert iio.imread(custom).shape == (2 * 16 + gap, 2 * 16 + gap, 3)
+
+
+def test_subpixel_offsets_cover_the_pixel_one_per_cell() -> None:
+    assert export.subpixel_offsets(1) == [(0.0, 0.0)]
+    offsets = np.array(export.subpixel_offsets(3))
+    assert offsets.shape == (9, 2) and (np.abs(offsets) < 0.5).all()
+    cells = np.floor((offsets + 0.5) * 3).astype(int)
+    assert len({tuple(c) for c in cells}) == 9  # stratified: one sample in each third x third cell
+    assert export.subpixel_offsets(3) == export.subpixel_offsets(3)  # the same pattern every frame
+
+
+def test_shifted_camera_moves_every_ray_by_the_offset_and_crops_rows() -> None:
+    camera = camera_from_view(View(20.0, 10.0), 6, 8)
+    shifted = export.shifted_camera(camera, 0.25, -0.5, row0=2, rows=3)
+    _, dirs = shifted.rays(dtype=torch.float64)
+    K = camera.K
+    i, j = torch.meshgrid(
+        torch.arange(2.0, 5.0, dtype=torch.float64), torch.arange(8.0, dtype=torch.float64), indexing="ij"
+    )
+    x = (j.flatten() + 0.5 + 0.25 - K[0, 2]) / K[0, 0]
+    y = -(i.flatten() + 0.5 - 0.5 - K[1, 2]) / K[1, 1]
+    expected = torch.stack([x, y, -torch.ones_like(x)], dim=-1) @ camera.c2w[:3, :3].T
+    assert torch.allclose(dirs, expected / expected.norm(dim=-1, keepdim=True), atol=1e-12)
+
+
+def test_render_in_bands_equals_one_render(field: VoxelField) -> None:
+    camera = camera_from_view(View(30.0, 20.0), 20)
+    whole = render(field, camera)
+    image, depth, opacity = export.render_pixels(field, camera, max_rays=20 * 7)  # bands of 7 rows
+    assert torch.allclose(image, whole.image, atol=1e-5) and torch.allclose(depth, whole.depth, atol=1e-4)
+    assert torch.allclose(opacity, whole.opacity, atol=1e-5)
+
+
+def test_hires_frames_are_steadier_than_plain_ones_on_a_slow_turntable() -> None:
+    # A sharp-edged cube turning half a degree per frame, 24 pixels wide: each plain pixel flips
+    # between cube and background in one frame; averaged sub-pixel rays change it by ninths.
+    cube = cube_field(32)
+    views = [View(30.0 + 0.5 * k, 15.0) for k in range(10)]
+    plain = export.temporal_jitter(export.render_frames(cube, views, 24)[0])
+    hires = export.temporal_jitter(export.render_frames(cube, views, 24, subpixels=3)[0])
+    print(f"temporal jitter (RMS second difference, 0-255): plain {plain:.3f}, hires 3x3 {hires:.3f}")
+    assert hires < 0.65 * plain, (plain, hires)
+    still = export.render_frames(cube, [View(30.0, 15.0)] * 3, 24, subpixels=3)[0]
+    assert export.temporal_jitter(still) == 0.0  # same view, same pattern: identical frames
+
+
+def test_hires_decodes_latents_once_per_frame() -> None:
+    latent = sphere_field(16, channels=4)
+    calls = []
+
+    def decode(x: torch.Tensor) -> torch.Tensor:
+        calls.append(x.shape)
+        return F.interpolate(x[:, :3].tanh(), scale_factor=2)
+
+    rgb, depth, opacity = export.render_frames(latent, turntable_views(2), 12, decode, subpixels=2)
+    assert calls == [(1, 4, 12, 12)] * 2
+    assert rgb.shape == (2, 24, 24, 3) and depth.shape == opacity.shape == (2, 12, 12)
+
+
+def test_write_video_writes_colour_mp4_gif_and_a_depth_video(field: VoxelField, tmp_path) -> None:
+    files = export.write_video(field, turntable_views(5), tmp_path / "out" / "spin.mp4", 20, subpixels=2, fps=10)
+    assert {k: p.name for k, p in files.items()} == {"mp4": "spin.mp4", "gif": "spin.gif", "depth": "spin-depth.mp4"}
+    gif = iio.imread(files["gif"], index=None)
+    assert gif.shape == (5, 20, 20, 3)
+    for key in ("mp4", "depth"):
+        reader = imageio_v2.get_reader(files[key], format="FFMPEG")
+        try:
+            video = [frame for frame in reader]  # list() asks len(), which is inf for an mp4
+        finally:
+            reader.close()
+        assert len(video) == 5 and video[0].shape == (20, 20, 3)
+    reader = imageio_v2.get_reader(files["depth"], format="FFMPEG")
+    try:
+        depth = reader.get_data(0)
+    finally:
+        reader.close()
+    assert depth[10, 10].astype(int).sum() > 200 and depth[1, 1].max() < 20  # near sphere bright, corner black
+    with pytest.raises(ValueError, match=".mp4"):
+        export.write_video(field, turntable_views(1), tmp_path / "spin.avi", 8)

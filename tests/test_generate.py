@@ -5,6 +5,7 @@ import json
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 import trimesh
@@ -13,6 +14,7 @@ from sjc import cli
 from sjc.config import preset
 from sjc.metrics import mesh_occupancy, shape_scores
 from sjc.run import generate, load_run
+from sjc.toyworld import COLOURS
 
 
 @pytest.fixture(scope="module")
@@ -99,3 +101,22 @@ def test_default_preset_makes_a_measurably_good_two_colour_cube(tmp_path, cache_
     scores = shape_scores(mesh_occupancy(mesh, 48))
     assert scores["cube"] >= 0.7, scores
     assert max(scores, key=scores.get) == "cube", scores
+    # The prompt's colours on the right sides: red on the front (+z), blue behind.
+    front, back = _sides_in_colour(mesh, "red", "blue")
+    assert front >= 0.9 and back >= 0.9, (front, back)
+    # `sjc export` reads the same run folder back and gives the same answer.
+    assert cli.main(["export", str(result.run_dir), "--mesh", str(tmp_path / "cube.ply")]) == 0
+    front, back = _sides_in_colour(trimesh.load(tmp_path / "cube.ply", force="mesh"), "red", "blue")
+    assert front >= 0.9 and back >= 0.9, (front, back)
+
+
+def _sides_in_colour(mesh: trimesh.Trimesh, front: str, back: str) -> tuple[float, float]:
+    """Fractions of the front vertices (z > 0.1) whose colour is nearer in hue to `front` than to
+    `back`, and of the back vertices (z < -0.1) nearer to `back` (brightness, i.e. shading, ignored)."""
+    rgb = np.asarray(mesh.visual.vertex_colors)[:, :3] / 255.0
+    rgb = rgb / np.linalg.norm(rgb, axis=1, keepdims=True).clip(1e-6)
+    palette = np.array([COLOURS[front], COLOURS[back]])
+    palette /= np.linalg.norm(palette, axis=1, keepdims=True)
+    is_front_colour = (rgb @ palette.T).argmax(axis=1) == 0
+    z = mesh.vertices[:, 2]
+    return float(is_front_colour[z > 0.1].mean()), float((~is_front_colour[z < -0.1]).mean())

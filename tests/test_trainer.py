@@ -96,6 +96,6 @@ def test_a_non_finite_score_stops_the_run_at_its_step():
     gens = make_generators(0, torch.device("cpu"))
     field = build_field(cfg, prior, torch.device("cpu"), gens["init"])
     before = field.grid.detach().clone()
-    with pytest.raises(NonFiniteError, match="sjc became nan at step 0"):
+    with pytest.raises(NonFiniteError, match="sjc loss became nan at step 1"):
         fit(field, prior, cfg, None, gens=gens, progress=False)
     assert torch.equal(field.grid, before)  # the bad update never reached the parameters

@@ -7,6 +7,7 @@ checkpoint under a real name; no pickled objects are stored.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
@@ -22,6 +23,10 @@ CHECKPOINT_RE = re.compile(r"step_(\d+)\.safetensors$")
 
 class CheckpointError(RuntimeError):
     """A checkpoint file that cannot be read; the message names the file."""
+
+
+class CheckpointWriteError(RuntimeError):
+    """A checkpoint could not be written (e.g. the disk is full); the message names the file."""
 
 
 def checkpoint_path(run_dir: Path, step: int) -> Path:
@@ -43,6 +48,8 @@ def save_checkpoint(
     step: int,
     config_json: str,
 ) -> Path:
+    """Write the state after `step` steps to `path`; CheckpointWriteError (the older checkpoints
+    untouched) if the disk refuses it."""
     tensors: dict[str, Tensor] = {f"field.{k}": v.detach() for k, v in field.state_dict().items()}
     meta: dict = {"step": step, "field": field.spec()}
     if optimizer is not None:
@@ -55,11 +62,25 @@ def save_checkpoint(
         tensors[f"rng.{name}"] = gen.get_state()
     tensors = {k: v.contiguous().cpu() for k, v in tensors.items()}
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    save_file(tensors, str(tmp), metadata={"sjc": json.dumps(meta), "config": config_json})
-    os.replace(tmp, path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_file(tensors, str(tmp), metadata={"sjc": json.dumps(meta), "config": config_json})
+        with open(tmp, "rb") as f:  # on disk before the rename, so a power cut cannot leave an empty file
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except (OSError, SafetensorError) as err:
+        raise CheckpointWriteError(
+            f"cannot write checkpoint {path}: {_reason(err)}; the older checkpoints are kept"
+        ) from err
+    finally:  # also on KeyboardInterrupt: no stray temporary file
+        tmp.unlink(missing_ok=True)
     return path
+
+
+def _reason(err: Exception) -> str:
+    full = getattr(err, "errno", None) == errno.ENOSPC or "No space left" in str(err) or "StorageFull" in str(err)
+    return "no space left on the device" if full else str(err)
 
 
 def read_checkpoint(path: Path) -> tuple[dict[str, Tensor], dict, str]:
@@ -102,3 +123,30 @@ def prune_checkpoints(run_dir: Path, keep: int) -> None:
     """Delete all but the newest `keep` checkpoints."""
     for _, path in list_checkpoints(run_dir)[:-keep] if keep > 0 else []:
         path.unlink(missing_ok=True)
+
+
+def load_latest(
+    run_dir: Path,
+    field: torch.nn.Module,
+    optimizer: torch.optim.Optimizer | None = None,
+    generators: dict[str, torch.Generator] | None = None,
+) -> tuple[int, Path | None, list[str]]:
+    """Restore the newest checkpoint that reads and fits; older ones stand in for unreadable ones.
+
+    Returns (step, path, one message per checkpoint skipped); (0, None, []) when the run has no
+    checkpoint yet. CheckpointError naming every file when none is usable."""
+    found = list_checkpoints(run_dir)
+    skipped: list[str] = []
+    for _, path in reversed(found):
+        try:
+            tensors, meta, _ = read_checkpoint(path)
+            if not all(torch.isfinite(v).all() for k, v in tensors.items() if k.startswith("field.")):
+                raise CheckpointError(f"checkpoint {path} holds non-finite values")
+            return restore(tensors, meta, field, optimizer, generators), path, skipped
+        except CheckpointError as err:
+            skipped.append(str(err))
+        except (KeyError, ValueError, RuntimeError) as err:  # a readable file that does not fit this run
+            skipped.append(f"checkpoint {path} does not match this run: {err}")
+    if found:
+        raise CheckpointError("no usable checkpoint: " + "; ".join(skipped))
+    return 0, None, skipped

@@ -16,6 +16,10 @@ from .config import GenerateConfig, preset, to_json, validate
 
 COMMANDS = {
     "generate": "optimise a 3D voxel field against a 2D diffusion prior and export it",
+    "render": "render a run's field as a turntable or spiral video, at any resolution",
+    "export": "write a run's field as a coloured mesh (glb, obj, ply) or its raw grids (npz)",
+    "canvas": "optimise a 2D image with a prior's score (naive or PAAS; annealed or random sigmas)",
+    "sample": "draw images from a 2D prior with the deterministic Karras/EDM sampler (Heun or Euler)",
 }
 
 USAGE = """usage: sjc COMMAND [options]
@@ -39,9 +43,12 @@ def parse_generate(argv: list[str]) -> GenerateConfig:
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("--prior", default="toy")
     pre.add_argument("--preset", default="default")
+    pre.add_argument("--resume", default=None)
     known, _ = pre.parse_known_args(argv)
-    try:
-        default = preset(known.prior, known.preset)
+    from .resume import resume_config, resume_defaults
+
+    try:  # a resume starts from the run's saved settings instead of a preset
+        default = preset(known.prior, known.preset) if known.resume is None else resume_defaults(known.resume)
     except ValueError as err:
         raise UserError(str(err)) from None
     cfg = tyro.cli(
@@ -51,7 +58,12 @@ def parse_generate(argv: list[str]) -> GenerateConfig:
         prog="sjc generate",
         description="Optimise a voxel field so its renders look likely to a 2D diffusion prior.",
     )
-    if not cfg.prompt:
+    if known.resume is not None:
+        try:
+            cfg = resume_config(default, cfg)
+        except ValueError as err:
+            raise UserError(str(err)) from None
+    if not cfg.prompt and cfg.prior != "pixel":  # the pixel prior is unconditional
         raise UserError('give a prompt, e.g. sjc generate "a red and blue cube"')
     try:
         validate(cfg)
@@ -67,17 +79,26 @@ def cmd_generate(argv: list[str]) -> int:
         return 0
     import torch
 
+    from .checkpoint import CheckpointError, CheckpointWriteError
+    from .interrupt import Interrupted
+    from .pixel import PixelPriorError
     from .run import RunFolderError, generate
     from .sd import WeightsNotFoundError
     from .toyworld import PromptError
-    from .trainer import DeviceError
+    from .trainer import ConfigError, DeviceError, NonFiniteError
 
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
+    user_errors = (PromptError, RunFolderError, DeviceError, WeightsNotFoundError, PixelPriorError, ConfigError)
     try:
         result = generate(cfg)
-    except (PromptError, RunFolderError, DeviceError, WeightsNotFoundError) as err:
+    except (*user_errors, CheckpointError, CheckpointWriteError) as err:
         raise UserError(str(err)) from None
+    except OSError as err:  # e.g. no space left on the device, or a folder that cannot be written
+        raise UserError(f"cannot write {err.filename or 'the run folder'}: {err.strerror or err}") from None
+    except (NonFiniteError, Interrupted) as err:  # not a usage mistake: the run's own status
+        print(f"sjc generate: {err}", file=sys.stderr)
+        return err.exit_code if isinstance(err, Interrupted) else 1
     print(f"run folder: {result.run_dir}")
     for name, path in result.files.items():
         print(f"  {name:10s} {path}")
@@ -90,7 +111,114 @@ def cmd_generate(argv: list[str]) -> int:
     return 0
 
 
-HANDLERS = {"generate": cmd_generate}
+def cmd_render(argv: list[str]) -> int:
+    from .config import RenderConfig
+
+    rc = tyro.cli(RenderConfig, args=argv, prog="sjc render", description=RenderConfig.__doc__)
+    return _asset_command("render", rc)
+
+
+def cmd_export(argv: list[str]) -> int:
+    from .config import ExportMeshConfig
+
+    ec = tyro.cli(ExportMeshConfig, args=argv, prog="sjc export", description=ExportMeshConfig.__doc__)
+    return _asset_command("export", ec)
+
+
+def _asset_command(name: str, cfg) -> int:
+    """Run `sjc render` / `sjc export` on a run folder; what the user got wrong becomes one line."""
+    import torch
+
+    from .assets import AssetError, export_run, render_run
+    from .run import RunFolderError
+    from .sd import WeightsNotFoundError
+    from .trainer import DeviceError
+
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    try:
+        files = (render_run if name == "render" else export_run)(cfg)
+    except (AssetError, RunFolderError, DeviceError, WeightsNotFoundError) as err:
+        raise UserError(str(err)) from None
+    except OSError as err:  # e.g. an output folder that cannot be written
+        raise UserError(f"cannot write {err.filename or 'the output'}: {err.strerror or err}") from None
+    for key, path in files.items():
+        print(f"  {key:10s} {path}")
+    return 0
+
+
+def parse_2d(command: str, argv: list[str]):
+    """Resolve a CanvasConfig or SampleConfig: the preset of --prior/--preset, then every flag over it."""
+    from .config2d import CanvasConfig, SampleConfig, canvas_preset, sample_preset, validate_2d
+
+    cls, make = (CanvasConfig, canvas_preset) if command == "canvas" else (SampleConfig, sample_preset)
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--prior", default="toy")
+    pre.add_argument("--preset", default="default")
+    known, _ = pre.parse_known_args(argv)
+    try:
+        default = make(known.prior, known.preset)
+    except ValueError as err:
+        raise UserError(str(err)) from None
+    about = {
+        "canvas": "Optimise an image directly (the renderer is the identity) with a 2D prior's score estimate.",
+        "sample": "Draw images from a 2D prior with the deterministic Karras/EDM probability-flow ODE sampler.",
+    }
+    cfg = tyro.cli(cls, args=argv, default=default, prog=f"sjc {command}", description=about[command])
+    try:
+        validate_2d(cfg)
+    except ValueError as err:
+        raise UserError(str(err)) from None
+    return cfg
+
+
+def _run_2d(command: str, argv: list[str]) -> int:
+    cfg = parse_2d(command, argv)
+    if cfg.dry_run:
+        print(to_json(dataclasses.replace(cfg, dry_run=False)))
+        return 0
+    import torch
+
+    from .pixel import PixelPriorError
+    from .run import RunFolderError
+    from .run2d import run_canvas, run_sample
+    from .sd import WeightsNotFoundError
+    from .toyworld import PromptError
+    from .trainer import DeviceError
+
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    try:
+        result = (run_canvas if command == "canvas" else run_sample)(cfg)
+    except (PromptError, RunFolderError, DeviceError, WeightsNotFoundError, PixelPriorError) as err:
+        raise UserError(str(err)) from None
+    print(f"output folder: {result.out}")
+    for name, path in result.files.items():
+        print(f"  {name:10s} {path}")
+    if q := result.summary["quality"]:
+        hits = sum(p == q["prompt"] for p in q["nearest_prompt"])
+        print(
+            f"quality: prompt accuracy {q['prompt_accuracy']:.0%} ({hits}/{len(q['nearest_prompt'])} images nearest "
+            f"to a render of {q['prompt']!r}), distance to the nearest render {q['mean_nearest_rmse']:.4f} RMS"
+        )
+    return 0
+
+
+def cmd_canvas(argv: list[str]) -> int:
+    return _run_2d("canvas", argv)
+
+
+def cmd_sample(argv: list[str]) -> int:
+    return _run_2d("sample", argv)
+
+
+HANDLERS = {
+    "generate": cmd_generate,
+    "render": cmd_render,
+    "export": cmd_export,
+    "canvas": cmd_canvas,
+    "sample": cmd_sample,
+}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
@@ -28,8 +29,19 @@ class FieldConfig:
     """Colour of a fixed background, in the prior's data space (1.0 is white for pixel priors)."""
     background_size: int = 4
     """Side of the learned background texture, in texels."""
-    min_transmittance: float = 1e-4
-    """Samples behind the point where a ray's transmittance drops below this are not evaluated."""
+    min_transmittance: float = 1e-8
+    """Samples behind the point where a ray's transmittance drops below this are not evaluated (1e-8 keeps
+    renders and gradients within 1e-4 of evaluating every sample; 1e-4 moved depths by ~1e-3)."""
+    skip_empty: bool = False
+    """Empty-space skipping in training renders: leave out samples in cells the occupancy grid marks
+    empty. They get no gradient until the next refresh, so the grid is conservative (below)."""
+    occupancy_every: int = 16
+    """With skip_empty: steps between refreshes of the occupancy grid from the density."""
+    occupancy_threshold: float = 1e-4
+    """With skip_empty: a cell is marked when one of its corner voxels has an alpha (one voxel-length
+    step) above this; low, so faint density still counts."""
+    occupancy_dilation: int = 2
+    """With skip_empty: marked cells grow by this many cells each way, where the surface may grow."""
 
 
 @dataclass(frozen=True)
@@ -103,6 +115,9 @@ class TrainConfig:
     """Save a validation render every this many steps (0 turns it off)."""
     log_every: int = 10
     """Write a line to log.jsonl every this many steps."""
+    schedule_steps: int | None = None
+    """Steps the step-dependent schedules (emptiness switch, annealed sigma) span; None is --train.steps.
+    --resume sets it when it raises --steps, so the added steps continue at the schedules' end values."""
 
 
 @dataclass(frozen=True)
@@ -132,6 +147,20 @@ class SDConfig:
 
 
 @dataclass(frozen=True)
+class PixelConfig:
+    model: str = "google/ddpm-bedroom-256"
+    """Unconditional diffusers UNet2DModel weights (DDPM or score-SDE VE, e.g. google/ncsnpp-ffhq-256): a Hugging
+    Face model id in your HF cache, or a local folder."""
+    dtype: Literal["auto", "float16", "bfloat16", "float32"] = "auto"
+    """Precision of the UNet: 'auto' is float16 on CUDA and float32 on CPU."""
+    resolution: int | None = None
+    """Side of the images the prior scores, in pixels; None takes the checkpoint's sample size."""
+    data_range: Literal["auto", "unit", "signed"] = "auto"
+    """Pixel range the network was trained on: 'unit' [0, 1], 'signed' [-1, 1]; 'auto' is [0, 1] for score-SDE
+    VE checkpoints and [-1, 1] for DDPM ones. Images are [-1, 1] here either way (sigma in those units)."""
+
+
+@dataclass(frozen=True)
 class ExportConfig:
     turntable_frames: int = 48
     """Frames of the turntable video."""
@@ -145,12 +174,13 @@ class ExportConfig:
 class GenerateConfig:
     prompt: Annotated[str, tyro.conf.Positional, tyro.conf.arg(metavar="PROMPT")] = ""
     """What to generate, e.g. "a red and blue cube" for the toy prior."""
-    prior: Literal["toy", "sd"] = "toy"
-    """The 2D prior: 'toy' (embedded, nothing downloaded) or 'sd' (Stable Diffusion: [sd] extra, weights, a GPU)."""
+    prior: Literal["toy", "sd", "pixel"] = "toy"
+    """The 2D prior: 'toy' (embedded, nothing downloaded), 'sd' (Stable Diffusion: [sd] extra, weights, a GPU) or
+    'pixel' (an unconditional pixel-space diffusers model, no prompt: [sd] extra, weights, a GPU)."""
     preset: str = "default"
     """Named set of defaults for the prior ('default', 'tiny' for a smoke test, 'paper'); flags override it."""
     out: str | None = None
-    """Run folder; default runs/<prompt-slug>."""
+    """Run folder; default runs/<prompt-slug> (runs/<model-slug> for the unconditional pixel prior)."""
     device: str = "auto"
     """'auto' (CUDA when present, else CPU), 'cpu', 'cuda', 'cuda:1', ..."""
     threads: int | None = None
@@ -159,6 +189,9 @@ class GenerateConfig:
     """Print the resolved configuration and exit."""
     overwrite: bool = False
     """Replace an existing run folder."""
+    resume: str | None = None
+    """Continue the run in this folder from its newest readable checkpoint, with its saved settings; only
+    --steps (raised), --threads, and logging, checkpoint and export settings may change."""
     field: FieldConfig = dataclasses.field(default_factory=FieldConfig)
     camera: CameraConfig = dataclasses.field(default_factory=CameraConfig)
     scoring: ScoringConfig = dataclasses.field(default_factory=ScoringConfig)
@@ -167,7 +200,70 @@ class GenerateConfig:
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
     toy: ToyConfig = dataclasses.field(default_factory=ToyConfig)
     sd: SDConfig = dataclasses.field(default_factory=SDConfig)
+    pixel: PixelConfig = dataclasses.field(default_factory=PixelConfig)
     export: ExportConfig = dataclasses.field(default_factory=ExportConfig)
+
+
+@dataclass(frozen=True)
+class RenderConfig:
+    """`sjc render`: a turntable or spiral video of a saved run, at any resolution."""
+
+    run: Annotated[str, tyro.conf.Positional, tyro.conf.arg(metavar="RUN")] = ""
+    """Run folder written by `sjc generate` (its saved config says everything else)."""
+    step: int | None = None
+    """Checkpoint step to render; None takes the newest readable one."""
+    frames: int = 72
+    """Frames of the video (a full turn: 5 degrees per frame at 72)."""
+    size: int | None = None
+    """Side of the frames in pixels; None: 256, or the prior's full picture size if larger (512 for SD)."""
+    elevation: float = 15.0
+    """Camera elevation of the turntable, degrees above the horizontal."""
+    path: Literal["turntable", "spiral"] = "turntable"
+    """'turntable': one turn at --elevation; 'spiral': two turns descending from 60 to -5 degrees."""
+    hires: bool = False
+    """Average --subpixels^2 stratified rays per pixel (anti-aliased, steady from frame to frame)."""
+    subpixels: int = 3
+    """Rays per pixel side with --hires (3 averages 9 rays per pixel)."""
+    fps: int = 24
+    """Frames per second of the videos."""
+    video: str | None = None
+    """MP4 path; None writes RUN/render.mp4. The GIF (.gif) and the depth video (-depth.mp4) go next to it."""
+    device: str = "auto"
+    """'auto' (CUDA when present, else CPU), 'cpu', 'cuda', ..."""
+    threads: int | None = None
+    """CPU threads for PyTorch; None keeps PyTorch's default."""
+
+
+@dataclass(frozen=True)
+class ExportMeshConfig:
+    """`sjc export`: a coloured mesh (or the raw grids) of a saved run."""
+
+    run: Annotated[str, tyro.conf.Positional, tyro.conf.arg(metavar="RUN")] = ""
+    """Run folder written by `sjc generate` (its saved config says everything else)."""
+    step: int | None = None
+    """Checkpoint step to export; None takes the newest readable one."""
+    mesh: str | None = None
+    """Output path; None writes RUN/mesh.<format> (RUN/field.npz for npz)."""
+    format: Literal["glb", "obj", "ply", "npz"] | None = None
+    """File format; None takes it from --mesh's extension, else glb. npz holds the raw grids instead of a mesh."""
+    threshold: float | None = None
+    """Marching-cubes level on the voxel alpha (opacity of one voxel-length step); None takes the run's
+    export.mesh_threshold (0.5 by default: the metrics' occupancy). Lower gives a fatter mesh of a soft field."""
+    resolution: int | None = None
+    """Grid the density is resampled to before marching cubes (and for npz); None keeps the field's own."""
+    largest_only: bool = True
+    """Keep only the largest connected part; --no-largest-only keeps every part but the floaters."""
+    min_part: float = 0.01
+    """With --no-largest-only: parts with fewer faces than this fraction of the largest part are floaters."""
+    max_faces: int | None = None
+    """Decimate (quadric error) to at most this many faces; None keeps marching cubes' mesh."""
+    bake_size: int | None = None
+    """Latent fields: side of the renders (field pixels, before decoding) colours are baked from; None takes
+    the run's export.turntable_size (64 latents, decoded to 512 px, for SD)."""
+    device: str = "auto"
+    """'auto' (CUDA when present, else CPU), 'cpu', 'cuda', ..."""
+    threads: int | None = None
+    """CPU threads for PyTorch; None keeps PyTorch's default."""
 
 
 # --- presets ----------------------------------------------------------------------------
@@ -175,11 +271,13 @@ def _toy_default() -> GenerateConfig:
     # A 32^3 grid seen at 32x32 and 2000 steps: about two minutes on a laptop CPU. The emptiness
     # mean runs over ~10x fewer samples per image than the paper's 64x64 renders of a 100^3 grid,
     # so its weight is lower (300) and not multiplied late in the run: on the toy prior's hard
-    # silhouettes the paper's x20 only erodes edges (see docs/CONVENTIONS.md).
+    # silhouettes the paper's x20 only erodes edges. Adamax at 0.1 (twice the paper's rate) converges
+    # within the 2000 steps: see docs/CONVENTIONS.md for the measurements behind both choices.
     return GenerateConfig(
         field=FieldConfig(resolution=32, background="fixed", background_value=1.0),
         scoring=ScoringConfig(sigma_schedule="log-uniform"),
         losses=LossConfig(emptiness_weight=300.0, emptiness_multiplier=1.0),
+        optim=OptimConfig(lr=0.1),
         train=TrainConfig(steps=2000, checkpoint_every=500, validate_every=250),
     )
 
@@ -231,10 +329,30 @@ def _sd_tiny() -> GenerateConfig:
     )
 
 
+def _pixel_paper() -> GenerateConfig:
+    # The SD settings carried over to an RGB field: 100^3 grid, learned background, sigma uniform over the
+    # checkpoint's grid minus its extremes, Eq. 16, emptiness 1e4 x20 from half of 10000 steps. Unconditional,
+    # so no guidance. Renders at the checkpoint's own resolution (256 px for the public models).
+    return GenerateConfig(field=FieldConfig(resolution=100, background="texture"))
+
+
+def _pixel_tiny() -> GenerateConfig:
+    # Seconds on a CPU with a tiny test model: a 16^3 grid seen at 32x32.
+    base = _pixel_paper()
+    return dataclasses.replace(
+        base,
+        field=dataclasses.replace(base.field, resolution=16),
+        pixel=PixelConfig(resolution=32),
+        train=TrainConfig(steps=20, checkpoint_every=10, validate_every=10, log_every=1),
+        export=ExportConfig(turntable_frames=8, turntable_size=32),
+    )
+
+
 PRESETS: dict[str, dict[str, Any]] = {
     "toy": {"default": _toy_default, "tiny": _toy_tiny, "paper": _toy_paper},
     # For Stable Diffusion the paper's settings are the defaults.
     "sd": {"default": _sd_paper, "tiny": _sd_tiny, "paper": _sd_paper},
+    "pixel": {"default": _pixel_paper, "tiny": _pixel_tiny, "paper": _pixel_paper},
 }
 
 
@@ -288,11 +406,29 @@ def validate(cfg: GenerateConfig) -> None:
             cfg.losses.emptiness_weight >= 0,
             f"--losses.emptiness-weight must not be negative, got {cfg.losses.emptiness_weight}",
         ),
-        (cfg.losses.center_depth_weight >= 0, "--losses.center-depth-weight must not be negative"),
+        (
+            cfg.losses.center_depth_weight >= 0,
+            f"--losses.center-depth-weight must not be negative, got {cfg.losses.center_depth_weight}",
+        ),
         (cfg.scoring.n_noise >= 1, f"--scoring.n-noise must be at least 1, got {cfg.scoring.n_noise}"),
-        (cfg.camera.fov_min <= cfg.camera.fov_max, "--camera.fov-min must not exceed --camera.fov-max"),
-        (cfg.train.checkpoint_every > 0, "--train.checkpoint-every must be positive"),
-        (cfg.train.log_every > 0, "--train.log-every must be positive"),
+        (
+            cfg.camera.fov_min <= cfg.camera.fov_max,
+            f"--camera.fov-min ({cfg.camera.fov_min}) must not exceed --camera.fov-max ({cfg.camera.fov_max})",
+        ),
+        (
+            cfg.train.checkpoint_every > 0,
+            f"--train.checkpoint-every must be positive, got {cfg.train.checkpoint_every}",
+        ),
+        (cfg.train.log_every > 0, f"--train.log-every must be positive, got {cfg.train.log_every}"),
+        (
+            cfg.prior != "pixel" or not cfg.prompt.strip(),
+            f"the pixel prior is unconditional and takes no prompt (got {cfg.prompt!r}); drop the prompt, "
+            "or use --prior toy or --prior sd for text prompts",
+        ),
+        (
+            cfg.prior != "pixel" or cfg.pixel.resolution is None or cfg.pixel.resolution > 0,
+            f"--pixel.resolution must be positive, got {cfg.pixel.resolution}",
+        ),
         (
             cfg.prior != "sd" or (cfg.sd.resolution > 0 and cfg.sd.resolution % 8 == 0),
             f"--sd.resolution must be a positive multiple of 8 (the VAE's downsampling), got {cfg.sd.resolution}",
@@ -303,6 +439,63 @@ def validate(cfg: GenerateConfig) -> None:
         checks.append((lo > 0, f"--scoring.sigma-min must be positive, got {lo}"))
     if lo is not None and hi is not None:
         checks.append((lo < hi, f"--scoring.sigma-min ({lo}) must be below --scoring.sigma-max ({hi})"))
-    for ok, message in checks:
+    for ok, message in [*_finite_checks(cfg), *checks, *_run_checks(cfg)]:
         if not ok:
             raise ValueError(message)
+
+
+def _finite_checks(cfg: Any, prefix: str = "--") -> list[tuple[bool, str]]:
+    """Every float setting must be a number: NaN or inf would only surface steps later, deep in the loop."""
+    checks = []
+    for f in dataclasses.fields(cfg):
+        value, flag = getattr(cfg, f.name), prefix + f.name.replace("_", "-")
+        if dataclasses.is_dataclass(value):
+            checks += _finite_checks(value, flag + ".")
+        elif isinstance(value, float) and not math.isfinite(value):
+            checks.append((False, f"{flag} must be a finite number, got {value}"))
+    return checks
+
+
+def _run_checks(cfg: GenerateConfig) -> list[tuple[bool, str]]:
+    """Ranges of the settings a long run depends on (found by feeding random values to `sjc generate`)."""
+    t, c, f, s, e = cfg.train, cfg.camera, cfg.field, cfg.scoring, cfg.export
+    at_least = [
+        ("--train.keep-checkpoints", t.keep_checkpoints, 1),
+        ("--train.validate-every", t.validate_every, 0),
+        ("--train.schedule-steps", t.schedule_steps, 1),
+        ("--threads", cfg.threads, 1),
+        ("--field.step-ratio", f.step_ratio, 0.01),  # more than 100 samples per voxel only fills memory
+        ("--field.background-size", f.background_size, 1),
+        ("--scoring.drop-lowest", s.drop_lowest, 0),
+        ("--scoring.drop-highest", s.drop_highest, 0),
+        ("--losses.emptiness-scale", cfg.losses.emptiness_scale, 0),
+        ("--losses.emptiness-multiplier", cfg.losses.emptiness_multiplier, 0),
+        # With view conditioning, fewer renders can leave a view bucket without any.
+        ("--toy.n-images", cfg.toy.n_images, 100 if cfg.toy.view_conditioning else 1),
+        ("--toy.image-size", cfg.toy.image_size, 4),
+        ("--export.turntable-frames", e.turntable_frames, 1),
+        ("--export.turntable-size", e.turntable_size, 1),
+    ]
+    # (flag, value, low, high, ends): "(" and ")" exclude a bound, "[" and "]" include it.
+    within = [
+        ("--train.seed", t.seed, 0, 2**53, "[)"),
+        ("--toy.data-seed", cfg.toy.data_seed, 0, 2**53, "[)"),
+        ("--field.min-transmittance", f.min_transmittance, 0, 1, "[)"),
+        ("--camera.radius", c.radius, 0, math.inf, "()"),
+        ("--camera.fov-min", c.fov_min, 0, 180, "()"),
+        ("--camera.fov-max", c.fov_max, 0, 180, "()"),
+        ("--camera.test-fov", c.test_fov, 0, 180, "()"),
+        ("--camera.max-polar-param", c.max_polar_param, 0, 180, "(]"),
+        ("--scoring.sigma-max", s.sigma_max, 0, math.inf, "()"),
+        ("--export.mesh-threshold", e.mesh_threshold, 0, 1, "()"),
+    ]
+    # Adamax moves each value by about lr per step: beyond these nothing is learned, and past float32's
+    # range (about 3e38) PyTorch fails inside the update.
+    at_most = [("--optim.lr", cfg.optim.lr, 1e3), ("--optim.background-lr", cfg.optim.background_lr, 1e3)]
+    checks = [(v >= lo, f"{k} must be at least {lo}, got {v}") for k, v, lo in at_least if v is not None]
+    checks += [(v <= hi, f"{k} must be at most {hi:g}, got {v}") for k, v, hi in at_most]
+    for flag, v, lo, hi, ends in within:
+        if v is not None:
+            ok = (v >= lo if ends[0] == "[" else v > lo) and (v <= hi if ends[1] == "]" else v < hi)
+            checks.append((ok, f"{flag} must be in {ends[0]}{lo}, {hi}{ends[1]}, got {v}"))
+    return checks

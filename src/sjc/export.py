@@ -1,39 +1,36 @@
-"""Turn a trained field into things people look at: frames, turntable videos, contact sheets, meshes.
+"""Turn a trained field into pictures people look at: frames, turntable and spiral videos, contact sheets.
 
-Pictures come from `render.render` (features decoded to RGB by an optional `decode`); meshes come
-from marching cubes on the per-voxel alpha grid, with vertex colours sampled from RGB fields.
+Pictures come from `render.render` (features decoded to RGB by an optional `decode`, once per frame).
+High-quality frames average several sub-pixel rays per pixel (a fixed stratified pattern, so edges
+are anti-aliased and steady from frame to frame) and render large images in bands of rows.
+Meshes and raw grids are in `mesh.py`.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import imageio.v2 as imageio_v2
 import imageio.v3 as iio
 import numpy as np
 import torch
-import trimesh
-from skimage.measure import marching_cubes
 from torch import Tensor
 
-from .cameras import View, camera_from_view, turntable_views
+from .cameras import Camera, View, camera_from_view, turntable_views
 from .render import Field, render
-from .voxel import VoxelField
 
 Decode = Callable[[Tensor], Tensor]
 
-# Same meaning as "occupied" in the metrics (alpha of one voxel-length step > 0.5), so the mesh
-# bounds exactly the voxels the 3D IoU counts. Softer fields need a lower value: see extract_mesh.
-DEFAULT_MESH_THRESHOLD = 0.5
 FAR_DEPTH = 10.0  # render()'s depth for empty space
 EMPTY_DEPTH = 9.0  # without opacity, a pixel deeper than this (at least ~90 % empty) is drawn black
 SOLID_OPACITY = 0.5  # pixels at least this opaque set the default depth scale
+MAX_RAYS = 1 << 16  # rays per render() call: bigger images go in bands of rows, so memory stays flat
 SHEET_AZIMUTHS = (0.0, 90.0, 180.0, 270.0)
 SHEET_ELEVATIONS = (15.0, 45.0)
 SHEET_GAP = 4  # pixels of white between contact-sheet tiles
-GREY = (170, 170, 170, 255)
 # macro_block_size=1 keeps our exact frame size instead of imageio's default resize to multiples of 16.
 _MP4_OPTIONS = {
     "format": "FFMPEG",
@@ -51,30 +48,82 @@ _RAMP_POS = np.array([0.0, 0.35, 0.7, 1.0])
 _RAMP_RGB = np.array([[40, 12, 80], [140, 30, 110], [240, 110, 40], [255, 245, 170]], dtype=np.float64)
 
 
-# --- pictures ------------------------------------------------------------------------------
+# --- rendering -----------------------------------------------------------------------------
 def to_uint8(image: Tensor) -> np.ndarray:
     """[1, 3, H, W] in [-1, 1] -> [H, W, 3] uint8."""
     x = ((image[0].detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
     return x.permute(1, 2, 0).cpu().numpy()
 
 
-def _render_all(
-    field: Field, views: Sequence[View], size: int, decode: Decode | None
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """RGB frames, depth maps and opacity maps of `field` from `views` (see render_views)."""
-    frames, depths, opacities = [], [], []
+def subpixel_offsets(n: int, seed: int = 0) -> list[tuple[float, float]]:
+    """n * n offsets (dx, dy) in pixels within (-0.5, 0.5): one jittered point in each cell of an
+    n x n grid over the pixel. Seeded, so every frame uses the same pattern and nothing flickers."""
+    if n < 1:
+        raise ValueError(f"sub-pixel samples per side must be at least 1, got {n}")
+    if n == 1:
+        return [(0.0, 0.0)]
+    jitter = torch.rand(n, n, 2, generator=torch.Generator().manual_seed(seed), dtype=torch.float64).tolist()
+    return [((j + jitter[i][j][0]) / n - 0.5, (i + jitter[i][j][1]) / n - 0.5) for i in range(n) for j in range(n)]
+
+
+def shifted_camera(camera: Camera, dx: float = 0.0, dy: float = 0.0, row0: int = 0, rows: int | None = None) -> Camera:
+    """The camera whose pixel centres sit (dx, dy) pixels off `camera`'s, cropped to `rows` rows from `row0`.
+
+    Camera.rays goes through pixel centres (j + 0.5, i + 0.5) relative to the principal point, so
+    moving the principal point by (-dx, -dy - row0) moves every ray without touching the renderer."""
+    K = camera.K.clone()
+    K[0, 2] -= dx
+    K[1, 2] -= dy + row0
+    return replace(camera, K=K, height=camera.height - row0 if rows is None else rows)
+
+
+def render_pixels(
+    field: Field, camera: Camera, subpixels: int = 1, max_rays: int = MAX_RAYS
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Image [1, C, H, W], depth [H, W] and opacity [H, W] of `field`, each pixel the mean of
+    `subpixels`^2 stratified rays (render()'s conventions otherwise); no gradients."""
+    band = max(1, max_rays // camera.width)
+    images, depths, opacities = [], [], []
     with torch.no_grad():
-        for view in views:
-            out = render(field, camera_from_view(view, size))
-            image = out.image if decode is None else decode(out.image)
-            if image.shape[1] != 3:
-                raise ValueError(
-                    f"renders have {image.shape[1]} channels, not RGB: pass decode= to map features to RGB"
-                )
-            frames.append(to_uint8(image))
-            depths.append(out.depth.float().cpu().numpy())
-            opacities.append(out.opacity.float().cpu().numpy())
+        for row0 in range(0, camera.height, band):
+            rows = min(band, camera.height - row0)
+            image = depth = opacity = 0.0
+            for dx, dy in subpixel_offsets(subpixels):
+                out = render(field, shifted_camera(camera, dx, dy, row0, rows))
+                image, depth, opacity = image + out.image, depth + out.depth, opacity + out.opacity
+            n = subpixels**2
+            images.append(image / n)
+            depths.append(depth / n)
+            opacities.append(opacity / n)
+    return torch.cat(images, dim=2), torch.cat(depths), torch.cat(opacities)
+
+
+def render_frames(
+    field: Field, views: Sequence[View], size: int, decode: Decode | None = None, subpixels: int = 1
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """RGB frames [N, H', W', 3] uint8, depth maps and opacity maps [N, size, size] of `field` from
+    `views`; features are averaged over the sub-pixel rays and then decoded, once per frame."""
+    frames, depths, opacities = [], [], []
+    for view in views:
+        feats, depth, opacity = render_pixels(field, camera_from_view(view, size), subpixels)
+        with torch.no_grad():
+            image = feats if decode is None else decode(feats)
+        if image.shape[1] != 3:
+            raise ValueError(f"renders have {image.shape[1]} channels, not RGB: pass decode= to map features to RGB")
+        frames.append(to_uint8(image))
+        depths.append(depth.float().cpu().numpy())
+        opacities.append(opacity.float().cpu().numpy())
     return np.stack(frames), np.stack(depths), np.stack(opacities)
+
+
+def temporal_jitter(frames: np.ndarray) -> float:
+    """Root-mean-square second difference in time of frames [N, H, W, 3], in 0-255 units: steady
+    motion (pixels changing at a constant rate) scores 0, pixels popping between frames (aliasing)
+    score high. Squaring weighs one full pop above the same change spread over several frames."""
+    f = frames.astype(np.float64)
+    if len(f) < 3:
+        raise ValueError(f"jitter needs at least 3 frames, got {len(f)}")
+    return float(np.sqrt(np.mean((f[2:] - 2 * f[1:-1] + f[:-2]) ** 2)))
 
 
 def render_views(
@@ -86,7 +135,7 @@ def render_views(
     image [1, C, size, size] is decoded to [1, 3, H', W'] (a VAE decoder may upsample, so H' may
     differ from `size`). Depth keeps render()'s convention: empty space counts as FAR_DEPTH (10).
     """
-    frames, depths, _ = _render_all(field, views, size, decode)
+    frames, depths, _ = render_frames(field, views, size, decode)
     return frames, depths
 
 
@@ -148,6 +197,31 @@ def _prepare(path: str | Path) -> Path:
     return path
 
 
+def write_mp4(frames: np.ndarray, path: str | Path, fps: int = 24) -> Path:
+    """Write frames [N, H, W, 3] uint8 as an H.264 MP4 (odd sizes padded with black by one pixel)."""
+    path = _prepare(path)
+    writer = imageio_v2.get_writer(path, fps=fps, **_MP4_OPTIONS)
+    try:
+        for frame in _pad_even(frames):
+            writer.append_data(frame)
+    finally:
+        writer.close()
+    return path
+
+
+def write_gif(frames: np.ndarray, path: str | Path, fps: int = 24) -> Path:
+    """Write frames [N, H, W, 3] uint8 as a looping GIF."""
+    path = _prepare(path)
+    iio.imwrite(path, frames, extension=".gif", duration=1000.0 / fps, loop=0)
+    return path
+
+
+def depth_frames(depth: np.ndarray, opacity: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Depth pictures [N, height, width, 3] of depth and opacity maps [N, h, w], on one scale for all
+    frames, enlarged (nearest) to the colour frames' size."""
+    return _resize_nearest(depth_to_image(depth, opacity=opacity), height, width)
+
+
 def write_turntable(
     field: Field,
     path_stem: str | Path,
@@ -159,20 +233,35 @@ def write_turntable(
 ) -> list[Path]:
     """Write `<stem>.mp4` and `<stem>.gif` of a full turn; each frame is the RGB render with its
     depth picture on the right. Returns the two paths."""
-    rgb, depth, opacity = _render_all(field, turntable_views(n_frames, elevation=elevation), size, decode)
-    strip = _resize_nearest(depth_to_image(depth, opacity=opacity), rgb.shape[1], rgb.shape[2])
-    frames = np.concatenate([rgb, strip], axis=2)
+    rgb, depth, opacity = render_frames(field, turntable_views(n_frames, elevation=elevation), size, decode)
+    frames = np.concatenate([rgb, depth_frames(depth, opacity, rgb.shape[1], rgb.shape[2])], axis=2)
+    stem = Path(path_stem)
+    mp4 = write_mp4(frames, stem.with_name(stem.name + ".mp4"), fps)
+    return [mp4, write_gif(frames, stem.with_name(stem.name + ".gif"), fps)]
 
-    stem = _prepare(path_stem)
-    mp4, gif = stem.with_name(stem.name + ".mp4"), stem.with_name(stem.name + ".gif")
-    writer = imageio_v2.get_writer(mp4, fps=fps, **_MP4_OPTIONS)
-    try:
-        for frame in _pad_even(frames):
-            writer.append_data(frame)
-    finally:
-        writer.close()
-    iio.imwrite(gif, frames, extension=".gif", duration=1000.0 / fps, loop=0)
-    return [mp4, gif]
+
+def write_video(
+    field: Field,
+    views: Sequence[View],
+    path: str | Path,
+    size: int,
+    decode: Decode | None = None,
+    subpixels: int = 1,
+    fps: int = 24,
+) -> dict[str, Path]:
+    """Render `views` and write `path` (.mp4), the same frames as a GIF next to it and the depth
+    pictures as `<stem>-depth.mp4`; returns {'mp4', 'gif', 'depth'} -> path."""
+    path = Path(path)
+    if path.suffix.lower() != ".mp4":
+        raise ValueError(f"the video path must end in .mp4, got {path.name!r}")
+    rgb, depth, opacity = render_frames(field, views, size, decode, subpixels)
+    return {
+        "mp4": write_mp4(rgb, path, fps),
+        "gif": write_gif(rgb, path.with_suffix(".gif"), fps),
+        "depth": write_mp4(
+            depth_frames(depth, opacity, rgb.shape[1], rgb.shape[2]), path.with_name(f"{path.stem}-depth.mp4"), fps
+        ),
+    }
 
 
 def sheet_views() -> list[View]:
@@ -200,95 +289,4 @@ def contact_sheet(
         sheet[y : y + h, x : x + w] = tile
     path = _prepare(path)
     iio.imwrite(path, sheet, extension=".png")
-    return path
-
-
-# --- meshes --------------------------------------------------------------------------------
-def _alpha_grid(field: VoxelField, resolution: int | None) -> np.ndarray:
-    """Alpha [m, m, m] ([z, y, x]) at voxel centres of an m^3 grid over the field's box.
-
-    Resampling reads the density exactly as the renderer does (trilinear on the raw grid, then the
-    activation), and alpha always uses the field's own voxel length, so a threshold picks the same
-    surface at any resolution.
-    """
-    with torch.no_grad():
-        if resolution is None:
-            return field.voxel_alpha().float().cpu().numpy()
-        lo, hi = field.aabb[0], field.aabb[1]
-        steps = (torch.arange(resolution, dtype=lo.dtype, device=lo.device) + 0.5) / resolution
-        xs, ys, zs = (lo[k] + (hi[k] - lo[k]) * steps for k in range(3))
-        yy, xx = torch.meshgrid(ys, xs, indexing="ij")
-        slices = []
-        for z in zs:  # one z-slice at a time keeps memory flat at large resolutions
-            pts = torch.stack([xx, yy, torch.full_like(xx, float(z))], dim=-1).reshape(-1, 3)
-            slices.append(field.density(pts).view(resolution, resolution))
-        sigma = torch.stack(slices)
-        return (1 - torch.exp(-sigma * field.voxel_size)).float().cpu().numpy()
-
-
-def _vertex_colours(field: VoxelField, mesh: trimesh.Trimesh) -> np.ndarray:
-    """RGBA uint8 per vertex: RGB fields sampled half a voxel inside the surface, where the colour
-    belongs to the object rather than to the near-empty space around it; grey otherwise."""
-    if field.channels != 3:
-        return np.tile(np.array(GREY, np.uint8), (len(mesh.vertices), 1))
-    inside = mesh.vertices - 0.5 * field.voxel_size * mesh.vertex_normals
-    pts = torch.as_tensor(inside, dtype=field.grid.dtype, device=field.grid.device)
-    with torch.no_grad():
-        _, feats = field.query(pts)
-    rgb = ((feats.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).cpu().numpy()
-    return np.concatenate([rgb, np.full((len(rgb), 1), 255, np.uint8)], axis=1)
-
-
-def extract_mesh(
-    field: VoxelField,
-    threshold: float = DEFAULT_MESH_THRESHOLD,
-    resolution: int | None = None,
-    keep_largest: bool = True,
-) -> trimesh.Trimesh:
-    """Closed triangle mesh of {alpha > threshold} in world coordinates, outward-facing.
-
-    alpha is the opacity of one voxel-length step (VoxelField.voxel_alpha); the default threshold
-    matches the metrics' occupancy. A field whose surface is soft may have no voxel that opaque:
-    the error then reports its largest alpha, and any threshold below it works (lower gives a
-    fatter mesh). `resolution` resamples the density to a finer or coarser grid first;
-    `keep_largest` drops floaters. RGB fields (3 channels) get sampled vertex colours; other
-    fields (latents) get plain grey vertex colours, since their features are not colours.
-    """
-    if not 0.0 < threshold < 1.0:
-        raise ValueError(f"threshold is an alpha and must lie in (0, 1), got {threshold}")
-    alpha = _alpha_grid(field, resolution)
-    peak = float(alpha.max())
-    if not peak > threshold:
-        raise ValueError(
-            f"empty mesh: no voxel has alpha above the threshold {threshold}; the field's largest voxel "
-            f"alpha is {peak:.4g}. Choose a threshold below it (e.g. half of it, {peak / 2:.4g}), or check "
-            "that the field holds an object."
-        )
-    # A layer of zeros around the grid closes the surface where the object touches the box.
-    verts, faces, _, _ = marching_cubes(np.pad(alpha, 1), level=threshold, allow_degenerate=False)
-    m = alpha.shape[0]
-    lo = field.aabb[0].double().cpu().numpy()
-    spacing = (field.aabb[1] - field.aabb[0]).double().cpu().numpy() / m
-    # Index order is [z, y, x]; index i of the padded grid is the centre of voxel i - 1.
-    xyz = lo + (verts[:, ::-1] - 0.5) * spacing
-    # Reversing the axis order also mirrors skimage's winding, which makes its faces outward-facing
-    # in xyz (checked in the tests); the guard keeps it so if skimage ever changes its convention.
-    mesh = trimesh.Trimesh(vertices=xyz, faces=faces, process=True)
-    if mesh.volume < 0:
-        mesh.invert()
-    if keep_largest:
-        parts = mesh.split(only_watertight=False)
-        if len(parts) > 1:
-            mesh = max(parts, key=lambda part: len(part.faces))
-    mesh.visual = trimesh.visual.ColorVisuals(mesh, vertex_colors=_vertex_colours(field, mesh))
-    return mesh
-
-
-def write_mesh(mesh: trimesh.Trimesh, path: str | Path) -> Path:
-    """Write `mesh` as .glb, .obj or .ply (chosen by the extension), vertex colours included."""
-    path = Path(path)
-    if path.suffix.lower() not in (".glb", ".obj", ".ply"):
-        raise ValueError(f"unsupported mesh format {path.suffix!r}: use .glb, .obj or .ply")
-    path = _prepare(path)
-    mesh.export(path)
     return path

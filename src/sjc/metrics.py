@@ -197,3 +197,51 @@ def evaluate_field(
     out["psnr"] = sum(snr) / len(snr)
     out["silhouette_iou_per_view"], out["psnr_per_view"] = sil, snr
     return out
+
+
+# --- 2D images (canvas and sampler results) -------------------------------------------------
+def contrast_prompts(scene: toyworld.Scene) -> list[str]:
+    """The prompt and its near misses: its colours on every other shape, its shape in every single
+    colour, and (two-tone) its colours swapped. An image nearest to one of these got a word wrong."""
+    front, back = scene.front_colour, scene.back_colour
+    scenes = [scene] + [toyworld.Scene(s, front, back) for s in toyworld.KNOWN_SHAPES if s != scene.shape]
+    scenes += [toyworld.Scene(scene.shape, c, c) for c in toyworld.KNOWN_COLOURS]
+    scenes.append(toyworld.Scene(scene.shape, back, front))
+    return list(dict.fromkeys(s.prompt for s in scenes))  # unique, the prompt first
+
+
+def nearest_reference(images: Tensor, references: Tensor, chunk: int = 2048) -> tuple[Tensor, Tensor]:
+    """Root mean square difference [N] (float64) from each image [N, ...] to its nearest reference
+    [M, ...], and that reference's index [N]."""
+    x = images.reshape(len(images), -1).double()
+    best = torch.full((len(x),), torch.inf, dtype=torch.float64)
+    index = torch.zeros(len(x), dtype=torch.long)
+    for start in range(0, len(references), chunk):
+        ys = references[start : start + chunk].reshape(-1, x.shape[1]).double()
+        d2 = (x.square().sum(1, keepdim=True) - 2 * x @ ys.T + ys.square().sum(1)).clamp_min(0)
+        value, arg = d2.min(dim=1)
+        better = value < best
+        best, index = torch.where(better, value, best), torch.where(better, arg + start, index)
+    return (best / x.shape[1]).sqrt(), index
+
+
+def nearest_image_quality(images: Tensor, prompt: str, n: int, size: int, seed: int = 0, cache_dir=None) -> dict:
+    """For images [N, 3, size, size] in [-1, 1]: the RMS distance of each to the nearest render of `prompt`'s
+    toy data set, which prompt (of `contrast_prompts`) owns its nearest render, and the fraction owned by
+    `prompt` (prompt accuracy). Every data set has the same `n` renders, so no prompt is favoured. Also the
+    index of each image's nearest render of `prompt` and how many distinct ones there are (diversity)."""
+    scene = toyworld.parse_prompt(prompt)
+    prompts = contrast_prompts(scene)
+    found = [nearest_reference(images, toyworld.make_dataset(p, n, size, seed, cache_dir).images) for p in prompts]
+    dists = torch.stack([d for d, _ in found])  # [P, N]
+    owner = dists.argmin(dim=0)
+    return {
+        "prompt": scene.prompt,
+        "prompt_accuracy": float((owner == 0).double().mean()),
+        "mean_nearest_rmse": float(dists[0].mean()),
+        "distinct_nearest": len(set(found[0][1].tolist())),
+        "nearest_rmse": dists[0].tolist(),
+        "nearest_index": found[0][1].tolist(),
+        "nearest_prompt": [prompts[k] for k in owner.tolist()],
+        "contrast_prompts": prompts,
+    }

@@ -3,18 +3,20 @@
 Each ray is sampled at a fixed step inside the field's box (midpoint rule), and composited
 front to back: alpha_i = 1 - exp(-sigma_i * step), T_i = exp(-sum_{j<i} sigma_j * step),
 w_i = T_i * alpha_i, colour = sum_i w_i c_i + (1 - sum_i w_i) * background.
-Samples behind a point where the transmittance has fallen below `min_transmittance` are
-not evaluated: their weights, and the gradients they would receive, are below it.
+Only the samples that can matter are evaluated, packed ray after ray: none behind the point where the
+transmittance falls below `min_transmittance` and, with `skip_empty`, none in cells the field marks empty.
 """
 
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 from typing import Protocol
 
 import torch
 from torch import Tensor
+from torch.autograd.function import once_differentiable
 
 from .cameras import Camera
 
@@ -30,6 +32,10 @@ class Field(Protocol):
     def query(self, pts: Tensor) -> tuple[Tensor, Tensor]: ...  # [N, 3] -> [N], [N, C]
 
     def background(self, dirs: Tensor) -> Tensor: ...  # [R, 3] -> [R, C]
+
+    # Optional, used when present (VoxelField has them): max_density() -> float, a bound on the density
+    # anywhere; cell_query(pts, lower_bound=..., occupancy=...) -> ([N] density lower bound or None,
+    # [N] bool "may be non-empty" or None), cheap and gradient-free. skip_empty needs cell_query.
 
 
 @dataclass
@@ -51,40 +57,35 @@ def ray_aabb(origins: Tensor, dirs: Tensor, aabb: Tensor) -> tuple[Tensor, Tenso
     return near, far
 
 
-def render(field: Field, camera: Camera, *, min_transmittance: float = 1e-4, far_depth: float = 10.0) -> Rendering:
-    """Render `field` from `camera`; differentiable in the field's parameters."""
+def render(
+    field: Field,
+    camera: Camera,
+    *,
+    min_transmittance: float = 1e-8,
+    far_depth: float = 10.0,
+    skip_empty: bool = False,
+) -> Rendering:
+    """Render `field` from `camera`; differentiable in the field's parameters.
+
+    `skip_empty` leaves out the samples in cells the field's occupancy grid marks empty: an approximation
+    in training (they get no gradient until the grid is refreshed), exact in the image as long as the
+    grid was refreshed after the density last changed."""
     aabb = field.aabb
     origins, dirs = camera.rays(device=aabb.device, dtype=aabb.dtype)
     near, far = ray_aabb(origins, dirs, aabb)
     step = field.step_size
     span = float((far - near).clamp_min(0).max())
     n_samples = max(1, math.ceil(span / step))
-
     t = near[:, None] + step * (torch.arange(n_samples, device=aabb.device, dtype=aabb.dtype) + 0.5)  # [R, S]
-    inside = t < far[:, None]
-    pts = origins[:, None, :] + dirs[:, None, :] * t[..., None]  # [R, S, 3]
-
-    keep = inside
-    if min_transmittance > 0:
-        with torch.no_grad():  # a cheap density-only pass finds where each ray is used up
-            tau = torch.zeros_like(t)
-            tau[inside] = field.density(pts[inside]) * step
-            transmittance = torch.exp(-(torch.cumsum(tau, dim=1) - tau))
-            keep = inside & (transmittance > min_transmittance)
-
-    sigma_kept, feats_kept = field.query(pts[keep])
-    tau = torch.zeros_like(t).index_put((keep,), sigma_kept * step)  # [R, S]
-    transmittance = torch.exp(-(torch.cumsum(tau, dim=1) - tau))
-    weights = transmittance * -torch.expm1(-tau)
-
-    ray_index = torch.nonzero(keep)[:, 0]
-    w_kept = weights[keep]
-    colour = torch.zeros(t.shape[0], feats_kept.shape[1], dtype=feats_kept.dtype, device=feats_kept.device)
-    colour = colour.index_add(0, ray_index, w_kept[:, None] * feats_kept)
+    rays = _Rays(origins.T.contiguous(), dirs.T.contiguous(), t)
+    flat = _samples_to_evaluate(field, rays, t < far[:, None], step, min_transmittance, skip_empty)
+    sigma, feats = field.query(rays.points(flat))
+    weights = _weights(t.shape, flat, sigma * step)
+    ray = torch.div(flat, n_samples, rounding_mode="floor")
+    colour = _RaySum.apply(weights.view(-1).gather(0, flat), feats, ray, origins.shape[0])
     opacity = weights.sum(dim=1)
     colour = colour + (1 - opacity)[:, None] * field.background(dirs)
     depth = (weights * t).sum(dim=1) + (1 - opacity) * far_depth
-
     H, W = camera.height, camera.width
     return Rendering(
         image=colour.T.reshape(1, -1, H, W),
@@ -92,3 +93,84 @@ def render(field: Field, camera: Camera, *, min_transmittance: float = 1e-4, far
         opacity=opacity.view(H, W),
         weights=weights,
     )
+
+
+@dataclass
+class _Rays:
+    origins: Tensor  # [3, R]: one row per axis, so gathers and arithmetic run on contiguous rows
+    dirs: Tensor  # [3, R]
+    t: Tensor  # [R, S]: sample distances
+
+    def points(self, flat: Tensor) -> Tensor:
+        """World points [N, 3] of the samples at flat indices [N] into t: the transpose of a [3, N] tensor."""
+        ray = torch.div(flat, self.t.shape[1], rounding_mode="floor")
+        t = self.t.view(-1).index_select(0, flat)
+        return torch.addcmul(self.origins.index_select(1, ray), self.dirs.index_select(1, ray), t).T
+
+
+def _weights(shape: torch.Size, flat: Tensor, tau: Tensor) -> Tensor:
+    """Compositing weights [R, S] of every sample slot, from the optical depths tau [N] of the samples
+    at flat indices [N] into [R, S]; the other slots are empty."""
+    tau = tau.new_zeros(shape.numel()).scatter(0, flat, tau).view(shape)
+    transmittance = torch.exp(-(torch.cumsum(tau, dim=1) - tau))
+    return transmittance * -torch.expm1(-tau)
+
+
+class _RaySum(torch.autograd.Function):
+    """colour [R, C] = per-ray sums of w [N] * feats [N, C] over samples packed ray after ray (ray [N]
+    sorted): one sparse product forward; the backward only gathers."""
+
+    @staticmethod
+    def forward(ctx, w: Tensor, feats: Tensor, ray: Tensor, n_rays: int) -> Tensor:
+        index = torch.int32 if w.shape[0] < 2**31 else torch.int64
+        counts = torch.bincount(ray, minlength=n_rays)
+        crow = torch.cat([counts.new_zeros(1), counts.cumsum(0)]).to(index)
+        columns = torch.arange(w.shape[0], device=w.device, dtype=index)
+        with warnings.catch_warnings():  # "sparse CSR support is in beta state"
+            warnings.simplefilter("ignore", UserWarning)
+            matrix = torch.sparse_csr_tensor(crow, columns, w, size=(n_rays, w.shape[0]), check_invariants=False)
+            colour = matrix @ feats.contiguous()
+        ctx.save_for_backward(w, feats, ray)
+        return colour
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad: Tensor) -> tuple[Tensor | None, Tensor | None, None, None]:
+        w, feats, ray = ctx.saved_tensors
+        per_sample = grad.contiguous().index_select(0, ray)  # [N, C]
+        grad_w = (per_sample * feats).sum(dim=1) if ctx.needs_input_grad[0] else None
+        grad_feats = per_sample.mul_(w[:, None]) if ctx.needs_input_grad[1] else None
+        return grad_w, grad_feats, None, None
+
+
+def _may_terminate(field: Field, step: float, n_samples: int, min_transmittance: float) -> bool:
+    """False when no ray can lose enough transmittance to be cut: then no pre-pass is needed."""
+    if not hasattr(field, "max_density"):
+        return True
+    return field.max_density() * step * (n_samples - 1) >= -math.log(min_transmittance)
+
+
+def _samples_to_evaluate(
+    field: Field, rays: _Rays, inside: Tensor, step: float, min_transmittance: float, skip_empty: bool
+) -> Tensor:
+    """Flat indices [N] into [R, S] of the samples worth evaluating, ray after ray (ray-major)."""
+    flat = inside.view(-1).nonzero().squeeze(1)
+    terminate = min_transmittance > 0 and _may_terminate(field, step, inside.shape[1], min_transmittance)
+    if not (terminate or skip_empty):
+        return flat
+    with torch.no_grad():
+        pts = rays.points(flat)
+        if hasattr(field, "cell_query"):
+            lower, keep = field.cell_query(pts, lower_bound=terminate, occupancy=skip_empty)
+        elif skip_empty:
+            raise ValueError(f"skip_empty needs a field with an occupancy grid; {type(field).__name__} has none")
+        else:
+            lower, keep = field.density(pts), None
+        if terminate:
+            if keep is not None:
+                lower = lower * keep  # skipped samples count as empty, as they render
+            tau = lower.new_zeros(inside.numel()).index_put_((flat,), lower * step).view(inside.shape)
+            transmittance = torch.exp(-(torch.cumsum(tau, dim=1) - tau))  # an upper bound of the true one
+            alive = transmittance.view(-1).index_select(0, flat) > min_transmittance
+            keep = alive if keep is None else keep & alive
+    return flat[keep]

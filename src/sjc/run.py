@@ -17,7 +17,9 @@ import torch
 from .checkpoint import CheckpointError, list_checkpoints, read_checkpoint, restore
 from .config import GenerateConfig, from_dict, to_json
 from .denoisers import Prior
-from .trainer import build_field, fit, make_generators, pick_device
+from .interrupt import catch_signals
+from .resume import restore_run
+from .trainer import build_field, check_prior_settings, fit, make_generators, make_optimizer, pick_device
 from .voxel import VoxelField
 
 
@@ -58,6 +60,14 @@ def build_prior(cfg: GenerateConfig, device: torch.device) -> Prior:
                 negative_prompt=s.negative_prompt,
                 resolution=s.resolution,
             )
+        case "pixel":
+            from .pixel import PixelPrior, refuse_prompt
+
+            refuse_prompt(cfg.prompt)
+            p = cfg.pixel
+            return PixelPrior.from_pretrained(
+                p.model, device=device, dtype=p.dtype, resolution=p.resolution, data_range=p.data_range
+            )
         case _:
             raise ValueError(f"unknown prior {cfg.prior!r}")
 
@@ -88,13 +98,20 @@ class RunResult:
 def generate(cfg: GenerateConfig, *, progress: bool = True) -> RunResult:
     """The whole `sjc generate`: optimise, then export turntable, views, mesh and metrics."""
     device = pick_device(cfg.device)
-    run_dir = Path(cfg.out) if cfg.out else default_run_dir(cfg.prompt)
+    run_dir = Path(cfg.out) if cfg.out else default_run_dir(cfg.prompt or cfg.pixel.model)
     cfg = replace(cfg, out=str(run_dir))
     prior = build_prior(cfg, device)  # fails on a bad prompt before anything is written
-    prepare_run_dir(run_dir, cfg, cfg.overwrite)
+    check_prior_settings(cfg, prior)
     gens = make_generators(cfg.train.seed, device)
     field = build_field(cfg, prior, device, gens["init"])
-    fit(field, prior, cfg, run_dir, gens=gens, progress=progress)
+    optimizer = make_optimizer(field, cfg)
+    if cfg.resume:
+        start = restore_run(run_dir, cfg, field, optimizer, gens)
+    else:
+        prepare_run_dir(run_dir, cfg, cfg.overwrite)
+        start = 0
+    with catch_signals() as stop:  # Ctrl-C: checkpoint the current step, then raise Interrupted
+        fit(field, prior, cfg, run_dir, optimizer=optimizer, gens=gens, start_step=start, stop=stop, progress=progress)
     files = write_artefacts(field, prior, cfg, run_dir)
     metrics = evaluate(field, cfg)
     if metrics is not None:
@@ -104,7 +121,7 @@ def generate(cfg: GenerateConfig, *, progress: bool = True) -> RunResult:
 
 
 def write_artefacts(field: VoxelField, prior: Prior, cfg: GenerateConfig, run_dir: Path) -> dict[str, Path]:
-    from . import export
+    from . import export, mesh
 
     e = cfg.export
     files: dict[str, Path] = {}
@@ -117,8 +134,9 @@ def write_artefacts(field: VoxelField, prior: Prior, cfg: GenerateConfig, run_di
         export.contact_sheet(field, run_dir / "views.png", size=e.turntable_size, decode=prior.decode)
     )
     try:
-        mesh = export.extract_mesh(field, threshold=e.mesh_threshold)
-        files["mesh"] = Path(export.write_mesh(mesh, run_dir / "mesh.glb"))
+        # RGB fields colour the mesh themselves; latent ones are baked from views the prior decodes.
+        surface = mesh.extract_mesh(field, threshold=e.mesh_threshold, decode=prior.decode, bake_size=e.turntable_size)
+        files["mesh"] = Path(mesh.write_mesh(surface, run_dir / "mesh.glb"))
     except ValueError as err:  # an empty field has no surface: say so, keep the other results
         print(f"no mesh written: {err}")
     return files

@@ -32,7 +32,7 @@ REQUIRED_FILES = {
     "tokenizer": ("vocab.json", "tokenizer.json"),
     "scheduler": ("scheduler_config.json",),
 }
-_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$")
+REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$")
 _PARTS = "unet/, vae/, text_encoder/, tokenizer/ and scheduler/"
 _HOW_TO_FOLDER = (
     f"Give --sd.model a diffusers folder holding {_PARTS} (as StableDiffusionPipeline.save_pretrained writes "
@@ -83,7 +83,7 @@ def locate(model: str) -> Path | str:
         return path
     if path.exists():
         raise _not_found(model, f"the folder {path.resolve()}", "it is a file, not a folder")
-    if not _REPO_ID.match(model):
+    if not REPO_ID.match(model):
         raise _not_found(model, f"the folder {path.resolve()}", "no such folder")
     return model
 
@@ -92,7 +92,8 @@ def _any_file(folder: Path, names: tuple[str, ...]) -> bool:
     return any((folder / name).is_file() for name in names)
 
 
-def _where_on_hub(model: str) -> str:
+def where_on_hub(model: str) -> str:
+    """Where a model named by a hub id was looked for (for missing-weights messages)."""
     where = f"a local folder named {model!r} (none here), then the Hugging Face cache at {hub_cache_dir()}"
     if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
         return where + " (HF_HUB_OFFLINE is set, so nothing was downloaded)"
@@ -132,7 +133,7 @@ def load_components(model: str, device: torch.device | str, dtype: torch.dtype) 
     source = locate(model)
     lib = _import_libraries(model)
     local = isinstance(source, Path)
-    where = f"the folder {Path(source).resolve()}" if local else _where_on_hub(model)
+    where = f"the folder {Path(source).resolve()}" if local else where_on_hub(model)
     try:
         with warnings.catch_warnings():  # deprecation chatter of the hub client, not the user's business
             warnings.filterwarnings("ignore", module=r"huggingface_hub\.")
@@ -241,3 +242,36 @@ class StableDiffusionPrior:
 def _batch_embeddings(cond: Tensor, uncond: Tensor, n: int) -> Tensor:
     """[2n, L, D]: n copies of the conditional embeddings, then n of the unconditional ones."""
     return torch.cat([cond.expand(n, -1, -1), uncond.expand(n, -1, -1)])
+
+
+class LatentDecoder:
+    """The VAE decoder alone: all that pictures and mesh colours of a saved latent field need
+    (`sjc render`, `sjc export`), without loading the UNet or the text encoder."""
+
+    def __init__(self, vae: Any, device: torch.device | str = "cpu") -> None:
+        self.vae, self.device = vae, torch.device(device)
+        self.factor = 2 ** (len(vae.config.block_out_channels) - 1)
+        self.scaling_factor = float(vae.config.scaling_factor)
+        self.shift_factor = float(getattr(vae.config, "shift_factor", None) or 0.0)
+
+    @classmethod
+    def from_pretrained(cls, model: str = DEFAULT_MODEL, *, device: torch.device | str = "cpu") -> LatentDecoder:
+        """Read the VAE of `model` (folder or hub id) in float32; WeightsNotFoundError says where it looked."""
+        source = locate(model)
+        lib = _import_libraries(model)
+        local = isinstance(source, Path)
+        try:
+            with warnings.catch_warnings():  # deprecation chatter of the hub client, not the user's business
+                warnings.filterwarnings("ignore", module=r"huggingface_hub\.")
+                vae = lib["vae"].from_pretrained(source, subfolder="vae", torch_dtype=torch.float32)
+        except (OSError, ValueError) as err:
+            where = f"the folder {Path(source).resolve()}" if local else where_on_hub(model)
+            reason = str(err).strip().splitlines()[0].rstrip(".")
+            raise _not_found(model, where, reason, _HOW_TO_FOLDER if local else _HOW_TO_HUB) from None
+        return cls(vae.to(device).eval().requires_grad_(False), device)
+
+    @torch.no_grad()
+    def __call__(self, x: Tensor) -> Tensor:
+        """Latents [B, 4, h, w] -> RGB [B, 3, 8h, 8w] in [-1, 1], exactly as StableDiffusionPrior.decode."""
+        z = x.to(self.device, torch.float32) / self.scaling_factor + self.shift_factor
+        return self.vae.decode(z).sample.clamp(-1, 1).to(x.device, x.dtype)

@@ -21,6 +21,7 @@ from .cameras import View, camera_from_view, sample_training_view
 from .checkpoint import checkpoint_path, prune_checkpoints, save_checkpoint
 from .config import GenerateConfig, to_json
 from .denoisers import Prior
+from .interrupt import Interrupted, StopRequest
 from .prompts import view_prompt
 from .render import render
 from .voxel import VoxelField
@@ -36,6 +37,10 @@ class DeviceError(ValueError):
     """The requested device does not exist on this machine."""
 
 
+class ConfigError(ValueError):
+    """Settings that are valid alone but not with this prior (e.g. a sigma range outside it)."""
+
+
 def pick_device(name: str = "auto") -> torch.device:
     """'auto' is CUDA when present, else CPU; an unavailable device is a DeviceError."""
     if name == "auto":
@@ -43,7 +48,9 @@ def pick_device(name: str = "auto") -> torch.device:
     try:
         device = torch.device(name)
     except RuntimeError:
-        raise DeviceError(f"unknown device {name!r}; use 'auto', 'cpu', 'cuda' or 'cuda:N'") from None
+        device = None
+    if device is None or device.type not in ("cpu", "cuda"):  # 'meta', 'xpu', ...: not devices a run can use
+        raise DeviceError(f"unknown device {name!r}; use 'auto', 'cpu', 'cuda' or 'cuda:N'")
     if device.type == "cuda" and (not torch.cuda.is_available() or (device.index or 0) >= torch.cuda.device_count()):
         raise DeviceError(f"device {name!r} is not available here (no such CUDA device); use --device cpu")
     return device
@@ -78,16 +85,47 @@ def make_optimizer(field: VoxelField, cfg: GenerateConfig) -> torch.optim.Optimi
     return torch.optim.Adamax(field.param_groups(cfg.optim.lr, cfg.optim.background_lr))
 
 
-def draw_sigma(cfg: GenerateConfig, prior: Prior, step: int, generator: torch.Generator) -> float:
+def schedule_steps(cfg: GenerateConfig) -> int:
+    """The length the step-dependent schedules (emptiness switch, annealed sigma) are laid out over.
+    It is --train.steps unless a resume raised the step count: the added steps then continue at the
+    schedule's end values, so the steps already taken never change meaning."""
+    return cfg.train.schedule_steps or cfg.train.steps
+
+
+def sigma_range(cfg: GenerateConfig, prior: Prior) -> tuple[float, float]:
+    """(sigma_min, sigma_max): the config's, else the prior's; ConfigError if reversed."""
     s = cfg.scoring
     lo = s.sigma_min if s.sigma_min is not None else prior.sigma_min
     hi = s.sigma_max if s.sigma_max is not None else prior.sigma_max
+    if not 0 < lo < hi:
+        raise ConfigError(
+            f"the sigma range [{lo}, {hi}] (--scoring.sigma-min / --scoring.sigma-max, else the prior's "
+            f"[{prior.sigma_min}, {prior.sigma_max}]) must satisfy 0 < sigma-min < sigma-max"
+        )
+    return lo, hi
+
+
+def check_prior_settings(cfg: GenerateConfig, prior: Prior) -> None:
+    """ConfigError for settings that are only wrong against this prior; run it before writing anything."""
+    s = cfg.scoring
+    if s.sigma_schedule != "grid":
+        sigma_range(cfg, prior)
+    elif prior.sigmas is None:
+        raise ConfigError("this prior has no discrete sigma grid; use --scoring.sigma-schedule log-uniform")
+    elif s.drop_lowest + s.drop_highest >= len(prior.sigmas):
+        raise ConfigError(
+            f"--scoring.drop-lowest {s.drop_lowest} and --scoring.drop-highest {s.drop_highest} leave none of "
+            f"the prior's {len(prior.sigmas)} sigmas"
+        )
+
+
+def draw_sigma(cfg: GenerateConfig, prior: Prior, step: int, generator: torch.Generator) -> float:
+    s = cfg.scoring
     if s.sigma_schedule == "log-uniform":
-        return chaining.sigma_log_uniform(lo, hi, generator)
+        return chaining.sigma_log_uniform(*sigma_range(cfg, prior), generator)
     if s.sigma_schedule == "annealed":
-        return chaining.sigma_annealed(step, cfg.train.steps, lo, hi)
-    if prior.sigmas is None:
-        raise ValueError("this prior has no discrete sigma grid; use --scoring.sigma-schedule log-uniform")
+        return chaining.sigma_annealed(step, schedule_steps(cfg), *sigma_range(cfg, prior))
+    check_prior_settings(cfg, prior)
     return chaining.sigma_from_grid(prior.sigmas, s.drop_lowest, s.drop_highest, generator)
 
 
@@ -125,7 +163,7 @@ def sjc_step(
     )
     losses = {"sjc": chaining.chain_surrogate(out.image, g)}
     w_empty = chaining.emptiness_weight_at(
-        step, cfg.train.steps, c.emptiness_weight, c.emptiness_multiplier, c.emptiness_switch
+        step, schedule_steps(cfg), c.emptiness_weight, c.emptiness_multiplier, c.emptiness_switch
     )
     if w_empty > 0:
         losses["emptiness"] = w_empty * chaining.emptiness_loss(out.weights, c.emptiness_scale)
@@ -134,13 +172,39 @@ def sjc_step(
     total = sum(losses.values())
     optimizer.zero_grad(set_to_none=True)
     total.backward()
-    grad_norm = torch.linalg.vector_norm(field.grid.grad).item()
     values = {k: v.item() for k, v in losses.items()}
-    for name, value in [*values.items(), ("grad_norm", grad_norm)]:
-        if not math.isfinite(value):
-            raise NonFiniteError(f"the {name} became {value} at step {step}; the last checkpoint is intact")
+    grad_norm = _checked_grad_norm(field, values, step)
     optimizer.step()
+    for name, param in field.named_parameters():  # e.g. an overflowing update: stop before it is saved
+        _check_finite(f"parameter {name}", param.detach(), step)
     return StepResult(sigma, values, grad_norm)
+
+
+def _checked_grad_norm(field: VoxelField, losses: dict[str, float], step: int) -> float:
+    """The norm of the whole gradient, after checking that the loss terms and gradients are finite."""
+    for name, value in losses.items():
+        if not math.isfinite(value):
+            raise _non_finite(f"{name} loss", value, step)
+    grads = {name: p.grad for name, p in field.named_parameters() if p.grad is not None}
+    grad_norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads.values()])).item()
+    if not math.isfinite(grad_norm):
+        for name, grad in grads.items():
+            _check_finite(f"gradient of {name}", grad, step)
+        raise _non_finite("gradient norm", grad_norm, step)  # finite entries whose norm overflows
+    return grad_norm
+
+
+def _check_finite(quantity: str, value: torch.Tensor, step: int) -> None:
+    if not bool(torch.isfinite(value).all()):
+        raise _non_finite(quantity, value[~torch.isfinite(value)].flatten()[0].item(), step)
+
+
+def _non_finite(quantity: str, value: float, step: int) -> NonFiniteError:
+    """The error for `quantity` turning NaN or inf at 0-based `step` (messages count steps from 1)."""
+    return NonFiniteError(
+        f"the {quantity} became {value} at step {step + 1}; "
+        "the run stopped without saving this state, so the last checkpoint is intact"
+    )
 
 
 def fit(
@@ -153,13 +217,18 @@ def fit(
     gens: dict[str, torch.Generator] | None = None,
     start_step: int = 0,
     progress: bool = True,
+    stop: StopRequest | None = None,
 ) -> VoxelField:
-    """Optimise `field` for steps [start_step, cfg.train.steps) against `prior`."""
+    """Optimise `field` for steps [start_step, cfg.train.steps) against `prior`.
+
+    When `stop` is requested (a signal), the step in flight completes, its state is checkpointed
+    and Interrupted is raised. A NaN or inf raises NonFiniteError before anything of its step is saved."""
     device = field.grid.device
     gens = gens or make_generators(cfg.train.seed, device)
     optimizer = optimizer or make_optimizer(field, cfg)
     t = cfg.train
-    log = open(Path(run_dir) / "log.jsonl", "a") if run_dir else None  # noqa: SIM115 (closed below)
+    run_dir = Path(run_dir) if run_dir else None
+    log = open(run_dir / "log.jsonl", "a") if run_dir else None  # noqa: SIM115 (closed below)
     bar = tqdm(
         range(start_step, t.steps), initial=start_step, total=t.steps, disable=not progress, desc=cfg.prompt or "sjc"
     )
@@ -175,10 +244,13 @@ def fit(
                 log.flush()
             bar.set_postfix(sigma=f"{result.sigma:.3f}", loss=f"{sum(result.losses.values()):.3g}", refresh=False)
             if run_dir and t.validate_every and done % t.validate_every == 0:
-                save_validation(field, prior, cfg, Path(run_dir) / "validation" / f"step_{done:07d}.png")
-            if run_dir and (done % t.checkpoint_every == 0 or done == t.steps):
+                save_validation(field, prior, cfg, run_dir / "validation" / f"step_{done:07d}.png")
+            stopping = stop is not None and stop.requested
+            if run_dir and (done % t.checkpoint_every == 0 or done == t.steps or stopping):
                 save_checkpoint(checkpoint_path(run_dir, done), field, optimizer, gens, done, to_json(cfg))
                 prune_checkpoints(run_dir, t.keep_checkpoints)
+            if stopping:
+                raise Interrupted(done, run_dir, stop.signum)
     finally:
         bar.close()
         if log:

@@ -3,7 +3,7 @@
 One grid holds density (channel 0) and C feature channels, so a sample costs one trilinear
 lookup. Density is softplus(d * exp(d_scale) + shift); features are raw (latent priors) or
 sigmoid-mapped to [-1, 1] (pixel priors). Voxel values sit at voxel centres inside the
-axis-aligned box [-half, half]^3 (grid_sample with align_corners=False).
+axis-aligned box [-half, half]^3 (grid_sample with align_corners=False, border padding).
 """
 
 from __future__ import annotations
@@ -13,6 +13,10 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from .trilinear import cell_coords, trilinear
+
+LOOKUPS = ("auto", "sparse", "grid_sample")
 
 
 class VoxelField(nn.Module):
@@ -54,6 +58,9 @@ class VoxelField(nn.Module):
         self.step_ratio = step_ratio
         self.background_mode = background
         self.background_value = background_value
+        # How query() interpolates: 'sparse' (trilinear.py; much faster backward on CPU), 'grid_sample'
+        # (PyTorch's), or 'auto' (sparse on CPU, grid_sample elsewhere). A runtime choice, not saved.
+        self.lookup = "auto"
         self.register_buffer("aabb", torch.tensor([[-half_size] * 3, [half_size] * 3]), persistent=False)
 
         n = resolution
@@ -65,10 +72,20 @@ class VoxelField(nn.Module):
         size = background_size if background == "texture" else 1
         self.bg = nn.Parameter(torch.randn(1, channels, size, size, generator=generator))
         self.bg.requires_grad_(background == "texture")
+        # Empty-space skipping (refresh_occupancy); all True skips nothing. Saved with the field, so a
+        # resumed run skips exactly what the uninterrupted one did.
+        self.register_buffer("occupancy", torch.ones(n, n, n, dtype=torch.bool))
 
     def spec(self) -> dict:
         """Constructor arguments that rebuild a field of this shape (stored in checkpoints)."""
         return {**self._spec, "resolution": self.resolution}
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
+        # Checkpoints written before empty-space skipping have no occupancy grid: skip nothing.
+        if prefix + "grid" in state_dict and prefix + "occupancy" not in state_dict:
+            n = state_dict[prefix + "grid"].shape[-1]
+            state_dict[prefix + "occupancy"] = torch.ones(n, n, n, dtype=torch.bool)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     # --- geometry -------------------------------------------------------------------------
     @property
@@ -86,10 +103,18 @@ class VoxelField(nn.Module):
 
     def _grid_coords(self, pts: Tensor) -> Tensor:
         lo, hi = self.aabb[0].to(pts.dtype), self.aabb[1].to(pts.dtype)
-        return ((pts - lo) / (hi - lo) * 2 - 1).view(1, -1, 1, 1, 3)
+        return ((pts - lo) / (hi - lo) * 2 - 1).reshape(1, -1, 1, 1, 3)
 
     def _lookup(self, grid: Tensor, pts: Tensor) -> Tensor:
         """Trilinear values of `grid` [1, K, n, n, n] at world points [N, 3] -> [N, K]."""
+        lookup = self.lookup if self.lookup != "auto" else ("sparse" if grid.device.type == "cpu" else "grid_sample")
+        if lookup == "sparse":
+            return trilinear(grid, *cell_coords(pts, self.aabb, self.resolution))
+        if lookup != "grid_sample":
+            raise ValueError(f"VoxelField.lookup must be one of {LOOKUPS}, got {self.lookup!r}")
+        return self._grid_sample(grid, pts)
+
+    def _grid_sample(self, grid: Tensor, pts: Tensor) -> Tensor:
         out = F.grid_sample(grid, self._grid_coords(pts), mode="bilinear", padding_mode="border", align_corners=False)
         return out.view(grid.shape[1], -1).T
 
@@ -104,13 +129,59 @@ class VoxelField(nn.Module):
 
     # --- the Field protocol of render.py --------------------------------------------------
     def density(self, pts: Tensor) -> Tensor:
-        """Volume density [N] at world points [N, 3]."""
-        return self.activate_density(self._lookup(self.grid[:, :1], pts)[:, 0])
+        """Volume density [N] at world points [N, 3] (grid_sample on the density channel alone)."""
+        return self.activate_density(self._grid_sample(self.grid[:, :1], pts)[:, 0])
+
+    def features(self, pts: Tensor) -> Tensor:
+        """Features [N, C] at world points [N, 3] (grid_sample on the feature channels alone)."""
+        return self.activate_features(self._grid_sample(self.grid[:, 1:], pts))
 
     def query(self, pts: Tensor) -> tuple[Tensor, Tensor]:
         """Density [N] and features [N, C] at world points [N, 3], in one grid lookup."""
-        values = self._lookup(self.grid, pts)
-        return self.activate_density(values[:, 0]), self.activate_features(values[:, 1:])
+        raw_density, raw_features = self._lookup(self.grid, pts).split([1, self.channels], dim=1)
+        return self.activate_density(raw_density.squeeze(1)), self.activate_features(raw_features)
+
+    @torch.no_grad()
+    def max_density(self) -> float:
+        """The largest density anywhere in the box (trilinear values never exceed the largest voxel)."""
+        return float(self.activate_density(self.grid[0, 0].max()))
+
+    @torch.no_grad()
+    def cell_query(
+        self, pts: Tensor, *, lower_bound: bool = True, occupancy: bool = False
+    ) -> tuple[Tensor | None, Tensor | None]:
+        """Gradient-free answers at world points [N, 3] from one cell lookup each: with `lower_bound`, a
+        lower bound of the density (that of the cell's least dense corner voxel: trilinear values are convex
+        combinations of the corners and the activation is monotonic); with `occupancy`, whether the
+        occupancy grid (refresh_occupancy) marks the cell as possibly non-empty."""
+        base, _ = cell_coords(pts, self.aabb, self.resolution, weights=False)
+        lower = marked = None
+        if lower_bound:
+            lower = self.activate_density(self._cell_minimum().index_select(0, base))
+        if occupancy:
+            marked = self.occupancy.reshape(-1).index_select(0, base)
+        return lower, marked
+
+    def _cell_minimum(self) -> Tensor:
+        """The smallest raw density among each cell's 8 corner voxels, flat and indexed by the cell's lowest
+        corner (as cell_coords' base). Entries of cells past the last voxel are meaningless and never read."""
+        n, flat = self.resolution, self.grid[0, 0].reshape(-1)
+        for shift in (1, n, n * n):  # x, then y, then z neighbours
+            flat = torch.minimum(flat[:-shift], flat[shift:])
+        return flat
+
+    @torch.no_grad()
+    def refresh_occupancy(self, threshold: float = 1e-4, dilation: int = 2) -> float:
+        """Mark for empty-space skipping every cell with a corner voxel whose alpha exceeds `threshold`,
+        grown by `dilation` cells each way (so the surface can still grow until the next refresh).
+        Returns the fraction of cells marked."""
+        occupied = (self.voxel_alpha() > threshold).to(self.grid.dtype)[None, None]
+        # A cell [z, y, x] spans voxel centres z..z+1 (etc.): occupied if any of its 8 corners is.
+        cells = F.max_pool3d(F.pad(occupied, (0, 1, 0, 1, 0, 1)), 2, stride=1)
+        if dilation > 0:
+            cells = F.max_pool3d(cells, 2 * dilation + 1, stride=1, padding=dilation)
+        self.occupancy = cells[0, 0] > 0
+        return float(self.occupancy.float().mean())
 
     def background(self, dirs: Tensor) -> Tensor:
         """Background features [R, C] seen along unit directions [R, 3]."""
@@ -143,6 +214,7 @@ class VoxelField(nn.Module):
         """Resample the grid to `resolution`^3 (coarse-to-fine); rebuild the optimiser after."""
         size = (resolution,) * 3
         self.grid = nn.Parameter(F.interpolate(self.grid.data, size=size, mode="trilinear", align_corners=False))
+        self.occupancy = torch.ones(size, dtype=torch.bool, device=self.grid.device)
 
     def param_groups(self, lr: float, background_lr: float) -> list[dict]:
         """Optimiser groups: grid and density scale at `lr`, background texture at `background_lr`."""

@@ -1,0 +1,135 @@
+"""The 2D canvas and the reference sampler, measured on the toy prior and on an analytic Gaussian.
+
+Canvas table: for each toy prompt, naive vs PAAS scoring and annealed vs random sigmas, over the
+prior's sigma range (0.1 to 1.5, the 3D loop's) and a wide one (0.1 to 80), `--seeds` canvases each:
+prompt accuracy (the nearest render among the prompt and its near misses belongs to the prompt),
+the mean RMS distance to the nearest render of the prompt, and how many distinct renders the canvases
+land on. Sampler rows: the same figures for `sjc sample`'s Heun and Euler. Sampler accuracy table: the
+largest error against the exact probability-flow solution of a Gaussian prior, by steps.
+
+    python benchmarks/canvas.py                       # everything, one process per job, 2 at a time
+    python benchmarks/canvas.py --prompts "a red cube" --seeds 8 --jobs 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+PROMPTS = ("a red cube", "a red and blue cube", "a yellow sphere")
+RANGES = {"prior": (0.1, 1.5), "wide": (0.1, 80.0)}
+CANVAS_VARIANTS = [(s, sch) for s in ("naive", "paas") for sch in ("annealed", "random")]
+
+
+def run_job(job: tuple) -> dict:
+    """One (prompt, method) cell over `seeds` images, in a worker process with one PyTorch thread."""
+    prompt, kind, method, sigma_range, seeds = job
+    import torch
+
+    from sjc.canvas import canvas_sigmas, optimise_canvas, sample_ode
+    from sjc.config2d import canvas_preset, sample_preset
+    from sjc.metrics import nearest_image_quality
+    from sjc.run2d import FRONT, build_prior_2d, sample_sigmas
+
+    torch.set_num_threads(1)
+    make = canvas_preset if kind == "canvas" else sample_preset
+    cfg = dataclasses.replace(make("toy", "default"), prompt=prompt)
+    prior = build_prior_2d(cfg, torch.device("cpu"))
+    cond, shape = prior.condition(prompt, FRONT), (1, 3, prior.image_size, prior.image_size)
+    start = time.perf_counter()
+    images = []
+    for seed in range(seeds):
+        gen = torch.Generator().manual_seed(seed)
+        if kind == "canvas":
+            scoring, schedule = method
+            x0 = cfg.init_std * torch.randn(shape, generator=gen)  # the same draws, in order, as `sjc canvas`
+            sigmas = canvas_sigmas(schedule, cfg.steps, *sigma_range, gen)
+            noise = torch.Generator().manual_seed(seed + 1_000_003)
+            x, _ = optimise_canvas(prior.denoise, x0, sigmas, cond, scoring=scoring, lr=cfg.lr, generator=noise)
+        else:
+            sigmas = sample_sigmas(cfg, prior)
+            x0 = float(sigmas[0]) * torch.randn(shape, generator=gen)
+            x = sample_ode(prior.denoise, x0, sigmas, cond, method=method)
+        images.append(x)
+    seconds = time.perf_counter() - start
+    q = nearest_image_quality(torch.cat(images).clamp(-1, 1), prompt, cfg.toy.n_images, prior.image_size)
+    name = f"canvas {method[0]}, {method[1]}" if kind == "canvas" else f"sample {method}"
+    return {
+        "prompt": prompt,
+        "method": name,
+        "sigma_range": list(sigma_range) if kind == "canvas" else None,
+        "steps": cfg.steps,
+        "images": seeds,
+        "prompt_accuracy": q["prompt_accuracy"],
+        "mean_nearest_rmse": q["mean_nearest_rmse"],
+        "distinct_nearest": q["distinct_nearest"],
+        "seconds": seconds,
+    }
+
+
+def sampler_accuracy(steps=(10, 20, 40, 80), mean: float = 0.3, std: float = 0.5) -> list[dict]:
+    """Largest error of Heun and Euler against the exact flow of N(mean, std^2) from sigma 80 to 0."""
+    import torch
+
+    from sjc.canvas import karras_sigmas, sample_ode
+    from sjc.denoisers import GaussianDenoiser
+
+    noise = torch.randn(256, 1, 4, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    rows = []
+    for n in steps:
+        sigmas = karras_sigmas(n, 0.002, 80.0)
+        x0 = sigmas[0] * noise
+        exact = mean + std / math.sqrt(std**2 + 80.0**2) * (x0 - mean)
+        row = {"steps": n}
+        for method in ("heun", "euler"):
+            x = sample_ode(GaussianDenoiser(mean, std), x0, sigmas, method=method)
+            row[method] = float((x - exact).abs().max())
+            row[f"{method}_evaluations"] = 2 * n - 1 if method == "heun" else n
+        rows.append(row)
+    return rows
+
+
+def tables(rows: list[dict], accuracy: list[dict]) -> str:
+    head = "| prompt | method | sigma range | steps | prompt accuracy | RMS to nearest render | distinct | time (s) |"
+    lines = [head, "|" + "---|" * 8]
+    for r in rows:
+        span = "-" if r["sigma_range"] is None else f"{r['sigma_range'][0]:g} - {r['sigma_range'][1]:g}"
+        lines.append(
+            f"| {r['prompt']} | {r['method']} | {span} | {r['steps']} | {r['prompt_accuracy']:.0%} | "
+            f"{r['mean_nearest_rmse']:.2g} | {r['distinct_nearest']}/{r['images']} | {r['seconds']:.0f} |"
+        )
+    lines += ["", "| steps | Heun max error (D evaluations) | Euler max error (D evaluations) |", "|---|---|---|"]
+    for a in accuracy:
+        heun, euler = f"{a['heun']:.2g} ({a['heun_evaluations']})", f"{a['euler']:.2g} ({a['euler_evaluations']})"
+        lines.append(f"| {a['steps']} | {heun} | {euler} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--prompts", nargs="*", default=list(PROMPTS))
+    parser.add_argument("--seeds", type=int, default=16, help="canvases / samples per cell")
+    parser.add_argument("--ranges", nargs="*", default=list(RANGES), choices=list(RANGES))
+    parser.add_argument("--jobs", type=int, default=2, help="worker processes")
+    parser.add_argument("--json", type=Path, default=None, help="also write the rows to this file")
+    args = parser.parse_args()
+
+    jobs = [(p, "sample", m, None, args.seeds) for p in args.prompts for m in ("heun", "euler")]
+    jobs += [
+        (p, "canvas", v, RANGES[r], args.seeds) for p in args.prompts for r in args.ranges for v in CANVAS_VARIANTS
+    ]
+    with ProcessPoolExecutor(max_workers=args.jobs) as pool:
+        rows = list(pool.map(run_job, jobs))
+    accuracy = sampler_accuracy()
+    print(tables(rows, accuracy))
+    if args.json:
+        args.json.write_text(json.dumps({"rows": rows, "sampler_accuracy": accuracy}, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

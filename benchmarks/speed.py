@@ -1,0 +1,226 @@
+"""Speed of the renderer and of whole SJC steps, against the dense reference, measured in one run.
+
+Times forward, backward and optimiser step (medians after warm-up; contenders interleaved step by
+step so machine load hits them alike) and the peak extra memory of a step, for the dense reference
+(`sjc.reference.render_dense`), the fast renderer with exact optimisations only, and with empty-space
+skipping, at the paper's setting (100^3, 64x64, C = 4) and at 160^3 / 128x128, with the field at
+initialisation and formed (an opaque sphere of radius 0.5, empty elsewhere). Before timing it checks
+that the fast renderer (skipping off) equals the reference in image, depth and gradients.
+
+    python benchmarks/speed.py                       # everything (~10 minutes on 2 cores)
+    python benchmarks/speed.py --only render --configs paper
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import ctypes
+import multiprocessing
+import re
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+
+from sjc import chaining
+from sjc.cameras import Camera, camera_from_view, sample_training_view
+from sjc.config import FieldConfig
+from sjc.reference import render_dense
+from sjc.render import Rendering, render
+from sjc.voxel import VoxelField
+
+CONFIGS = {"paper": (100, 64), "large": (160, 128)}  # grid resolution, image side
+STATES = ("init", "formed")
+CHANNELS = 4
+EMPTINESS = 1e4  # the paper's weight: the emptiness loss is part of every step
+TOLERANCE = 1e-4
+
+
+# --- memory: the process's peak resident size over one step ------------------------------------
+def _fixed_mmap_threshold() -> None:
+    """Big blocks straight from mmap and back on free, so resident size follows live tensors."""
+    with contextlib.suppress(OSError):
+        ctypes.CDLL("libc.so.6").mallopt(-3, 1 << 16)  # M_MMAP_THRESHOLD
+
+
+def _rss_kb(key: str) -> int:
+    with open("/proc/self/status") as f:
+        return int(re.search(rf"{key}:\s+(\d+) kB", f.read()).group(1))
+
+
+def _reset_peak() -> int:
+    """Reset the peak resident size to the current one (Linux); returns the current one in kB."""
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+    return _rss_kb("VmRSS")
+
+
+# --- fields, cameras, steps -------------------------------------------------------------------
+def make_field(resolution: int, state: str, seed: int = 0) -> VoxelField:
+    """A paper-like latent field: raw density 0 and N(0, 1) features at 'init'; 'formed' adds an
+    opaque sphere of radius 0.5 (alpha of a voxel > 0.5) and empties everything else."""
+    field = VoxelField(resolution, CHANNELS, background="texture", generator=torch.Generator().manual_seed(seed))
+    if state == "formed":
+        with torch.no_grad():
+            field.grid[0, 0] = torch.where(field.voxel_centres().norm(dim=-1) < 0.5, 40.0, -30.0)
+    return field
+
+
+def training_cameras(count: int, size: int, seed: int = 0) -> list[Camera]:
+    gen = torch.Generator().manual_seed(seed)
+    return [camera_from_view(sample_training_view(gen), size) for _ in range(count)]
+
+
+def step_loss(out: Rendering, g: torch.Tensor) -> torch.Tensor:
+    """The SJC surrogate with a fixed stand-in for the prior's score, plus the emptiness loss."""
+    return chaining.chain_surrogate(out.image, g) + EMPTINESS * chaining.emptiness_loss(out.weights, 10.0)
+
+
+class Contender:
+    """One renderer with its own copy of the field and its own Adamax."""
+
+    def __init__(self, name: str, field: VoxelField, render_fn: Callable, refresh_every: int = 0) -> None:
+        self.name, self.field, self.render_fn, self.refresh_every = name, field, render_fn, refresh_every
+        self.optimizer = torch.optim.Adamax(field.param_groups(0.05, 1e-4))
+        self.steps = 0
+
+    def step(self, camera: Camera, g: torch.Tensor) -> dict[str, float]:
+        t0 = time.perf_counter()
+        if self.refresh_every and self.steps % self.refresh_every == 0:
+            f = FieldConfig()
+            self.field.refresh_occupancy(f.occupancy_threshold, f.occupancy_dilation)
+        loss = step_loss(self.render_fn(self.field, camera), g)
+        t1 = time.perf_counter()
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        t2 = time.perf_counter()
+        self.optimizer.step()
+        t3 = time.perf_counter()
+        self.steps += 1
+        return {"forward": t1 - t0, "backward": t2 - t1, "optimiser": t3 - t2, "total": t3 - t0}
+
+
+def contenders(resolution: int, state: str) -> list[Contender]:
+    return [
+        Contender("reference", make_field(resolution, state), render_dense),
+        Contender("fast (exact)", make_field(resolution, state), render),
+        Contender(
+            "fast + skipping",
+            make_field(resolution, state),
+            lambda f, c: render(f, c, skip_empty=True),
+            refresh_every=FieldConfig().occupancy_every,
+        ),
+    ]
+
+
+def time_steps(resolution: int, size: int, state: str, steps: int, warmup: int) -> dict[str, dict[str, float]]:
+    """Median seconds of each phase (and the largest peak memory) per contender, interleaved."""
+    racers = contenders(resolution, state)
+    cams = training_cameras(steps + warmup, size)
+    gen = torch.Generator().manual_seed(1)
+    records: dict[str, list[dict]] = {r.name: [] for r in racers}
+    for i, cam in enumerate(cams):
+        g = torch.randn(1, CHANNELS, size, size, generator=gen)
+        for racer in racers if i % 2 == 0 else racers[::-1]:
+            record = racer.step(cam, g)
+            if i >= warmup:
+                records[racer.name].append(record)
+    return {name: {k: statistics.median(r[k] for r in recs) for k in recs[0]} for name, recs in records.items()}
+
+
+def peak_memory_mb(resolution: int, size: int, state: str, name: str) -> float:
+    """Peak resident memory added by one step (after two warm-up steps), measured in a fresh process
+    whose allocator returns big blocks to the system at once, so resident size follows live tensors."""
+    _fixed_mmap_threshold()
+    racer = next(r for r in contenders(resolution, state) if r.name == name)
+    cams = training_cameras(3, size)
+    g = torch.randn(1, CHANNELS, size, size, generator=torch.Generator().manual_seed(1))
+    racer.step(cams[0], g), racer.step(cams[1], g)
+    base_kb = _reset_peak()
+    racer.step(cams[2], g)
+    return (_rss_kb("VmHWM") - base_kb) / 1024
+
+
+def peak_memories(resolution: int, size: int, state: str, names: list[str], threads: int) -> dict[str, float]:
+    context = multiprocessing.get_context("spawn")
+    with context.Pool(1, initializer=torch.set_num_threads, initargs=(threads,)) as pool:
+        peaks = pool.starmap(peak_memory_mb, [(resolution, size, state, name) for name in names])
+    return dict(zip(names, peaks, strict=True))
+
+
+# --- equality before timing -------------------------------------------------------------------
+def _outputs_and_grads(field: VoxelField, out: Rendering, g: torch.Tensor) -> dict[str, torch.Tensor]:
+    field.zero_grad(set_to_none=True)
+    step_loss(out, g).backward()
+    grads = {f"grad {name}": p.grad.clone() for name, p in field.named_parameters() if p.grad is not None}
+    return {"image": out.image.detach(), "depth": out.depth.detach(), "weights": out.weights.detach(), **grads}
+
+
+def max_differences(resolution: int, size: int, state: str, dtype: torch.dtype) -> dict[str, float]:
+    """Largest absolute difference between the fast renderer (skipping off) and the reference."""
+    field = make_field(resolution, state).to(dtype)
+    cam = training_cameras(1, size, seed=5)[0]
+    g = torch.randn(1, CHANNELS, size, size, generator=torch.Generator().manual_seed(2)).to(dtype)
+    ref = _outputs_and_grads(field, render_dense(field, cam), g)
+    fast = _outputs_and_grads(field, render(field, cam), g)
+    return {k: float((ref[k] - fast[k]).abs().max()) for k in ref}
+
+
+def check_equal(resolution: int, size: int, state: str) -> bool:
+    """Print the differences; True when all are within TOLERANCE in float64, where they measure the
+    algorithms (in float32, rounding alone moves sums over ~10^6 samples by ~1e-4)."""
+    exact = max_differences(resolution, size, state, torch.float64)
+    rounded = max_differences(resolution, size, state, torch.float32)
+    ok = max(exact.values()) <= TOLERANCE
+    print(f"fast (exact) vs reference, {state}, max abs difference in float64 ({'OK' if ok else 'MISMATCH'}): "
+          + ", ".join(f"{k} {v:.1e}" for k, v in exact.items()))
+    print("  the same in float32: " + ", ".join(f"{k} {v:.1e}" for k, v in rounded.items()))
+    return ok
+
+
+# --- tables -----------------------------------------------------------------------------------
+def render_table(results: list[tuple[str, str, dict]]) -> str:
+    lines = [
+        "| setting | state | renderer | forward (ms) | backward (ms) | optimiser (ms) | step (ms) | speed-up | "
+        "peak memory (MB) |",
+        "|" + "---|" * 9,
+    ]
+    for setting, state, summary in results:
+        ref = summary["reference"]["total"]
+        for name, s in summary.items():
+            lines.append(
+                f"| {setting} | {state} | {name} | {1e3 * s['forward']:.0f} | {1e3 * s['backward']:.0f} | "
+                f"{1e3 * s['optimiser']:.0f} | {1e3 * s['total']:.0f} | {ref / s['total']:.2f}x | {s['peak_mb']:.0f} |"
+            )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--configs", nargs="*", default=list(CONFIGS), choices=list(CONFIGS))
+    parser.add_argument("--steps", type=int, default=20, help="timed steps per contender (after warm-up)")
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=None, help="PyTorch threads (default: PyTorch's)")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s)")
+    results = []
+    for setting in args.configs:
+        resolution, size = CONFIGS[setting]
+        for state in STATES:
+            check_equal(resolution, size, state)
+            summary = time_steps(resolution, size, state, args.steps, args.warmup)
+            peaks = peak_memories(resolution, size, state, list(summary), torch.get_num_threads())
+            for name, peak in peaks.items():
+                summary[name]["peak_mb"] = peak
+            results.append((f"{setting} ({resolution}^3, {size}x{size})", state, summary))
+            print(render_table(results[-1:]), flush=True)
+    print()
+    print(render_table(results))
+
+
+if __name__ == "__main__":
+    main()

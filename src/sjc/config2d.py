@@ -1,0 +1,144 @@
+"""Configuration of the 2D commands, `sjc canvas` and `sjc sample`: frozen dataclasses whose field
+docstrings become `--help`, and their presets, which take each prior's settings from the 3D presets
+(`config.preset`). Imports no torch, so `sjc canvas --help` starts fast.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Annotated, Literal
+
+import tyro
+
+from .config import PixelConfig, SDConfig, ToyConfig, preset
+
+
+@dataclass(frozen=True)
+class Config2D:
+    prompt: Annotated[str, tyro.conf.Positional, tyro.conf.arg(metavar="PROMPT")] = ""
+    """Text for the toy and sd priors, e.g. "a red cube"; none for the unconditional pixel prior."""
+    prior: Literal["toy", "pixel", "sd"] = "toy"
+    """The 2D prior: 'toy' (embedded), 'pixel' (unconditional diffusers UNet2DModel) or 'sd' (Stable Diffusion)."""
+    preset: str = "default"
+    """Named set of defaults for the prior ('default', 'tiny' for a smoke test, 'paper'); flags override it."""
+    seed: int = 0
+    """Seed of the first image; image k uses seed + k."""
+    out: str | None = None
+    """Output folder; default runs/<command>/<prompt-or-model-slug>-<method>."""
+    device: str = "auto"
+    """'auto' (CUDA when present, else CPU), 'cpu', 'cuda', 'cuda:1', ..."""
+    threads: int | None = None
+    """CPU threads for PyTorch; None keeps PyTorch's default."""
+    dry_run: bool = False
+    """Print the resolved configuration and exit."""
+    overwrite: bool = False
+    """Replace the results in an existing output folder."""
+    toy: ToyConfig = dataclasses.field(default_factory=ToyConfig)
+    sd: SDConfig = dataclasses.field(default_factory=SDConfig)
+    pixel: PixelConfig = dataclasses.field(default_factory=PixelConfig)
+
+
+@dataclass(frozen=True)
+class CanvasConfig(Config2D):
+    scoring: Literal["naive", "paas"] = "paas"
+    """Score estimate: 'naive' (D(x; sigma) - x) / sigma on the clean image, or 'paas' (perturb, then average)."""
+    schedule: Literal["annealed", "random"] = "annealed"
+    """Sigma per step: 'annealed' geometrically from sigma-max to sigma-min, or 'random' log-uniform between them."""
+    steps: int = 100
+    """Optimisation steps."""
+    lr: float = 0.2
+    """Step x += lr * sigma^2 * score: the fraction of the way to the denoised estimate each step moves (<= 1)."""
+    sigma_min: float | None = None
+    """Smallest sigma of the schedule (in [-1, 1] image units; latent units for sd); None: the prior's range."""
+    sigma_max: float | None = None
+    """Largest sigma of the schedule; None: the prior's range."""
+    seeds: int = 4
+    """Canvases optimised from seeds seed, seed + 1, ..., shown side by side."""
+    n_noise: int = 1
+    """PAAS noise draws averaged per step (k in the paper)."""
+    variance_reduced: bool = True
+    """PAAS as (D(x + sigma n) - x) / sigma (Eq. 16) instead of (D(x + sigma n) - (x + sigma n)) / sigma (Eq. 15)."""
+    init_std: float = 0.5
+    """The canvas starts as init-std * N(0, 1) noise (a flat grey image at 0)."""
+    guidance_scale: float = 100.0
+    """Classifier-free guidance scale of the sd prior (SJC's 100)."""
+    frames: int = 40
+    """Frames of the trajectory video."""
+
+
+@dataclass(frozen=True)
+class SampleConfig(Config2D):
+    sampler: Literal["heun", "euler"] = "heun"
+    """Deterministic probability-flow ODE solver: 'heun' (second order, EDM) or 'euler'."""
+    steps: int = 40
+    """Noise levels of the Karras schedule (Heun evaluates D 2 * steps - 1 times)."""
+    samples: int = 16
+    """Images to draw."""
+    rho: float = 7.0
+    """Karras schedule exponent: sigmas evenly spaced in sigma^(1/rho)."""
+    sigma_min: float | None = None
+    """Last non-zero sigma; None: the prior's smallest grid sigma (0.002 for the continuous toy prior)."""
+    sigma_max: float | None = None
+    """Starting sigma; None: the prior's largest grid sigma (80 for the continuous toy prior)."""
+    guidance_scale: float = 7.5
+    """Classifier-free guidance scale of the sd prior (the usual sampling value, not SJC's 100)."""
+
+
+# (default, tiny) steps per prior. The toy canvas lands on a render (< 1e-4 RMS away) in 100 steps at lr 0.1
+# or 50 at lr 0.3, while 50 at lr 0.1 stop 0.004 RMS short (measured); network priors need more.
+_CANVAS_STEPS = {"toy": (100, 30), "pixel": (500, 4), "sd": (500, 4)}
+_SAMPLE_STEPS = {"toy": (40, 12), "pixel": (40, 4), "sd": (40, 4)}
+
+
+def _preset(cls: type, steps: dict[str, tuple[int, int]], prior: str, name: str, **changes) -> Config2D:
+    base = preset(prior, name)  # the prior's data and model settings; ValueError for unknown names
+    # The canvas and sampler draw images of any view, so the toy prior pools all its renders.
+    toy = dataclasses.replace(base.toy, view_conditioning=False)
+    steps_ = steps[prior][1] if name == "tiny" else steps[prior][0]
+    return cls(prior=prior, preset=name, toy=toy, sd=base.sd, pixel=base.pixel, steps=steps_, **changes)
+
+
+def canvas_preset(prior: str, name: str) -> CanvasConfig:
+    """The named preset of `sjc canvas` for `prior`."""
+    return _preset(CanvasConfig, _CANVAS_STEPS, prior, name, **({"seeds": 2, "frames": 8} if name == "tiny" else {}))
+
+
+def sample_preset(prior: str, name: str) -> SampleConfig:
+    """The named preset of `sjc sample` for `prior`."""
+    return _preset(SampleConfig, _SAMPLE_STEPS, prior, name, **({"samples": 4} if name == "tiny" else {}))
+
+
+def validate_2d(cfg: Config2D) -> None:
+    """ValueError naming the first bad setting of a canvas or sample configuration and what would be valid."""
+    if cfg.prior == "pixel" and cfg.prompt.strip():
+        raise ValueError(
+            f"the pixel prior is unconditional and takes no prompt (got {cfg.prompt!r}); drop the prompt, "
+            "or use --prior toy or --prior sd for text prompts"
+        )
+    if cfg.prior != "pixel" and not cfg.prompt.strip():
+        raise ValueError(f'give a prompt for the {cfg.prior} prior, e.g. sjc {_command(cfg)} "a red cube"')
+    checks = [(cfg.steps > 0, f"--steps must be positive, got {cfg.steps}")]
+    lo, hi = cfg.sigma_min, cfg.sigma_max
+    checks += [(lo is None or lo > 0, f"--sigma-min must be positive, got {lo}")]
+    checks += [(lo is None or hi is None or lo < hi, f"--sigma-min ({lo}) must be below --sigma-max ({hi})")]
+    if isinstance(cfg, CanvasConfig):
+        checks += [
+            (0 < cfg.lr <= 1, f"--lr must lie in (0, 1], got {cfg.lr}"),
+            (cfg.seeds >= 1, f"--seeds must be at least 1, got {cfg.seeds}"),
+            (cfg.n_noise >= 1, f"--n-noise must be at least 1, got {cfg.n_noise}"),
+            (cfg.init_std >= 0, f"--init-std must not be negative, got {cfg.init_std}"),
+            (cfg.frames >= 1, f"--frames must be at least 1, got {cfg.frames}"),
+        ]
+    if isinstance(cfg, SampleConfig):
+        checks += [
+            (cfg.samples >= 1, f"--samples must be at least 1, got {cfg.samples}"),
+            (cfg.rho > 0, f"--rho must be positive, got {cfg.rho}"),
+        ]
+    for ok, message in checks:
+        if not ok:
+            raise ValueError(message)
+
+
+def _command(cfg: Config2D) -> str:
+    return "canvas" if isinstance(cfg, CanvasConfig) else "sample"

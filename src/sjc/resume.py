@@ -1,0 +1,123 @@
+"""`sjc generate --resume RUN`: continue a run from its newest usable checkpoint, with its saved settings.
+
+The run's config.json is the authority. A flag that would change what the remaining steps compute is
+refused, naming it; --steps may be raised (the schedules keep the length they had: see
+`trainer.schedule_steps`); settings that only say how often to log, validate or checkpoint, how many
+threads to use, or how to export after training may change. Parsing imports no torch.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from .config import GenerateConfig, from_dict, to_dict, to_json
+
+# Config keys (or sections) a resume may change: none of them changes the optimised field. --threads may
+# change the last bits of large CPU reductions; runs are bit-identical at the same thread count.
+RESUMABLE = (
+    "resume",
+    "dry_run",
+    "threads",
+    "toy.cache_dir",
+    "train.checkpoint_every",
+    "train.keep_checkpoints",
+    "train.validate_every",
+    "train.log_every",
+    "export.",
+)
+
+
+def resume_defaults(run_dir: str | Path) -> GenerateConfig:
+    """The saved config of `run_dir`, aimed back at it: the defaults the resume flags apply to.
+    ValueError when the folder holds no readable run."""
+    path = Path(run_dir) / "config.json"
+    if not path.is_file():
+        raise ValueError(f"{run_dir} holds no run to resume (no config.json); start one with: sjc generate PROMPT")
+    try:
+        saved = from_dict(GenerateConfig, json.loads(path.read_text()))
+    except (OSError, ValueError, TypeError) as err:
+        raise ValueError(f"cannot read the run's settings {path}: {err}") from None
+    return replace(saved, out=str(run_dir), resume=str(run_dir), overwrite=False, dry_run=False)
+
+
+def resume_config(saved: GenerateConfig, requested: GenerateConfig) -> GenerateConfig:
+    """The config a resume runs with: `requested` (the flags over `resume_defaults`) checked against
+    `saved`. ValueError naming the first flag that may not change."""
+    if requested.overwrite:
+        raise ValueError("--resume continues a run and --overwrite replaces it: pass one of them")
+    old, new = _flatten(to_dict(saved)), _flatten(to_dict(requested))
+    for key, value in new.items():
+        if key.startswith(RESUMABLE) or key == "train.steps" or value == old.get(key):
+            continue
+        raise ValueError(
+            f"{_flag(key)} is {old.get(key)!r} in this run and cannot become {value!r} on --resume (it would change "
+            "the result); drop the flag, or start a new run with another --out"
+        )
+    before, steps = saved.train.steps, requested.train.steps
+    if steps < before:
+        raise ValueError(f"--train.steps can only be raised on --resume: this run has {before}, got {steps}")
+    train = requested.train
+    if steps > before and train.schedule_steps is None:
+        train = replace(train, schedule_steps=before)  # the steps taken keep their schedule
+    return replace(requested, train=train)
+
+
+def _flatten(data: dict, prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[prefix + key] = value
+    return flat
+
+
+def _flag(key: str) -> str:
+    return "the prompt" if key == "prompt" else "--" + key.replace("_", "-")
+
+
+def restore_run(run_dir: Path, cfg: GenerateConfig, field: Any, optimizer: Any, generators: dict) -> int:
+    """Load the newest usable checkpoint of `run_dir` into the field, optimiser and generators, and
+    tidy the folder for the continuation. Returns the step to continue from (0 without checkpoints);
+    CheckpointError naming the files when every checkpoint is unusable."""
+    from .checkpoint import list_checkpoints, load_latest
+
+    run_dir = Path(run_dir)
+    step, path, skipped = load_latest(run_dir, field, optimizer, generators)
+    for message in skipped:
+        print(f"warning: {message}; falling back to the checkpoint before it", file=sys.stderr)
+    for later, unusable in list_checkpoints(run_dir):
+        if later > step:  # kept for inspection, under a name the run no longer lists
+            unusable.rename(unusable.with_name(unusable.name + ".unusable"))
+    for stale in (run_dir / "checkpoints").glob("*.tmp"):
+        stale.unlink()
+    _keep_log_until(run_dir / "log.jsonl", step)
+    _write_atomically(run_dir / "config.json", to_json(cfg) + "\n")
+    where = f"step {step} ({path.name})" if path else "step 0 (no checkpoint was written yet)"
+    print(f"resuming {run_dir} from {where}", file=sys.stderr)
+    return step
+
+
+def _keep_log_until(path: Path, step: int) -> None:
+    """Drop log lines of steps after `step`: they will be run again (a torn last line goes too)."""
+    if not path.exists():
+        return
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            if json.loads(line)["step"] <= step:
+                kept.append(line + "\n")
+        except (ValueError, KeyError, TypeError):
+            continue
+    _write_atomically(path, "".join(kept))
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
