@@ -1,7 +1,7 @@
 """The 2D canvas and the reference sampler, measured on the toy prior and on an analytic Gaussian.
 
-Canvas table: for each toy prompt, naive vs PAAS scoring and annealed vs random sigmas, over the
-prior's sigma range (0.1 to 1.5, the 3D loop's) and a wide one (0.1 to 80), `--seeds` canvases each:
+Canvas table: for each toy prompt, naive vs PAAS scoring and annealed vs random sigmas, over the toy
+canvas's default range (0.1 to 80) and the 3D loop's (0.1 to 1.5, the toy prior's own), `--seeds` canvases each:
 prompt accuracy (the nearest render among the prompt and its near misses belongs to the prompt),
 the mean RMS distance to the nearest render of the prompt, and how many distinct renders the canvases
 land on. Sampler rows: the same figures for `sjc sample`'s Heun and Euler. Sampler accuracy table: the
@@ -22,7 +22,7 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 PROMPTS = ("a red cube", "a red and blue cube", "a yellow sphere")
-RANGES = {"prior": (0.1, 1.5), "wide": (0.1, 80.0)}
+RANGES = {"canvas": (0.1, 80.0), "3d": (0.1, 1.5)}
 CANVAS_VARIANTS = [(s, sch) for s in ("naive", "paas") for sch in ("annealed", "random")]
 
 

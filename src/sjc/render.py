@@ -35,7 +35,8 @@ class Field(Protocol):
 
     # Optional, used when present (VoxelField has them): max_density() -> float, a bound on the density
     # anywhere; cell_query(pts, lower_bound=..., occupancy=...) -> ([N] density lower bound or None,
-    # [N] bool "may be non-empty" or None), cheap and gradient-free. skip_empty needs cell_query.
+    # [N] bool "may be non-empty" or None), cheap and gradient-free; occupancy, a bool grid (all True:
+    # nothing to skip). skip_empty needs the last two.
 
 
 @dataclass
@@ -79,10 +80,10 @@ def render(
     t = near[:, None] + step * (torch.arange(n_samples, device=aabb.device, dtype=aabb.dtype) + 0.5)  # [R, S]
     rays = _Rays(origins.T.contiguous(), dirs.T.contiguous(), t)
     flat = _samples_to_evaluate(field, rays, t < far[:, None], step, min_transmittance, skip_empty)
-    sigma, feats = field.query(rays.points(flat))
-    weights = _weights(t.shape, flat, sigma * step)
     ray = torch.div(flat, n_samples, rounding_mode="floor")
-    colour = _RaySum.apply(weights.view(-1).gather(0, flat), feats, ray, origins.shape[0])
+    sigma, feats = field.query(rays.points(flat, ray))
+    weights = _weights(t.shape, flat, sigma * step)
+    colour = _RaySum.apply(weights.view(-1).index_select(0, flat), feats, ray, origins.shape[0])
     opacity = weights.sum(dim=1)
     colour = colour + (1 - opacity)[:, None] * field.background(dirs)
     depth = (weights * t).sum(dim=1) + (1 - opacity) * far_depth
@@ -101,11 +102,17 @@ class _Rays:
     dirs: Tensor  # [3, R]
     t: Tensor  # [R, S]: sample distances
 
-    def points(self, flat: Tensor) -> Tensor:
-        """World points [N, 3] of the samples at flat indices [N] into t: the transpose of a [3, N] tensor."""
-        ray = torch.div(flat, self.t.shape[1], rounding_mode="floor")
+    def __post_init__(self) -> None:
+        self.pinhole = bool((self.origins == self.origins[:, :1]).all())  # one origin: no per-sample gather
+
+    def points(self, flat: Tensor, ray: Tensor | None = None) -> Tensor:
+        """World points [N, 3] of the samples at flat indices [N] into t (on rays `ray` [N] = flat // S):
+        the transpose of a [3, N] tensor."""
+        if ray is None:
+            ray = torch.div(flat, self.t.shape[1], rounding_mode="floor")
         t = self.t.view(-1).index_select(0, flat)
-        return torch.addcmul(self.origins.index_select(1, ray), self.dirs.index_select(1, ray), t).T
+        origins = self.origins[:, :1] if self.pinhole else self.origins.index_select(1, ray)
+        return torch.addcmul(origins, self.dirs.index_select(1, ray), t).T
 
 
 def _weights(shape: torch.Size, flat: Tensor, tau: Tensor) -> Tensor:
@@ -118,7 +125,8 @@ def _weights(shape: torch.Size, flat: Tensor, tau: Tensor) -> Tensor:
 
 class _RaySum(torch.autograd.Function):
     """colour [R, C] = per-ray sums of w [N] * feats [N, C] over samples packed ray after ray (ray [N]
-    sorted): one sparse product forward; the backward only gathers."""
+    sorted): sparse products forward, gathers backward, one feature channel at a time (features are
+    the transpose of a [C, N] tensor, as VoxelField returns them)."""
 
     @staticmethod
     def forward(ctx, w: Tensor, feats: Tensor, ray: Tensor, n_rays: int) -> Tensor:
@@ -126,21 +134,24 @@ class _RaySum(torch.autograd.Function):
         counts = torch.bincount(ray, minlength=n_rays)
         crow = torch.cat([counts.new_zeros(1), counts.cumsum(0)]).to(index)
         columns = torch.arange(w.shape[0], device=w.device, dtype=index)
+        channels = feats.T.contiguous()  # [C, N]; no copy for VoxelField's features
         with warnings.catch_warnings():  # "sparse CSR support is in beta state"
             warnings.simplefilter("ignore", UserWarning)
             matrix = torch.sparse_csr_tensor(crow, columns, w, size=(n_rays, w.shape[0]), check_invariants=False)
-            colour = matrix @ feats.contiguous()
-        ctx.save_for_backward(w, feats, ray)
-        return colour
+            colour = torch.stack([torch.mv(matrix, channel) for channel in channels])  # [C, R]
+        ctx.save_for_backward(w, channels, ray)
+        return colour.T
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad: Tensor) -> tuple[Tensor | None, Tensor | None, None, None]:
-        w, feats, ray = ctx.saved_tensors
-        per_sample = grad.contiguous().index_select(0, ray)  # [N, C]
-        grad_w = (per_sample * feats).sum(dim=1) if ctx.needs_input_grad[0] else None
-        grad_feats = per_sample.mul_(w[:, None]) if ctx.needs_input_grad[1] else None
-        return grad_w, grad_feats, None, None
+        w, channels, ray = ctx.saved_tensors
+        grad_w, grad_channels = torch.zeros_like(w), torch.empty_like(channels)
+        for c, grad_colour in enumerate(grad.T):  # [R] per channel
+            per_sample = grad_colour.index_select(0, ray)
+            grad_w.addcmul_(per_sample, channels[c])
+            torch.mul(per_sample, w, out=grad_channels[c])
+        return grad_w, grad_channels.T, None, None
 
 
 def _may_terminate(field: Field, step: float, n_samples: int, min_transmittance: float) -> bool:
@@ -155,6 +166,7 @@ def _samples_to_evaluate(
 ) -> Tensor:
     """Flat indices [N] into [R, S] of the samples worth evaluating, ray after ray (ray-major)."""
     flat = inside.view(-1).nonzero().squeeze(1)
+    skip_empty = skip_empty and _has_empty_cells(field)
     terminate = min_transmittance > 0 and _may_terminate(field, step, inside.shape[1], min_transmittance)
     if not (terminate or skip_empty):
         return flat
@@ -162,15 +174,21 @@ def _samples_to_evaluate(
         pts = rays.points(flat)
         if hasattr(field, "cell_query"):
             lower, keep = field.cell_query(pts, lower_bound=terminate, occupancy=skip_empty)
-        elif skip_empty:
-            raise ValueError(f"skip_empty needs a field with an occupancy grid; {type(field).__name__} has none")
         else:
             lower, keep = field.density(pts), None
         if terminate:
             if keep is not None:
                 lower = lower * keep  # skipped samples count as empty, as they render
-            tau = lower.new_zeros(inside.numel()).index_put_((flat,), lower * step).view(inside.shape)
-            transmittance = torch.exp(-(torch.cumsum(tau, dim=1) - tau))  # an upper bound of the true one
-            alive = transmittance.view(-1).index_select(0, flat) > min_transmittance
+            tau = lower.new_zeros(inside.numel()).scatter_(0, flat, lower * step).view(inside.shape)
+            in_front = torch.cumsum(tau, dim=1) - tau  # optical depth before each sample, at least
+            alive = in_front.view(-1).index_select(0, flat) < -math.log(min_transmittance)
             keep = alive if keep is None else keep & alive
-    return flat[keep]
+    return flat.masked_select(keep)
+
+
+def _has_empty_cells(field: Field) -> bool:
+    """Whether the field's occupancy grid marks anything empty (all marked: nothing to skip)."""
+    occupancy = getattr(field, "occupancy", None)
+    if occupancy is None or not hasattr(field, "cell_query"):
+        raise ValueError(f"skip_empty needs a field with an occupancy grid; {type(field).__name__} has none")
+    return not bool(occupancy.all())

@@ -3,8 +3,8 @@
 Same values as grid_sample(align_corners=False, padding_mode='border') on a [1, K, n, n, n] grid.
 A batch of points is a matrix with 8 weights per row (the corners of each point's cell): the forward
 is one sparse-times-dense product, the backward 8 index_adds into the grid's gradient. On CPU both
-are several times faster than grid_sample's 3D kernels, whose backward is a serial loop. Points go
-in chunks, so temporaries stay small (cache-sized, no page faults).
+are several times faster than grid_sample's 3D kernels (its backward is a serial loop). Points go in
+chunks whose buffers are reused, so temporaries stay small and warm in cache.
 """
 
 from __future__ import annotations
@@ -24,10 +24,14 @@ def cell_coords(pts: Tensor, aabb: Tensor, n: int, *, weights: bool = True) -> t
     rows) in [0, 1] inside the cell. Outside the box the border voxels extend (border padding).
     Fastest when `pts` is the transpose of a contiguous [3, N] tensor (rows stay contiguous)."""
     lo, hi = aabb[0].to(pts.dtype)[:, None], aabb[1].to(pts.dtype)[:, None]
-    x = ((pts.T.contiguous() - lo) * (n / (hi - lo)) - 0.5).clamp_(0, n - 1)  # [3, N], voxel-centre units
+    scale = n / (hi - lo)
+    x = torch.addcmul(-lo * scale - 0.5, pts.T, scale).clamp_(0, n - 1)  # [3, N] in voxel-centre units
     corner = x.floor().clamp_(max=n - 2)
-    i = corner.to(torch.int64)
-    base = (i[2] * n + i[1]) * n + i[0]
+    if n**3 < 2**24:  # whole numbers stay exact in float32: one cast of [N] instead of three
+        base = torch.add(corner[0], torch.add(corner[1], corner[2], alpha=n), alpha=n).to(torch.int64)
+    else:
+        i = corner.to(torch.int64)
+        base = (i[2] * n + i[1]) * n + i[0]
     return base, (x.sub_(corner) if weights else None)
 
 
@@ -46,44 +50,61 @@ def _corner_weights(frac: Tensor) -> Tensor:
     return out
 
 
+def _copy_transposed(dst: Tensor, src: Tensor) -> None:
+    """dst[...] = src.T. On CPU numpy's transposing copy is a few times faster than torch's."""
+    if dst.device.type == "cpu" and src.device.type == "cpu" and dst.dtype in (torch.float32, torch.float64):
+        dst.numpy()[...] = src.detach().numpy().T
+    else:
+        dst.copy_(src.T)
+
+
 class _Trilinear(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, grid: Tensor, base: Tensor, frac: Tensor) -> Tensor:
-        k, n = grid.shape[1], grid.shape[-1]
-        table = grid.reshape(k, n**3).T.contiguous()  # [n^3, K]: one row per voxel
-        out = grid.new_empty(base.shape[0], k)
+    def forward(ctx, grid: Tensor, base: Tensor, frac: Tensor) -> tuple[Tensor, Tensor]:
+        k, n, size = grid.shape[1], grid.shape[-1], base.shape[0]
+        table = grid.new_empty(n**3, k)  # one row per voxel
+        _copy_transposed(table, grid.detach().reshape(k, n**3))
+        density, features = grid.new_empty(size), grid.new_empty(k - 1, size)  # features channel-first
         # int32 indices take MKL's sparse kernel on CPU (int64 ones a much slower generic path).
         index = torch.int32 if n**3 + 8 < 2**31 else torch.int64
         offsets = torch.tensor(_corner_offsets(n), device=base.device, dtype=index)
         crow = torch.arange(0, 8 * CHUNK + 1, 8, device=base.device, dtype=index)
-        # One [chunk, 8] buffer each for the CSR weights and column indices, reused chunk after chunk.
+        base_i = base.to(index)
+        # Buffers reused chunk after chunk: CSR weights and columns, and the product.
         values, columns = grid.new_empty(CHUNK, 8), torch.empty(CHUNK, 8, dtype=index, device=base.device)
-        for s in range(0, base.shape[0], CHUNK):
-            m = min(CHUNK, base.shape[0] - s)
-            values[:m].copy_(_corner_weights(frac[:, s : s + m]).T)
-            torch.add(base[s : s + m, None].to(index), offsets, out=columns[:m])
+        product = grid.new_empty(CHUNK, k)
+        for s in range(0, size, CHUNK):
+            m = min(CHUNK, size - s)
+            _copy_transposed(values[:m], _corner_weights(frac[:, s : s + m]))
+            torch.add(base_i[s : s + m, None], offsets, out=columns[:m])
             with warnings.catch_warnings():  # "sparse CSR support is in beta state"
                 warnings.simplefilter("ignore", UserWarning)
                 matrix = torch.sparse_csr_tensor(
                     crow[: m + 1], columns[:m].view(-1), values[:m].view(-1), size=(m, n**3), check_invariants=False
                 )
-                torch.mm(matrix, table, out=out[s : s + m])
+                torch.mm(matrix, table, out=product[:m])
+            density[s : s + m] = product[:m, 0]
+            _copy_transposed(features[:, s : s + m], product[:m, 1:])
         ctx.save_for_backward(base, frac)
         ctx.grid_shape = grid.shape
-        return out
+        return density, features.T
 
     @staticmethod
     @once_differentiable
-    def backward(ctx, grad_out: Tensor) -> tuple[Tensor, None, None]:
+    def backward(ctx, grad_density: Tensor | None, grad_features: Tensor | None) -> tuple[Tensor, None, None]:
         base, frac = ctx.saved_tensors
         k, n = ctx.grid_shape[1], ctx.grid_shape[-1]
-        grad = grad_out.new_zeros(k, n**3)
-        rows, product = grad_out.new_empty(k, CHUNK), grad_out.new_empty(k, CHUNK)  # reused chunk after chunk
+        grad = frac.new_zeros(k, n**3)
+        # [K, chunk] rows, so index_add scatters along contiguous rows; reused like the index and product.
+        rows, product = frac.new_zeros(k, CHUNK), frac.new_empty(k, CHUNK)
         index = torch.empty(CHUNK, dtype=torch.int64, device=base.device)
         for s in range(0, base.shape[0], CHUNK):
             m = min(CHUNK, base.shape[0] - s)
+            if grad_density is not None:
+                rows[0, :m] = grad_density[s : s + m]
+            if grad_features is not None:
+                _copy_transposed(rows[1:, :m], grad_features[s : s + m])
             weights = _corner_weights(frac[:, s : s + m])  # [8, m]
-            rows[:, :m].copy_(grad_out[s : s + m].T)  # [K, m]: index_add scatters along contiguous rows
             for corner, offset in enumerate(_corner_offsets(n)):
                 torch.add(base[s : s + m], offset, out=index[:m])
                 torch.mul(rows[:, :m], weights[corner], out=product[:, :m])
@@ -91,7 +112,8 @@ class _Trilinear(torch.autograd.Function):
         return grad.view(ctx.grid_shape), None, None
 
 
-def trilinear(grid: Tensor, base: Tensor, frac: Tensor) -> Tensor:
-    """Values [N, K] of `grid` [1, K, n, n, n] at the points given by cell_coords (base [N], frac [3, N]);
-    differentiable in `grid` only."""
+def trilinear(grid: Tensor, base: Tensor, frac: Tensor) -> tuple[Tensor, Tensor]:
+    """Values of `grid` [1, K, n, n, n] at the points given by cell_coords (base [N], frac [3, N]): the first
+    channel [N] and the others [N, K - 1] (the transpose of a [K - 1, N] tensor, one row per channel, like
+    grid_sample's output), separately: density and features. Differentiable in `grid`."""
     return _Trilinear.apply(grid, base, frac)

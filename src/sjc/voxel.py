@@ -105,14 +105,17 @@ class VoxelField(nn.Module):
         lo, hi = self.aabb[0].to(pts.dtype), self.aabb[1].to(pts.dtype)
         return ((pts - lo) / (hi - lo) * 2 - 1).reshape(1, -1, 1, 1, 3)
 
-    def _lookup(self, grid: Tensor, pts: Tensor) -> Tensor:
-        """Trilinear values of `grid` [1, K, n, n, n] at world points [N, 3] -> [N, K]."""
-        lookup = self.lookup if self.lookup != "auto" else ("sparse" if grid.device.type == "cpu" else "grid_sample")
+    def _lookup(self, pts: Tensor) -> tuple[Tensor, Tensor]:
+        """Raw density [N] and raw features [N, C] of the grid at world points [N, 3], one trilinear lookup."""
+        lookup = self.lookup
+        if lookup == "auto":
+            lookup = "sparse" if self.grid.device.type == "cpu" else "grid_sample"
         if lookup == "sparse":
-            return trilinear(grid, *cell_coords(pts, self.aabb, self.resolution))
+            return trilinear(self.grid, *cell_coords(pts, self.aabb, self.resolution))
         if lookup != "grid_sample":
             raise ValueError(f"VoxelField.lookup must be one of {LOOKUPS}, got {self.lookup!r}")
-        return self._grid_sample(grid, pts)
+        raw_density, raw_features = self._grid_sample(self.grid, pts).split([1, self.channels], dim=1)
+        return raw_density.squeeze(1), raw_features
 
     def _grid_sample(self, grid: Tensor, pts: Tensor) -> Tensor:
         out = F.grid_sample(grid, self._grid_coords(pts), mode="bilinear", padding_mode="border", align_corners=False)
@@ -138,8 +141,8 @@ class VoxelField(nn.Module):
 
     def query(self, pts: Tensor) -> tuple[Tensor, Tensor]:
         """Density [N] and features [N, C] at world points [N, 3], in one grid lookup."""
-        raw_density, raw_features = self._lookup(self.grid, pts).split([1, self.channels], dim=1)
-        return self.activate_density(raw_density.squeeze(1)), self.activate_features(raw_features)
+        raw_density, raw_features = self._lookup(pts)
+        return self.activate_density(raw_density), self.activate_features(raw_features)
 
     @torch.no_grad()
     def max_density(self) -> float:
@@ -151,13 +154,14 @@ class VoxelField(nn.Module):
         self, pts: Tensor, *, lower_bound: bool = True, occupancy: bool = False
     ) -> tuple[Tensor | None, Tensor | None]:
         """Gradient-free answers at world points [N, 3] from one cell lookup each: with `lower_bound`, a
-        lower bound of the density (that of the cell's least dense corner voxel: trilinear values are convex
-        combinations of the corners and the activation is monotonic); with `occupancy`, whether the
+        lower bound of the density (trilinear values are convex combinations of the cell's 8 corners, so
+        the least dense corner bounds them; softplus(x) >= max(x, 0)); with `occupancy`, whether the
         occupancy grid (refresh_occupancy) marks the cell as possibly non-empty."""
         base, _ = cell_coords(pts, self.aabb, self.resolution, weights=False)
         lower = marked = None
         if lower_bound:
-            lower = self.activate_density(self._cell_minimum().index_select(0, base))
+            raw = self._cell_minimum().index_select(0, base)
+            lower = (raw * torch.exp(self.d_scale) + self.density_shift).clamp_min_(0)
         if occupancy:
             marked = self.occupancy.reshape(-1).index_select(0, base)
         return lower, marked
