@@ -8,6 +8,7 @@ wall time. Independent runs go to separate processes (one PyTorch thread each).
     python benchmarks/quality.py                 # the whole suite and the ablations, 2 processes
     python benchmarks/quality.py --only suite    # just the suite
     python benchmarks/quality.py --prompts "a red cube" --steps 500
+    python benchmarks/quality.py --only suite --skipping both   # empty-space skipping off vs on
 """
 
 from __future__ import annotations
@@ -76,15 +77,25 @@ def run_one(job: tuple[str, str, dict, str, int | None]) -> dict:
         "shape_match": m["shape_accuracy"],
         "steps": cfg.train.steps,
         "seconds": seconds,
+        "skipping": cfg.field.skip_empty,
     }
+
+
+def _with_skipping(job: tuple, skip: bool | None) -> tuple:
+    """The job with empty-space skipping set (None keeps the preset's)."""
+    prompt, variant, changes, preset_name, steps = job
+    if skip is not None:
+        changes = {**changes, "field": {**changes.get("field", {}), "skip_empty": skip}}
+    return prompt, variant, changes, preset_name, steps
 
 
 def table(rows: list[dict]) -> str:
     head = "| prompt | variant | 3D IoU | silhouette IoU | PSNR (dB) | shape | steps | time (s) |"
     lines = [head, "|" + "---|" * 8]
     for r in rows:
+        variant = r["variant"] + (", skipping" if r["skipping"] else "")
         lines.append(
-            f"| {r['prompt']} | {r['variant']} | {r['iou_3d']:.3f} | {r['silhouette_iou']:.3f} | {r['psnr']:.2f} | "
+            f"| {r['prompt']} | {variant} | {r['iou_3d']:.3f} | {r['silhouette_iou']:.3f} | {r['psnr']:.2f} | "
             f"{'yes' if r['shape_match'] else 'NO'} | {r['steps']} | {r['seconds']:.0f} |"
         )
     return "\n".join(lines)
@@ -98,6 +109,12 @@ def main() -> None:
     parser.add_argument("--prompts", nargs="*", default=None, help="replace the suite's prompts")
     parser.add_argument("--jobs", type=int, default=2, help="worker processes")
     parser.add_argument("--json", type=Path, default=None, help="also write the rows to this file")
+    parser.add_argument(
+        "--skipping",
+        choices=("on", "off", "both"),
+        default=None,
+        help="empty-space skipping in training (default: the preset's); 'both' runs every job off and on",
+    )
     args = parser.parse_args()
 
     suite = tuple(args.prompts) if args.prompts else SUITE
@@ -109,18 +126,26 @@ def main() -> None:
         jobs += [(p, name, ch, args.preset, args.steps) for name, ch in ABLATIONS.items() for p in ablation_prompts]
         if args.only == "ablations":  # the baseline each ablation is compared with
             jobs += [(p, "default", {}, args.preset, args.steps) for p in ablation_prompts]
+    settings = {"on": [True], "off": [False], "both": [False, True], None: [None]}[args.skipping]
+    jobs = [_with_skipping(job, skip) for skip in settings for job in jobs]
     with ProcessPoolExecutor(max_workers=args.jobs) as pool:
         rows = list(pool.map(run_one, jobs))
     order = {name: i for i, name in enumerate(["default", *ABLATIONS])}
-    rows.sort(key=lambda r: (order[r["variant"]], r["prompt"]))
+    rows.sort(key=lambda r: (r["skipping"], order[r["variant"]], r["prompt"]))
     print(table(rows))
-    base = [r for r in rows if r["variant"] == "default" and r["prompt"] in suite]
-    if base:
-        print(
-            f"\nsuite: mean 3D IoU {sum(r['iou_3d'] for r in base) / len(base):.3f}, "
-            f"min {min(r['iou_3d'] for r in base):.3f}, shape accuracy "
-            f"{sum(r['shape_match'] for r in base)}/{len(base)}"
-        )
+    means = {}
+    for skip in sorted({r["skipping"] for r in rows}):
+        base = [r for r in rows if r["variant"] == "default" and r["prompt"] in suite and r["skipping"] == skip]
+        if base:
+            means[skip] = sum(r["iou_3d"] for r in base) / len(base)
+            print(
+                f"\nsuite{' (skipping on)' if skip else ''}: mean 3D IoU {means[skip]:.3f}, "
+                f"min {min(r['iou_3d'] for r in base):.3f}, shape accuracy "
+                f"{sum(r['shape_match'] for r in base)}/{len(base)}, "
+                f"{sum(r['seconds'] for r in base):.0f} s in all"
+            )
+    if len(means) == 2:
+        print(f"skipping on minus off: mean 3D IoU {means[True] - means[False]:+.3f}")
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2) + "\n")
 

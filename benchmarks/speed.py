@@ -7,7 +7,10 @@ skipping, at the paper's setting (100^3, 64x64, C = 4) and at 160^3 / 128x128, w
 initialisation and formed (an opaque sphere of radius 0.5, empty elsewhere). Before timing it checks
 that the fast renderer (skipping off) equals the reference in image, depth and gradients.
 
-    python benchmarks/speed.py                       # everything (~10 minutes on 2 cores)
+Then: one whole SJC step with the toy prior (trainer.sjc_step, default toy preset, first steps of a
+run), the throughput of rendering a turntable, and `sjc generate` with the default toy preset.
+
+    python benchmarks/speed.py                          # everything, one thread (~25 minutes on 2 busy cores)
     python benchmarks/speed.py --only render --configs paper
 """
 
@@ -16,17 +19,24 @@ from __future__ import annotations
 import argparse
 import contextlib
 import ctypes
+import dataclasses
+import json
 import multiprocessing
 import re
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
 from collections.abc import Callable
+from pathlib import Path
+from unittest import mock
 
 import torch
 
-from sjc import chaining
-from sjc.cameras import Camera, camera_from_view, sample_training_view
-from sjc.config import FieldConfig
+from sjc import chaining, trainer
+from sjc.cameras import Camera, camera_from_view, sample_training_view, turntable_views
+from sjc.config import FieldConfig, preset
 from sjc.reference import render_dense
 from sjc.render import Rendering, render
 from sjc.voxel import VoxelField
@@ -180,6 +190,64 @@ def check_equal(resolution: int, size: int, state: str) -> bool:
     return ok
 
 
+# --- whole steps, turntables, `sjc generate` ------------------------------------------------
+TOY_PROMPT = "a red and blue cube"
+
+
+def _reference_render(field, camera, **_):
+    return render_dense(field, camera)
+
+
+def toy_step_ms(steps: int, warmup: int) -> dict[str, float]:
+    """Median milliseconds of trainer.sjc_step (toy prior, default preset) per renderer, interleaved."""
+    from sjc.run import build_prior
+
+    cfg = dataclasses.replace(preset("toy", "default"), prompt=TOY_PROMPT)
+    prior, cpu = build_prior(cfg, torch.device("cpu")), torch.device("cpu")
+    runs = {}
+    for name, skip in (("reference", False), ("fast (exact)", False), ("fast + skipping", True)):
+        c = dataclasses.replace(cfg, field=dataclasses.replace(cfg.field, skip_empty=skip))
+        gens = trainer.make_generators(c.train.seed, cpu)
+        field = trainer.build_field(c, prior, cpu, gens["init"])
+        runs[name] = (c, field, trainer.make_optimizer(field, c), gens)
+    times: dict[str, list[float]] = {name: [] for name in runs}
+    for step in range(warmup + steps):
+        for name, (c, field, optimizer, gens) in runs.items():
+            with mock.patch.object(trainer, "render", _reference_render if name == "reference" else render):
+                start = time.perf_counter()
+                trainer.sjc_step(field, prior, optimizer, c, step, gens)
+                if step >= warmup:
+                    times[name].append(time.perf_counter() - start)
+    return {name: 1e3 * statistics.median(t) for name, t in times.items()}
+
+
+@torch.no_grad()
+def turntable_fps(frames: int, size: int) -> dict[str, float]:
+    """Frames per second rendering a turntable of the formed 100^3 field (no gradients), interleaved."""
+    field = make_field(100, "formed")
+    seconds = {"reference": 0.0, "fast (exact)": 0.0}
+    for view in turntable_views(frames):
+        camera = camera_from_view(view, size)
+        for name, fn in (("reference", render_dense), ("fast (exact)", render)):
+            start = time.perf_counter()
+            fn(field, camera)
+            seconds[name] += time.perf_counter() - start
+    return {name: frames / s for name, s in seconds.items()}
+
+
+def generate_seconds(skip: bool, threads: int) -> dict[str, float]:
+    """`sjc generate` with the default toy preset: wall seconds in all, and of its training loop."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "run"
+        command = [str(Path(sys.executable).parent / "sjc"), "generate", TOY_PROMPT, "--out", str(out)]
+        command += ["--threads", str(threads), "--field.skip-empty" if skip else "--field.no-skip-empty"]
+        start = time.perf_counter()
+        subprocess.run(command, check=True, capture_output=True)
+        wall = time.perf_counter() - start
+        last = json.loads((out / "log.jsonl").read_text().splitlines()[-1])
+        return {"wall": wall, "training": last["seconds"], "steps": last["step"]}
+
+
 # --- tables -----------------------------------------------------------------------------------
 def render_table(results: list[tuple[str, str, dict]]) -> str:
     lines = [
@@ -202,11 +270,39 @@ def main() -> None:
     parser.add_argument("--configs", nargs="*", default=list(CONFIGS), choices=list(CONFIGS))
     parser.add_argument("--steps", type=int, default=20, help="timed steps per contender (after warm-up)")
     parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=None, help="PyTorch threads (default: PyTorch's)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="PyTorch threads; 0 keeps PyTorch's default (on a busy 2-core machine two threads ran every "
+        "renderer several times slower than one)",
+    )
+    parser.add_argument("--only", choices=("render", "steps"), default=None, help="the renderer table, or the rest")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s)")
+    if args.only != "steps":
+        render_tables(args)
+    if args.only != "render":
+        other_timings(args)
+
+
+def other_timings(args: argparse.Namespace) -> None:
+    ms = toy_step_ms(args.steps, args.warmup)
+    print(f"\nWhole SJC step, toy prior, default preset (32^3, 32x32), first {args.steps} steps after warm-up:")
+    print(" | ".join(f"{name} {t:.1f} ms ({ms['reference'] / t:.2f}x)" for name, t in ms.items()))
+    fps = turntable_fps(24, 128)
+    print("Turntable of the formed 100^3 field at 128x128, no gradients: "
+          + " | ".join(f"{name} {f:.2f} frames/s" for name, f in fps.items()))
+    for skip in (False, True):
+        g = generate_seconds(skip, torch.get_num_threads())
+        print(f"sjc generate '{TOY_PROMPT}' (toy default preset, skipping {'on' if skip else 'off'}): "
+              f"{g['wall']:.0f} s in all, training loop {g['training']:.0f} s "
+              f"({1e3 * g['training'] / g['steps']:.1f} ms/step over {g['steps']} steps)", flush=True)
+
+
+def render_tables(args: argparse.Namespace) -> None:
     results = []
     for setting in args.configs:
         resolution, size = CONFIGS[setting]

@@ -32,9 +32,10 @@ class FieldConfig:
     min_transmittance: float = 1e-8
     """Samples behind the point where a ray's transmittance drops below this are not evaluated (1e-8 keeps
     renders and gradients within 1e-4 of evaluating every sample; 1e-4 moved depths by ~1e-3)."""
-    skip_empty: bool = False
+    skip_empty: bool = True
     """Empty-space skipping in training renders: leave out samples in cells the occupancy grid marks
-    empty. They get no gradient until the next refresh, so the grid is conservative (below)."""
+    empty. They get no gradient until the next refresh, so the grid is conservative (below); on the toy
+    suite no 3D IoU moved by more than 0.001 and runs took 20% less time (docs/CONVENTIONS.md)."""
     occupancy_every: int = 16
     """With skip_empty: steps between refreshes of the occupancy grid from the density."""
     occupancy_threshold: float = 1e-4
@@ -466,6 +467,8 @@ def _run_checks(cfg: GenerateConfig) -> list[tuple[bool, str]]:
         ("--threads", cfg.threads, 1),
         ("--field.step-ratio", f.step_ratio, 0.01),  # more than 100 samples per voxel only fills memory
         ("--field.background-size", f.background_size, 1),
+        ("--field.occupancy-every", f.occupancy_every, 1),
+        ("--field.occupancy-dilation", f.occupancy_dilation, 0),
         ("--scoring.drop-lowest", s.drop_lowest, 0),
         ("--scoring.drop-highest", s.drop_highest, 0),
         ("--losses.emptiness-scale", cfg.losses.emptiness_scale, 0),
@@ -481,6 +484,7 @@ def _run_checks(cfg: GenerateConfig) -> list[tuple[bool, str]]:
         ("--train.seed", t.seed, 0, 2**53, "[)"),
         ("--toy.data-seed", cfg.toy.data_seed, 0, 2**53, "[)"),
         ("--field.min-transmittance", f.min_transmittance, 0, 1, "[)"),
+        ("--field.occupancy-threshold", f.occupancy_threshold, 0, 1, "[)"),
         ("--camera.radius", c.radius, 0, math.inf, "()"),
         ("--camera.fov-min", c.fov_min, 0, 180, "()"),
         ("--camera.fov-max", c.fov_max, 0, 180, "()"),

@@ -1,7 +1,7 @@
 """A dense reference renderer: the same compositing as `render.render`, written the plain way.
 
-Every sample inside the box is evaluated, density and features by separate lookups, with
-boolean-mask scatter into dense [rays, samples] tensors (the official implementation's
+Every sample inside the box is evaluated, density and features by separate grid_sample lookups,
+with boolean-mask scatter into dense [rays, samples] tensors (the official implementation's
 algorithm, without its weight threshold). It is slow on purpose: tests and the speed benchmark
 check the fast renderer against it.
 """
@@ -9,14 +9,20 @@ check the fast renderer against it.
 from __future__ import annotations
 
 import math
+from typing import Protocol
 
 import torch
+from torch import Tensor
 
 from .cameras import Camera
 from .render import Field, Rendering, ray_aabb
 
 
-def render_dense(field: Field, camera: Camera, *, far_depth: float = 10.0) -> Rendering:
+class DenseField(Field, Protocol):
+    def features(self, pts: Tensor) -> Tensor: ...  # [N, 3] -> [N, C], a lookup of its own
+
+
+def render_dense(field: DenseField, camera: Camera, *, far_depth: float = 10.0) -> Rendering:
     aabb = field.aabb
     origins, dirs = camera.rays(device=aabb.device, dtype=aabb.dtype)
     near, far = ray_aabb(origins, dirs, aabb)
@@ -28,7 +34,7 @@ def render_dense(field: Field, camera: Camera, *, far_depth: float = 10.0) -> Re
 
     sigma = torch.zeros_like(t)
     sigma[inside] = field.density(pts[inside])
-    _, feats_inside = field.query(pts[inside])
+    feats_inside = field.features(pts[inside])
     feats = torch.zeros(*t.shape, feats_inside.shape[1], dtype=t.dtype, device=t.device)
     feats[inside] = feats_inside
 

@@ -150,7 +150,11 @@ def sjc_step(
         gens["camera"], cam_cfg.radius, (cam_cfg.fov_min, cam_cfg.fov_max), cam_cfg.max_polar_param
     )
     cond = prior.condition(view_prompt(cfg.prompt, view), view)
-    out = render(field, camera_from_view(view, prior.image_size), min_transmittance=cfg.field.min_transmittance)
+    f = cfg.field
+    if f.skip_empty and step % f.occupancy_every == 0:  # the grid is saved with the field: resumes skip alike
+        field.refresh_occupancy(f.occupancy_threshold, f.occupancy_dilation)
+    camera = camera_from_view(view, prior.image_size)
+    out = render(field, camera, min_transmittance=f.min_transmittance, skip_empty=f.skip_empty)
     sigma = draw_sigma(cfg, prior, step, gens["sigma"])
     g = chaining.paas_grad(
         prior.denoise,

@@ -1,9 +1,9 @@
 """VoxelField: the 3D asset SJC optimises.
 
-One grid holds density (channel 0) and C feature channels, so a sample costs one trilinear
-lookup. Density is softplus(d * exp(d_scale) + shift); features are raw (latent priors) or
-sigmoid-mapped to [-1, 1] (pixel priors). Voxel values sit at voxel centres inside the
-axis-aligned box [-half, half]^3 (grid_sample with align_corners=False, border padding).
+One grid holds density (channel 0) and C feature channels, looked up together by trilinear interpolation
+(trilinear.py) of values at voxel centres over the box [-half, half]^3 (grid_sample's align_corners=False,
+border padding). Density is softplus(d * exp(d_scale) + shift); features are raw (latent priors) or
+sigmoid-mapped to [-1, 1] (pixel priors). An occupancy grid refreshed from the density marks empty space.
 """
 
 from __future__ import annotations
@@ -58,8 +58,8 @@ class VoxelField(nn.Module):
         self.step_ratio = step_ratio
         self.background_mode = background
         self.background_value = background_value
-        # How query() interpolates: 'sparse' (trilinear.py; much faster backward on CPU), 'grid_sample'
-        # (PyTorch's), or 'auto' (sparse on CPU, grid_sample elsewhere). A runtime choice, not saved.
+        # How query() interpolates: 'sparse' (trilinear.py; several times faster on CPU), 'grid_sample'
+        # (PyTorch's), or 'auto' (sparse for float32/64 on CPU, else grid_sample). A runtime choice, not saved.
         self.lookup = "auto"
         self.register_buffer("aabb", torch.tensor([[-half_size] * 3, [half_size] * 3]), persistent=False)
 
@@ -108,8 +108,9 @@ class VoxelField(nn.Module):
     def _lookup(self, pts: Tensor) -> tuple[Tensor, Tensor]:
         """Raw density [N] and raw features [N, C] of the grid at world points [N, 3], one trilinear lookup."""
         lookup = self.lookup
-        if lookup == "auto":
-            lookup = "sparse" if self.grid.device.type == "cpu" else "grid_sample"
+        if lookup == "auto":  # MKL's sparse products: CPU, float32 and float64
+            cpu = self.grid.device.type == "cpu" and self.grid.dtype in (torch.float32, torch.float64)
+            lookup = "sparse" if cpu else "grid_sample"
         if lookup == "sparse":
             return trilinear(self.grid, *cell_coords(pts, self.aabb, self.resolution))
         if lookup != "grid_sample":
