@@ -62,3 +62,19 @@ def save_run(run_dir: Path, cfg: GenerateConfig, fields: dict[int, VoxelField]) 
     for step, field in fields.items():
         save_checkpoint(checkpoint_path(run_dir, step), field, None, {}, step, to_json(cfg))
     return run_dir
+
+
+def density_test_field(state: str, lookup: str = "auto", seed: int = 7, dtype=torch.float32) -> VoxelField:
+    """A 12^3, 4-channel field whose density is random, half empty, opaque inside a sphere, or initial."""
+    gen = torch.Generator().manual_seed(seed)
+    field = VoxelField(12, 4, background="texture", generator=gen)
+    field.lookup = lookup
+    xyz = field.voxel_centres()
+    with torch.no_grad():
+        if state == "random":
+            field.grid[:, 0] = 2 * torch.randn(field.grid[:, 0].shape, generator=gen)
+        elif state == "empty regions":
+            field.grid[:, 0] = torch.where(xyz[..., 0] > 0.2, 3.0, -30.0)
+        elif state == "opaque":
+            field.grid[:, 0] = torch.where(xyz.norm(dim=-1) < 0.5, 40.0, -30.0)
+    return field.to(dtype)

@@ -1,6 +1,7 @@
 import pytest
 import torch
 
+from fields import density_test_field
 from sjc.cameras import View, camera_from_view
 from sjc.render import ray_aabb, render
 from sjc.voxel import VoxelField
@@ -116,16 +117,7 @@ def _grads(field, out):
 def test_fast_renderer_equals_the_dense_reference(state):
     from sjc.reference import render_dense
 
-    gen = torch.Generator().manual_seed(7)
-    field = VoxelField(12, 4, background="texture", generator=gen)
-    xyz = field.voxel_centres()
-    with torch.no_grad():
-        if state == "random":
-            field.grid[:, 0] = 2 * torch.randn(field.grid[:, 0].shape, generator=gen)
-        elif state == "empty regions":
-            field.grid[:, 0] = torch.where(xyz[..., 0] > 0.2, 3.0, -30.0)
-        else:
-            field.grid[:, 0] = torch.where(xyz.norm(dim=-1) < 0.5, 40.0, -30.0)
+    field = density_test_field(state)
     cam = camera_from_view(View(40, 25, fov=55), 10)
     ref = render_dense(field, cam)
     fast = render(field, cam, min_transmittance=0)

@@ -5,6 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from fields import density_test_field
 from sjc.cameras import View, camera_from_view
 from sjc.reference import render_dense
 from sjc.render import render
@@ -52,21 +53,6 @@ def test_sparse_trilinear_gradcheck_over_several_chunks(monkeypatch):
     assert torch.autograd.gradcheck(lambda g: trilinear(g, base, frac), (grid,))
 
 
-def _field(state: str, lookup: str = "auto", seed: int = 7, dtype=torch.float32) -> VoxelField:
-    gen = torch.Generator().manual_seed(seed)
-    field = VoxelField(12, 4, background="texture", generator=gen)
-    field.lookup = lookup
-    xyz = field.voxel_centres()
-    with torch.no_grad():
-        if state == "random":
-            field.grid[:, 0] = 2 * torch.randn(field.grid[:, 0].shape, generator=gen)
-        elif state == "empty regions":
-            field.grid[:, 0] = torch.where(xyz[..., 0] > 0.2, 3.0, -30.0)
-        elif state == "opaque":
-            field.grid[:, 0] = torch.where(xyz.norm(dim=-1) < 0.5, 40.0, -30.0)
-    return field.to(dtype)
-
-
 def _outputs(field, out):
     field.zero_grad(set_to_none=True)
     weights = torch.linspace(-1, 1, out.image.numel(), dtype=out.image.dtype).view_as(out.image)
@@ -81,7 +67,7 @@ def _outputs(field, out):
 @pytest.mark.parametrize("state", ["random", "empty regions", "opaque"])
 def test_every_exact_path_equals_the_dense_reference(state, min_transmittance, lookup):
     """Image, depth, weights and every gradient, in float64 (so differences are the algorithm's, not rounding's)."""
-    field = _field(state, lookup, dtype=torch.float64)
+    field = density_test_field(state, lookup, dtype=torch.float64)
     cam = camera_from_view(CAM, 10)
     ref = _outputs(field, render_dense(field, cam))
     fast = _outputs(field, render(field, cam, min_transmittance=min_transmittance))
@@ -106,7 +92,7 @@ class PlainField:
 
 
 def test_fields_without_bounds_take_an_exact_density_pre_pass():
-    field = _field("opaque", dtype=torch.float64)
+    field = density_test_field("opaque", dtype=torch.float64)
     cam = camera_from_view(CAM, 10)
     ref = _outputs(field, render_dense(field, cam))
     plain = _outputs(field, render(PlainField(field), cam))
@@ -129,10 +115,10 @@ def _count_queries(field: VoxelField) -> list[int]:
 
 
 def test_no_pre_pass_when_no_ray_can_be_cut_and_termination_when_one_can(monkeypatch):
-    field = _field("init")  # density softplus(-1) everywhere: no ray loses 1e-8 of its light in the box
+    field = density_test_field("init")  # density softplus(-1) everywhere: no ray loses 1e-8 of its light in the box
     monkeypatch.setattr(field, "cell_query", lambda *a, **k: pytest.fail("pre-pass at initialisation"))
     render(field, camera_from_view(CAM, 8))
-    opaque = _field("opaque")
+    opaque = density_test_field("opaque")
     counts = _count_queries(opaque)
     cam = camera_from_view(CAM, 10)
     render(opaque, cam, min_transmittance=0)
@@ -142,7 +128,7 @@ def test_no_pre_pass_when_no_ray_can_be_cut_and_termination_when_one_can(monkeyp
 
 @pytest.mark.parametrize("state", ["empty regions", "opaque", "random"])
 def test_skipping_renders_the_reference_image_after_a_refresh(state):
-    field = _field(state)
+    field = density_test_field(state)
     field.refresh_occupancy(dilation=1)
     cam = camera_from_view(CAM, 10)
     counts = _count_queries(field)
@@ -156,7 +142,7 @@ def test_skipping_renders_the_reference_image_after_a_refresh(state):
 
 
 def test_skipping_is_stale_until_the_next_refresh():
-    field = _field("empty regions")
+    field = density_test_field("empty regions")
     field.refresh_occupancy()
     with torch.no_grad():
         field.grid[:, 0] = 3.0  # density appears where the grid said empty
