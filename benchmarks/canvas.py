@@ -8,6 +8,7 @@ land on. Sampler rows: the same figures for `sjc sample`'s Heun and Euler. Sampl
 largest error against the exact probability-flow solution of a Gaussian prior, by steps.
 
     python benchmarks/canvas.py                       # everything, one process per job, 2 at a time
+    python benchmarks/canvas.py --prior toy toy-learned   # the exact and the learned toy prior side by side
     python benchmarks/canvas.py --prompts "a red cube" --seeds 8 --jobs 1
 """
 
@@ -27,8 +28,9 @@ CANVAS_VARIANTS = [(s, sch) for s in ("naive", "paas") for sch in ("annealed", "
 
 
 def run_job(job: tuple) -> dict:
-    """One (prompt, method) cell over `seeds` images, in a worker process with one PyTorch thread."""
-    prompt, kind, method, sigma_range, seeds = job
+    """One (prompt, method) cell over `seeds` images, in a worker process with one PyTorch thread; the
+    row holds the final images too (key "images", [seeds, 3, S, S] in [-1, 1])."""
+    prompt, kind, method, sigma_range, seeds, prior_name = job
     import torch
 
     from sjc.canvas import canvas_sigmas, optimise_canvas, sample_ode
@@ -38,7 +40,7 @@ def run_job(job: tuple) -> dict:
 
     torch.set_num_threads(1)
     make = canvas_preset if kind == "canvas" else sample_preset
-    cfg = dataclasses.replace(make("toy", "default"), prompt=prompt)
+    cfg = dataclasses.replace(make(prior_name, "default"), prompt=prompt)
     prior = build_prior_2d(cfg, torch.device("cpu"))
     cond, shape = prior.condition(prompt, FRONT), (1, 3, prior.image_size, prior.image_size)
     start = time.perf_counter()
@@ -57,10 +59,12 @@ def run_job(job: tuple) -> dict:
             x = sample_ode(prior.denoise, x0, sigmas, cond, method=method)
         images.append(x)
     seconds = time.perf_counter() - start
-    q = nearest_image_quality(torch.cat(images).clamp(-1, 1), prompt, cfg.toy.n_images, prior.image_size)
+    images = torch.cat(images).clamp(-1, 1)
+    q = nearest_image_quality(images, prompt, cfg.toy.n_images, prior.image_size)
     name = f"canvas {method[0]}, {method[1]}" if kind == "canvas" else f"sample {method}"
     return {
         "prompt": prompt,
+        "prior": prior_name,
         "method": name,
         "sigma_range": list(sigma_range) if kind == "canvas" else None,
         "steps": cfg.steps,
@@ -69,6 +73,7 @@ def run_job(job: tuple) -> dict:
         "mean_nearest_rmse": q["mean_nearest_rmse"],
         "distinct_nearest": q["distinct_nearest"],
         "seconds": seconds,
+        "images": images,
     }
 
 
@@ -95,12 +100,12 @@ def sampler_accuracy(steps=(10, 20, 40, 80), mean: float = 0.3, std: float = 0.5
 
 
 def tables(rows: list[dict], accuracy: list[dict]) -> str:
-    head = "| prompt | method | sigma range | steps | prompt accuracy | RMS to nearest render | distinct | time (s) |"
-    lines = [head, "|" + "---|" * 8]
+    head = "| prompt | prior | method | sigma range | steps | prompt accuracy | RMS to nearest render | distinct | time (s) |"
+    lines = [head, "|" + "---|" * 9]
     for r in rows:
         span = "-" if r["sigma_range"] is None else f"{r['sigma_range'][0]:g} - {r['sigma_range'][1]:g}"
         lines.append(
-            f"| {r['prompt']} | {r['method']} | {span} | {r['steps']} | {r['prompt_accuracy']:.0%} | "
+            f"| {r['prompt']} | {r['prior']} | {r['method']} | {span} | {r['steps']} | {r['prompt_accuracy']:.0%} | "
             f"{r['mean_nearest_rmse']:.2g} | {r['distinct_nearest']}/{r['images']} | {r['seconds']:.0f} |"
         )
     lines += ["", "| steps | Heun max error (D evaluations) | Euler max error (D evaluations) |", "|---|---|---|"]
@@ -113,18 +118,26 @@ def tables(rows: list[dict], accuracy: list[dict]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--prompts", nargs="*", default=list(PROMPTS))
+    parser.add_argument("--prior", nargs="+", choices=("toy", "toy-learned"), default=["toy"])
     parser.add_argument("--seeds", type=int, default=16, help="canvases / samples per cell")
     parser.add_argument("--ranges", nargs="*", default=list(RANGES), choices=list(RANGES))
     parser.add_argument("--jobs", type=int, default=2, help="worker processes")
     parser.add_argument("--json", type=Path, default=None, help="also write the rows to this file")
     args = parser.parse_args()
 
-    jobs = [(p, "sample", m, None, args.seeds) for p in args.prompts for m in ("heun", "euler")]
-    jobs += [
-        (p, "canvas", v, RANGES[r], args.seeds) for p in args.prompts for r in args.ranges for v in CANVAS_VARIANTS
-    ]
+    jobs = []
+    for prior in args.prior:
+        jobs += [(p, "sample", m, None, args.seeds, prior) for p in args.prompts for m in ("heun", "euler")]
+        jobs += [
+            (p, "canvas", v, RANGES[r], args.seeds, prior)
+            for p in args.prompts
+            for r in args.ranges
+            for v in CANVAS_VARIANTS
+        ]
     with ProcessPoolExecutor(max_workers=args.jobs) as pool:
         rows = list(pool.map(run_job, jobs))
+    for row in rows:
+        del row["images"]
     accuracy = sampler_accuracy()
     print(tables(rows, accuracy))
     if args.json:

@@ -1,11 +1,12 @@
-"""Quality of SJC with the toy-world prior, measured against the ground truth.
+"""Quality of SJC with the toy-world priors (exact or learned), measured against the ground truth.
 
 Runs a fixed suite of toy prompts (every shape, one- and two-colour) with a preset, plus the
-ablations (view-bucket conditioning off, emptiness loss off, Eq. 15 instead of Eq. 16) on the
-two-colour prompts, and prints a table of 3D IoU, silhouette IoU, PSNR, shape match, steps and
-wall time. Independent runs go to separate processes (one PyTorch thread each).
+ablations (view-bucket conditioning off, emptiness loss off, Eq. 15 instead of Eq. 16, naive scoring
+instead of PAAS) on the two-colour prompts, and prints a table of 3D IoU, silhouette IoU, PSNR, shape
+match, steps and wall time. Independent runs go to separate processes (one PyTorch thread each).
 
     python benchmarks/quality.py                 # the whole suite and the ablations, 2 processes
+    python benchmarks/quality.py --prior toy-learned   # the same with the learned toy prior
     python benchmarks/quality.py --only suite    # just the suite
     python benchmarks/quality.py --prompts "a red cube" --steps 500
     python benchmarks/quality.py --only suite --skipping both   # empty-space skipping off vs on
@@ -20,22 +21,14 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-SUITE = (
-    "a red and blue cube",
-    "a green cube",
-    "a yellow sphere",
-    "an orange and purple sphere",
-    "a blue cylinder",
-    "a red and green cylinder",
-    "a purple cone",
-    "a yellow and blue cone",
-    "an orange torus",
-    "a green and red torus",
-)
+from sjc.config2d import TrainPriorConfig
+
+SUITE = TrainPriorConfig().prompts  # every shape, one- and two-colour; the learned prior's classes
 ABLATIONS = {
     "no view conditioning": {"toy": {"view_conditioning": False}},
     "no emptiness loss": {"losses": {"emptiness_weight": 0.0}},
     "Eq. 15 (no variance reduction)": {"scoring": {"variance_reduced": False}},
+    "naive scoring (no PAAS)": {"scoring": {"method": "naive"}},
 }
 ABLATION_PROMPTS = ("a red and blue cube", "an orange and purple sphere", "a red and green cylinder")
 
@@ -45,19 +38,21 @@ def _override(cfg, changes: dict):
     return dataclasses.replace(cfg, **parts)
 
 
-def run_one(job: tuple[str, str, dict, str, int | None]) -> dict:
+def run_one(job: tuple[str, str, dict, str, int | None, str]) -> dict:
     """Fit one prompt under one variant and evaluate it (runs in a worker process)."""
-    prompt, variant, changes, preset_name, steps = job
+    prompt, variant, changes, preset_name, steps, prior_name = job
     import torch
 
-    from sjc.config import preset
+    from sjc.cameras import camera_from_view
     from sjc.metrics import evaluate_field
+    from sjc.presets import preset
+    from sjc.render import render
     from sjc.run import build_prior
-    from sjc.toyworld import parse_prompt
+    from sjc.toyworld import held_out_views, parse_prompt
     from sjc.trainer import build_field, fit, make_generators
 
     torch.set_num_threads(1)
-    cfg = dataclasses.replace(preset("toy", preset_name), prompt=prompt)
+    cfg = dataclasses.replace(preset(prior_name, preset_name), prompt=prompt)
     if steps:
         cfg = _override(cfg, {"train": {"steps": steps}})
     cfg = _override(cfg, changes)
@@ -68,8 +63,11 @@ def run_one(job: tuple[str, str, dict, str, int | None]) -> dict:
     fit(field, prior, cfg, None, gens=gens, progress=False)
     seconds = time.perf_counter() - start
     m = evaluate_field(field, parse_prompt(prompt))
+    with torch.no_grad():  # a picture of the result: four held-out views, [4, 3, 64, 64] in [-1, 1]
+        views = torch.cat([render(field, camera_from_view(v, 64)).image for v in held_out_views(4)])
     return {
         "prompt": prompt,
+        "prior": prior_name,
         "variant": variant,
         "iou_3d": m["iou_3d"],
         "silhouette_iou": m["silhouette_iou"],
@@ -78,24 +76,26 @@ def run_one(job: tuple[str, str, dict, str, int | None]) -> dict:
         "steps": cfg.train.steps,
         "seconds": seconds,
         "skipping": cfg.field.skip_empty,
+        "views": views.clamp(-1, 1),
     }
 
 
 def _with_skipping(job: tuple, skip: bool | None) -> tuple:
     """The job with empty-space skipping set (None keeps the preset's)."""
-    prompt, variant, changes, preset_name, steps = job
+    prompt, variant, changes, preset_name, steps, prior_name = job
     if skip is not None:
         changes = {**changes, "field": {**changes.get("field", {}), "skip_empty": skip}}
-    return prompt, variant, changes, preset_name, steps
+    return prompt, variant, changes, preset_name, steps, prior_name
 
 
 def table(rows: list[dict]) -> str:
-    head = "| prompt | variant | 3D IoU | silhouette IoU | PSNR (dB) | shape | steps | time (s) |"
-    lines = [head, "|" + "---|" * 8]
+    head = "| prompt | prior | variant | 3D IoU | silhouette IoU | PSNR (dB) | shape | steps | time (s) |"
+    lines = [head, "|" + "---|" * 9]
     for r in rows:
         variant = r["variant"] + (", skipping" if r["skipping"] else "")
         lines.append(
-            f"| {r['prompt']} | {variant} | {r['iou_3d']:.3f} | {r['silhouette_iou']:.3f} | {r['psnr']:.2f} | "
+            f"| {r['prompt']} | {r['prior']} | {variant} | {r['iou_3d']:.3f} | {r['silhouette_iou']:.3f} | "
+            f"{r['psnr']:.2f} | "
             f"{'yes' if r['shape_match'] else 'NO'} | {r['steps']} | {r['seconds']:.0f} |"
         )
     return "\n".join(lines)
@@ -103,6 +103,7 @@ def table(rows: list[dict]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--prior", nargs="+", choices=("toy", "toy-learned"), default=["toy"])
     parser.add_argument("--preset", default="default")
     parser.add_argument("--steps", type=int, default=None, help="override the preset's step count")
     parser.add_argument("--only", choices=("suite", "ablations"), default=None)
@@ -120,32 +121,38 @@ def main() -> None:
     suite = tuple(args.prompts) if args.prompts else SUITE
     ablation_prompts = tuple(args.prompts) if args.prompts else ABLATION_PROMPTS
     jobs = []
-    if args.only != "ablations":
-        jobs += [(p, "default", {}, args.preset, args.steps) for p in suite]
-    if args.only != "suite":
-        jobs += [(p, name, ch, args.preset, args.steps) for name, ch in ABLATIONS.items() for p in ablation_prompts]
-        if args.only == "ablations":  # the baseline each ablation is compared with
-            jobs += [(p, "default", {}, args.preset, args.steps) for p in ablation_prompts]
+    for prior in args.prior:
+        common = (args.preset, args.steps, prior)
+        if args.only != "ablations":
+            jobs += [(p, "default", {}, *common) for p in suite]
+        if args.only != "suite":
+            jobs += [(p, name, ch, *common) for name, ch in ABLATIONS.items() for p in ablation_prompts]
+            if args.only == "ablations":  # the baseline each ablation is compared with
+                jobs += [(p, "default", {}, *common) for p in ablation_prompts]
     settings = {"on": [True], "off": [False], "both": [False, True], None: [None]}[args.skipping]
     jobs = [_with_skipping(job, skip) for skip in settings for job in jobs]
     with ProcessPoolExecutor(max_workers=args.jobs) as pool:
         rows = list(pool.map(run_one, jobs))
+    for row in rows:
+        del row["views"]
     order = {name: i for i, name in enumerate(["default", *ABLATIONS])}
-    rows.sort(key=lambda r: (r["skipping"], order[r["variant"]], r["prompt"]))
+    rows.sort(key=lambda r: (r["prior"], r["skipping"], order[r["variant"]], r["prompt"]))
     print(table(rows))
     means = {}
-    for skip in sorted({r["skipping"] for r in rows}):
+    for prior, skip in sorted({(r["prior"], r["skipping"]) for r in rows}):
         base = [r for r in rows if r["variant"] == "default" and r["prompt"] in suite and r["skipping"] == skip]
+        base = [r for r in base if r["prior"] == prior]
         if base:
-            means[skip] = sum(r["iou_3d"] for r in base) / len(base)
+            means[prior, skip] = sum(r["iou_3d"] for r in base) / len(base)
             print(
-                f"\nsuite{' (skipping on)' if skip else ''}: mean 3D IoU {means[skip]:.3f}, "
+                f"\n{prior} suite{' (skipping on)' if skip else ''}: mean 3D IoU {means[prior, skip]:.3f}, "
                 f"min {min(r['iou_3d'] for r in base):.3f}, shape accuracy "
                 f"{sum(r['shape_match'] for r in base)}/{len(base)}, "
                 f"{sum(r['seconds'] for r in base):.0f} s in all"
             )
-    if len(means) == 2:
-        print(f"skipping on minus off: mean 3D IoU {means[True] - means[False]:+.3f}")
+    for prior in args.prior:
+        if (prior, True) in means and (prior, False) in means:
+            print(f"{prior}: skipping on minus off: mean 3D IoU {means[prior, True] - means[prior, False]:+.3f}")
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2) + "\n")
 

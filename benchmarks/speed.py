@@ -36,7 +36,8 @@ import torch
 
 from sjc import chaining, trainer
 from sjc.cameras import Camera, camera_from_view, sample_training_view, turntable_views
-from sjc.config import FieldConfig, preset
+from sjc.config import FieldConfig
+from sjc.presets import preset
 from sjc.reference import render_dense
 from sjc.render import Rendering, render
 from sjc.voxel import VoxelField
@@ -184,8 +185,10 @@ def check_equal(resolution: int, size: int, state: str) -> bool:
     exact = max_differences(resolution, size, state, torch.float64)
     rounded = max_differences(resolution, size, state, torch.float32)
     ok = max(exact.values()) <= TOLERANCE
-    print(f"fast (exact) vs reference, {state}, max abs difference in float64 ({'OK' if ok else 'MISMATCH'}): "
-          + ", ".join(f"{k} {v:.1e}" for k, v in exact.items()))
+    print(
+        f"fast (exact) vs reference, {state}, max abs difference in float64 ({'OK' if ok else 'MISMATCH'}): "
+        + ", ".join(f"{k} {v:.1e}" for k, v in exact.items())
+    )
     print("  the same in float32: " + ", ".join(f"{k} {v:.1e}" for k, v in rounded.items()))
     return ok
 
@@ -293,13 +296,18 @@ def other_timings(args: argparse.Namespace) -> None:
     print(f"\nWhole SJC step, toy prior, default preset (32^3, 32x32), first {args.steps} steps after warm-up:")
     print(" | ".join(f"{name} {t:.1f} ms ({ms['reference'] / t:.2f}x)" for name, t in ms.items()))
     fps = turntable_fps(24, 128)
-    print("Turntable of the formed 100^3 field at 128x128, no gradients: "
-          + " | ".join(f"{name} {f:.2f} frames/s" for name, f in fps.items()))
+    print(
+        "Turntable of the formed 100^3 field at 128x128, no gradients: "
+        + " | ".join(f"{name} {f:.2f} frames/s" for name, f in fps.items())
+    )
     for skip in (False, True):
         g = generate_seconds(skip, torch.get_num_threads())
-        print(f"sjc generate '{TOY_PROMPT}' (toy default preset, skipping {'on' if skip else 'off'}): "
-              f"{g['wall']:.0f} s in all, training loop {g['training']:.0f} s "
-              f"({1e3 * g['training'] / g['steps']:.1f} ms/step over {g['steps']} steps)", flush=True)
+        print(
+            f"sjc generate '{TOY_PROMPT}' (toy default preset, skipping {'on' if skip else 'off'}): "
+            f"{g['wall']:.0f} s in all, training loop {g['training']:.0f} s "
+            f"({1e3 * g['training'] / g['steps']:.1f} ms/step over {g['steps']} steps)",
+            flush=True,
+        )
 
 
 def render_tables(args: argparse.Namespace) -> None:

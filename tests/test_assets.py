@@ -16,8 +16,8 @@ import tiny_sd  # sets HF_HUB_OFFLINE before diffusers is imported
 from fields import save_run, sphere_field
 from sjc import cli
 from sjc.assets import decoder_for, upsampling
-from sjc.config import preset
 from sjc.mesh import GREY
+from sjc.presets import preset
 from sjc.sd import StableDiffusionPrior, load_components
 
 

@@ -5,7 +5,8 @@ import sys
 import pytest
 
 from sjc import cli
-from sjc.config import GenerateConfig, from_dict, preset, to_dict, validate
+from sjc.config import GenerateConfig, from_dict, to_dict, validate
+from sjc.presets import preset
 
 
 def _run(*args, **kw):

@@ -11,8 +11,8 @@ import torch
 import trimesh
 
 from sjc import cli
-from sjc.config import preset
 from sjc.metrics import mesh_occupancy, shape_scores
+from sjc.presets import preset
 from sjc.run import generate, load_run
 from sjc.toyworld import COLOURS
 

@@ -168,3 +168,14 @@ def test_mesh_occupancy_of_an_analytic_cube_mesh_matches_the_cube():
     assert max(scores, key=scores.get) == "cube"
     shifted = mesh_occupancy(trimesh.creation.box((0.8, 0.8, 0.8)).apply_translation((0.4, 0, 0)), 48)
     assert shape_scores(shifted)["cube"] < 0.5
+
+
+def test_the_prompt_classifier_learns_shape_and_colour_from_true_renders(tmp_path):
+    from sjc.metrics import train_prompt_classifier
+
+    # Same colour, different shape; same shape, different colour; a two-colour one.
+    prompts = ["a red cube", "a red sphere", "a blue cube", "a green and red torus"]
+    clf = train_prompt_classifier(prompts, n=300, seed=0, epochs=8, cache_dir=tmp_path)
+    for prompt in prompts:  # renders from another seed: views the classifier never saw
+        predicted = clf.predict(tw.make_dataset(prompt, 60, 32, seed=1, cache_dir=tmp_path).images)
+        assert sum(q == prompt for q in predicted) >= 54, (prompt, predicted)

@@ -18,8 +18,9 @@ from safetensors.torch import load_file
 from oracle import OraclePrior, two_colour_sphere
 from sjc import cli, trainer
 from sjc.checkpoint import list_checkpoints
-from sjc.config import preset, to_json
+from sjc.config import to_json
 from sjc.interrupt import Interrupted, StopRequest, catch_signals
+from sjc.presets import preset
 from sjc.run import load_run
 from sjc.trainer import NonFiniteError, build_field, fit, make_generators
 

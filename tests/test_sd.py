@@ -15,7 +15,7 @@ import torch
 
 import tiny_sd  # sets HF_HUB_OFFLINE before diffusers is imported
 from sjc import cli
-from sjc.config import preset
+from sjc.presets import preset
 from sjc.run import load_run
 from sjc.sd import StableDiffusionPrior, WeightsNotFoundError, hub_cache_dir, load_components, resolve_dtype
 from sjc.trainer import build_field, make_generators, make_optimizer, sjc_step

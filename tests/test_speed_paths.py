@@ -157,7 +157,7 @@ def test_training_with_skipping_refreshes_the_grid_on_schedule(monkeypatch):
     import dataclasses
 
     from oracle import OraclePrior, two_colour_sphere
-    from sjc.config import preset
+    from sjc.presets import preset
     from sjc.trainer import build_field, make_generators, make_optimizer, sjc_step
 
     cfg = preset("toy", "tiny")

@@ -9,7 +9,7 @@ import torch
 
 from oracle import OraclePrior, two_colour_sphere
 from sjc.cameras import View, camera_from_view
-from sjc.config import preset
+from sjc.presets import preset
 from sjc.render import render
 from sjc.run import load_run
 from sjc.trainer import NonFiniteError, build_field, fit, make_generators

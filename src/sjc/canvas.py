@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .chaining import paas_grad, sigma_annealed, sigma_log_uniform
+from .chaining import naive_grad, paas_grad, sigma_annealed, sigma_log_uniform
 from .denoisers import Denoiser
 
 SCORINGS = ("naive", "paas")
@@ -36,14 +36,6 @@ def canvas_sigmas(
         generator = generator or torch.Generator().manual_seed(0)
         return [sigma_log_uniform(sigma_min, sigma_max, generator) for _ in range(steps)]
     raise ValueError(f"unknown sigma schedule {schedule!r}; known: {', '.join(SCHEDULES)}")
-
-
-@torch.no_grad()
-def naive_grad(denoiser: Denoiser, x: Tensor, sigma: float, cond: Any = None) -> Tensor:
-    """sigma * score taken at the clean image itself, (D(x; sigma) - x) / sigma: the estimate that fails
-    for learned denoisers, which never saw a clean input at noise level sigma."""
-    sigmas = torch.full((x.shape[0],), sigma, dtype=x.dtype, device=x.device)
-    return (denoiser(x, sigmas, cond) - x) / sigma
 
 
 @dataclass

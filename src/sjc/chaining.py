@@ -68,6 +68,14 @@ def paas_grad(
     return ((denoised - reference) / sigma).mean(dim=0, keepdim=True)
 
 
+@torch.no_grad()
+def naive_grad(denoiser: Denoiser, x: Tensor, sigma: float, cond: Any = None) -> Tensor:
+    """sigma * score taken at the clean image itself, (D(x; sigma) - x) / sigma: the estimate that fails
+    for learned denoisers, which never saw a clean input at noise level sigma."""
+    sigmas = torch.full((x.shape[0],), sigma, dtype=x.dtype, device=x.device)
+    return (denoiser(x, sigmas, cond) - x) / sigma
+
+
 def chain_surrogate(y: Tensor, g: Tensor) -> Tensor:
     """A scalar whose gradient with respect to y is -g: back-propagating it sends the 2D
     score through the renderer's Jacobian into the field (gradient descent then ascends

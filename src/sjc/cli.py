@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import inspect
 import sys
 
 import tyro
 
-from .config import GenerateConfig, preset, to_json, validate
+from .config import GenerateConfig, to_json, validate
+from .presets import preset
 
 COMMANDS = {
     "generate": "optimise a 3D voxel field against a 2D diffusion prior and export it",
@@ -20,6 +22,7 @@ COMMANDS = {
     "export": "write a run's field as a coloured mesh (glb, obj, ply) or its raw grids (npz)",
     "canvas": "optimise a 2D image with a prior's score (naive or PAAS; annealed or random sigmas)",
     "sample": "draw images from a 2D prior with the deterministic Karras/EDM sampler (Heun or Euler)",
+    "train-prior": "train the learned toy prior (--prior toy-learned) on toy-world renders",
 }
 
 USAGE = """usage: sjc COMMAND [options]
@@ -81,6 +84,7 @@ def cmd_generate(argv: list[str]) -> int:
 
     from .checkpoint import CheckpointError, CheckpointWriteError
     from .interrupt import Interrupted
+    from .learned import WeightsError
     from .pixel import PixelPriorError
     from .run import RunFolderError, generate
     from .sd import WeightsNotFoundError
@@ -90,6 +94,7 @@ def cmd_generate(argv: list[str]) -> int:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     user_errors = (PromptError, RunFolderError, DeviceError, WeightsNotFoundError, PixelPriorError, ConfigError)
+    user_errors += (WeightsError,)
     try:
         result = generate(cfg)
     except (*user_errors, CheckpointError, CheckpointWriteError) as err:
@@ -130,6 +135,7 @@ def _asset_command(name: str, cfg) -> int:
     import torch
 
     from .assets import AssetError, export_run, render_run
+    from .learned import WeightsError
     from .run import RunFolderError
     from .sd import WeightsNotFoundError
     from .trainer import DeviceError
@@ -138,7 +144,7 @@ def _asset_command(name: str, cfg) -> int:
         torch.set_num_threads(cfg.threads)
     try:
         files = (render_run if name == "render" else export_run)(cfg)
-    except (AssetError, RunFolderError, DeviceError, WeightsNotFoundError) as err:
+    except (AssetError, RunFolderError, DeviceError, WeightsNotFoundError, WeightsError) as err:
         raise UserError(str(err)) from None
     except OSError as err:  # e.g. an output folder that cannot be written
         raise UserError(f"cannot write {err.filename or 'the output'}: {err.strerror or err}") from None
@@ -179,6 +185,7 @@ def _run_2d(command: str, argv: list[str]) -> int:
         return 0
     import torch
 
+    from .learned import WeightsError
     from .pixel import PixelPriorError
     from .run import RunFolderError
     from .run2d import run_canvas, run_sample
@@ -190,7 +197,7 @@ def _run_2d(command: str, argv: list[str]) -> int:
         torch.set_num_threads(cfg.threads)
     try:
         result = (run_canvas if command == "canvas" else run_sample)(cfg)
-    except (PromptError, RunFolderError, DeviceError, WeightsNotFoundError, PixelPriorError) as err:
+    except (PromptError, RunFolderError, DeviceError, WeightsNotFoundError, PixelPriorError, WeightsError) as err:
         raise UserError(str(err)) from None
     print(f"output folder: {result.out}")
     for name, path in result.files.items():
@@ -212,12 +219,59 @@ def cmd_sample(argv: list[str]) -> int:
     return _run_2d("sample", argv)
 
 
+def cmd_train_prior(argv: list[str]) -> int:
+    from .config2d import TrainPriorConfig, validate_train_prior
+
+    about = inspect.cleandoc(TrainPriorConfig.__doc__ or "")
+    cfg = tyro.cli(TrainPriorConfig, args=argv, prog="sjc train-prior", description=about)
+    try:
+        validate_train_prior(cfg)
+    except ValueError as err:
+        raise UserError(str(err)) from None
+    if cfg.dry_run:
+        print(to_json(dataclasses.replace(cfg, dry_run=False)))
+        return 0
+    import shlex
+
+    import torch
+
+    from .interrupt import Interrupted
+    from .toyworld import PromptError
+    from .train_prior import TrainPriorError, train_prior
+    from .trainer import DeviceError, pick_device
+
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    try:
+        summary = train_prior(cfg, pick_device(cfg.device))
+    except (TrainPriorError, PromptError, DeviceError) as err:
+        raise UserError(str(err)) from None
+    except OSError as err:
+        raise UserError(f"cannot write {err.filename or cfg.out}: {err.strerror or err}") from None
+    except Interrupted as err:
+        print(
+            f"sjc train-prior: stopped at step {err.step}; continue with: sjc train-prior --out "
+            f"{shlex.quote(cfg.out)} --resume",
+            file=sys.stderr,
+        )
+        return err.exit_code
+    weights = f"{cfg.out}/weights.safetensors"
+    if summary.get("stopped"):
+        print(f"stopped at the time limit after step {summary['step']}; continue with --resume")
+    print(f"weights: {weights} ({summary['parameters']:,} parameters, step {summary.get('step')})")
+    if bands := summary.get("bands"):
+        print("last loss per sigma band: " + ", ".join(f"{k} {v:.4f}" for k, v in bands.items()))
+    print(f'use them with: sjc generate "{cfg.prompts[0]}" --prior toy-learned --toy.weights {shlex.quote(weights)}')
+    return 0
+
+
 HANDLERS = {
     "generate": cmd_generate,
     "render": cmd_render,
     "export": cmd_export,
     "canvas": cmd_canvas,
     "sample": cmd_sample,
+    "train-prior": cmd_train_prior,
 }
 
 

@@ -72,6 +72,9 @@ class ScoringConfig:
     """With the 'grid' schedule: how many of the smallest grid sigmas are never drawn."""
     drop_highest: int = 30
     """With the 'grid' schedule: how many of the largest grid sigmas are never drawn."""
+    method: Literal["paas", "naive"] = "paas"
+    """'paas' scores a perturbed render (Perturb-and-Average Scoring); 'naive' scores the clean render y as
+    (D(y; sigma) - y) / sigma, the baseline the paper shows fails on learned priors (out of distribution)."""
     variance_reduced: bool = True
     """PAAS with (D(y + sigma n) - y) / sigma (paper Eq. 16) instead of (D - (y + sigma n)) / sigma (Eq. 15)."""
     n_noise: int = 1
@@ -133,6 +136,9 @@ class ToyConfig:
     """Seed of the toy data set (independent of the run seed)."""
     cache_dir: str | None = None
     """Folder caching the toy renders; None uses $SJC_CACHE or ~/.cache/sjc."""
+    weights: str | None = None
+    """Weights of the learned toy prior (--prior toy-learned, from `sjc train-prior`); None: those shipped with
+    sjc. Its image size is the one the weights were trained at (32)."""
 
 
 @dataclass(frozen=True)
@@ -175,9 +181,10 @@ class ExportConfig:
 class GenerateConfig:
     prompt: Annotated[str, tyro.conf.Positional, tyro.conf.arg(metavar="PROMPT")] = ""
     """What to generate, e.g. "a red and blue cube" for the toy prior."""
-    prior: Literal["toy", "sd", "pixel"] = "toy"
-    """The 2D prior: 'toy' (embedded, nothing downloaded), 'sd' (Stable Diffusion: [sd] extra, weights, a GPU) or
-    'pixel' (an unconditional pixel-space diffusers model, no prompt: [sd] extra, weights, a GPU)."""
+    prior: Literal["toy", "toy-learned", "sd", "pixel"] = "toy"
+    """The 2D prior: 'toy' (embedded exact denoiser, nothing downloaded), 'toy-learned' (the small UNet trained on
+    the toy world that ships with sjc), 'sd' (Stable Diffusion: [sd] extra, weights, a GPU) or 'pixel' (an
+    unconditional pixel-space diffusers model, no prompt: [sd] extra, weights, a GPU)."""
     preset: str = "default"
     """Named set of defaults for the prior ('default', 'tiny' for a smoke test, 'paper'); flags override it."""
     out: str | None = None
@@ -265,106 +272,6 @@ class ExportMeshConfig:
     """'auto' (CUDA when present, else CPU), 'cpu', 'cuda', ..."""
     threads: int | None = None
     """CPU threads for PyTorch; None keeps PyTorch's default."""
-
-
-# --- presets ----------------------------------------------------------------------------
-def _toy_default() -> GenerateConfig:
-    # A 32^3 grid seen at 32x32 and 2000 steps: about two minutes on a laptop CPU. The emptiness
-    # mean runs over ~10x fewer samples per image than the paper's 64x64 renders of a 100^3 grid,
-    # so its weight is lower (300) and not multiplied late in the run: on the toy prior's hard
-    # silhouettes the paper's x20 only erodes edges. Adamax at 0.1 (twice the paper's rate) converges
-    # within the 2000 steps: see docs/CONVENTIONS.md for the measurements behind both choices.
-    return GenerateConfig(
-        field=FieldConfig(resolution=32, background="fixed", background_value=1.0),
-        scoring=ScoringConfig(sigma_schedule="log-uniform"),
-        losses=LossConfig(emptiness_weight=300.0, emptiness_multiplier=1.0),
-        optim=OptimConfig(lr=0.1),
-        train=TrainConfig(steps=2000, checkpoint_every=500, validate_every=250),
-    )
-
-
-def _toy_tiny() -> GenerateConfig:
-    # Seconds on a CPU: a 16^3 grid seen at 16x16, for smoke tests and trying out flags.
-    base = _toy_default()
-    return dataclasses.replace(
-        base,
-        field=dataclasses.replace(base.field, resolution=16),
-        toy=dataclasses.replace(base.toy, n_images=1000, image_size=16),
-        train=TrainConfig(steps=300, checkpoint_every=100, validate_every=100, log_every=10),
-        export=ExportConfig(turntable_frames=8, turntable_size=48),
-    )
-
-
-def _toy_paper() -> GenerateConfig:
-    base = _toy_default()
-    return dataclasses.replace(
-        base,
-        field=dataclasses.replace(base.field, resolution=100),
-        toy=dataclasses.replace(base.toy, image_size=64),
-        losses=LossConfig(),
-        train=TrainConfig(),
-    )
-
-
-def _sd_paper() -> GenerateConfig:
-    # The official code's defaults are this module's defaults: a 100^3 grid with raw 4-channel latent
-    # features and a learned 4x4 background, 64x64 latents (512 px), Adamax 0.05 (background 1e-4),
-    # sigma uniform over the grid minus its 10 lowest and 30 highest values, Eq. 16, emptiness 1e4
-    # (scale 10) x20 from step 5000 of 10000, guidance 100, no centre-depth loss. Turntables render
-    # 64x64 latents, which the VAE decodes to 512x512 frames.
-    return GenerateConfig(
-        field=FieldConfig(resolution=100, background="texture"),
-        export=ExportConfig(turntable_size=64),
-    )
-
-
-def _sd_tiny() -> GenerateConfig:
-    # Seconds on a CPU with a tiny test model: a 16^3 grid seen as 8x8 latents (64 px images).
-    base = _sd_paper()
-    return dataclasses.replace(
-        base,
-        field=dataclasses.replace(base.field, resolution=16),
-        sd=SDConfig(resolution=64),
-        train=TrainConfig(steps=20, checkpoint_every=10, validate_every=10, log_every=1),
-        export=ExportConfig(turntable_frames=8, turntable_size=8),
-    )
-
-
-def _pixel_paper() -> GenerateConfig:
-    # The SD settings carried over to an RGB field: 100^3 grid, learned background, sigma uniform over the
-    # checkpoint's grid minus its extremes, Eq. 16, emptiness 1e4 x20 from half of 10000 steps. Unconditional,
-    # so no guidance. Renders at the checkpoint's own resolution (256 px for the public models).
-    return GenerateConfig(field=FieldConfig(resolution=100, background="texture"))
-
-
-def _pixel_tiny() -> GenerateConfig:
-    # Seconds on a CPU with a tiny test model: a 16^3 grid seen at 32x32.
-    base = _pixel_paper()
-    return dataclasses.replace(
-        base,
-        field=dataclasses.replace(base.field, resolution=16),
-        pixel=PixelConfig(resolution=32),
-        train=TrainConfig(steps=20, checkpoint_every=10, validate_every=10, log_every=1),
-        export=ExportConfig(turntable_frames=8, turntable_size=32),
-    )
-
-
-PRESETS: dict[str, dict[str, Any]] = {
-    "toy": {"default": _toy_default, "tiny": _toy_tiny, "paper": _toy_paper},
-    # For Stable Diffusion the paper's settings are the defaults.
-    "sd": {"default": _sd_paper, "tiny": _sd_tiny, "paper": _sd_paper},
-    "pixel": {"default": _pixel_paper, "tiny": _pixel_tiny, "paper": _pixel_paper},
-}
-
-
-def preset(prior: str, name: str) -> GenerateConfig:
-    """The named preset of `prior`; ValueError listing the known names otherwise."""
-    table = PRESETS.get(prior)
-    if table is None:
-        raise ValueError(f"unknown prior {prior!r}; known priors: {', '.join(PRESETS)}")
-    if name not in table:
-        raise ValueError(f"unknown preset {name!r} for prior {prior!r}; known presets: {', '.join(table)}")
-    return dataclasses.replace(table[name](), prior=prior, preset=name)
 
 
 # --- (de)serialisation -------------------------------------------------------------------

@@ -245,3 +245,59 @@ def nearest_image_quality(images: Tensor, prompt: str, n: int, size: int, seed: 
         "nearest_prompt": [prompts[k] for k in owner.tolist()],
         "contrast_prompts": prompts,
     }
+
+
+# --- a prompt classifier trained on true renders ---------------------------------------------
+class PromptClassifier(torch.nn.Module):
+    """A small CNN that tells which of `prompts` an RGB image [B, 3, S, S] in [-1, 1] shows. Trained on
+    true toy renders (with a little pixel noise, so slightly imperfect images are judged by content)."""
+
+    def __init__(self, prompts: Sequence[str], width: int = 32) -> None:
+        super().__init__()
+        self.prompts = [toyworld.parse_prompt(p).prompt for p in prompts]
+        w = width
+        self.net = torch.nn.Sequential(
+            torch.nn.Conv2d(3, w, 3, padding=1), torch.nn.ReLU(), torch.nn.MaxPool2d(2),
+            torch.nn.Conv2d(w, 2 * w, 3, padding=1), torch.nn.ReLU(), torch.nn.MaxPool2d(2),
+            torch.nn.Conv2d(2 * w, 2 * w, 3, padding=1), torch.nn.ReLU(), torch.nn.MaxPool2d(2),
+            torch.nn.Conv2d(2 * w, 2 * w, 3, padding=1), torch.nn.ReLU(), torch.nn.AdaptiveMaxPool2d(1),
+            torch.nn.Flatten(), torch.nn.Linear(2 * w, len(self.prompts)),
+        )  # fmt: skip
+
+    def forward(self, images: Tensor) -> Tensor:
+        return self.net(images)
+
+    @torch.no_grad()
+    def predict(self, images: Tensor, batch: int = 256) -> list[str]:
+        """The prompt each image [B, 3, S, S] shows, by the largest logit."""
+        self.eval()
+        idx = torch.cat([self(images[s : s + batch].float()).argmax(1) for s in range(0, len(images), batch)])
+        return [self.prompts[k] for k in idx.tolist()]
+
+
+def train_prompt_classifier(
+    prompts: Sequence[str],
+    n: int = 2000,
+    size: int = 32,
+    seed: int = 0,
+    epochs: int = 4,
+    noise: float = 0.05,
+    cache_dir=None,
+) -> PromptClassifier:
+    """Fit a PromptClassifier on the toy data sets of `prompts` (`n` renders each, seeded as
+    `make_dataset`), in mini-batches of 128 with Adam; deterministic for a given seed."""
+    gen = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    model = PromptClassifier(prompts)
+    images = torch.cat([toyworld.make_dataset(p, n, size, seed, cache_dir).images for p in model.prompts])
+    labels = torch.arange(len(model.prompts)).repeat_interleave(n)
+    opt = torch.optim.Adam(model.parameters(), lr=2e-3)
+    model.train()
+    for _ in range(epochs):
+        for idx in torch.randperm(len(images), generator=gen).split(128):
+            x = images[idx] + noise * torch.randn(images[idx].shape, generator=gen)
+            loss = F.cross_entropy(model(x), labels[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    return model.eval()

@@ -48,6 +48,16 @@ def build_prior(cfg: GenerateConfig, device: torch.device) -> Prior:
                 cache_dir=t.cache_dir,
                 device=device,
             )
+        case "toy-learned":
+            from .learned import LearnedToyPrior
+
+            return LearnedToyPrior.from_file(
+                cfg.toy.weights,
+                device=device,
+                prompt=cfg.prompt,
+                view_conditioning=cfg.toy.view_conditioning,
+                guidance_scale=cfg.scoring.guidance_scale,
+            )
         case "sd":
             from .sd import StableDiffusionPrior
 
@@ -144,7 +154,7 @@ def write_artefacts(field: VoxelField, prior: Prior, cfg: GenerateConfig, run_di
 
 def evaluate(field: VoxelField, cfg: GenerateConfig) -> dict | None:
     """Quality figures against the ground truth, where the prior has one (the toy world)."""
-    if cfg.prior != "toy":
+    if cfg.prior not in ("toy", "toy-learned"):
         return None
     from .metrics import evaluate_field
     from .toyworld import parse_prompt

@@ -150,7 +150,7 @@ def run_sample(cfg: SampleConfig, batch: int = 8) -> Result2D:
 # --- quality and files --------------------------------------------------------------------
 def _quality(cfg: Config2D, rgb: Tensor) -> dict | None:
     """Toy prompts: nearest-render distance and prompt accuracy (`metrics.nearest_image_quality`)."""
-    if cfg.prior != "toy":
+    if cfg.prior not in ("toy", "toy-learned"):
         return None
     from .metrics import nearest_image_quality
 

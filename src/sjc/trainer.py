@@ -156,15 +156,18 @@ def sjc_step(
     camera = camera_from_view(view, prior.image_size)
     out = render(field, camera, min_transmittance=f.min_transmittance, skip_empty=f.skip_empty)
     sigma = draw_sigma(cfg, prior, step, gens["sigma"])
-    g = chaining.paas_grad(
-        prior.denoise,
-        out.image,
-        sigma,
-        cond,
-        n_noise=cfg.scoring.n_noise,
-        variance_reduced=cfg.scoring.variance_reduced,
-        generator=gens["noise"],
-    )
+    if cfg.scoring.method == "naive":
+        g = chaining.naive_grad(prior.denoise, out.image.detach(), sigma, cond)
+    else:
+        g = chaining.paas_grad(
+            prior.denoise,
+            out.image,
+            sigma,
+            cond,
+            n_noise=cfg.scoring.n_noise,
+            variance_reduced=cfg.scoring.variance_reduced,
+            generator=gens["noise"],
+        )
     losses = {"sjc": chaining.chain_surrogate(out.image, g)}
     w_empty = chaining.emptiness_weight_at(
         step, schedule_steps(cfg), c.emptiness_weight, c.emptiness_multiplier, c.emptiness_switch
