@@ -29,7 +29,7 @@ CANVAS_VARIANTS = [(s, sch) for s in ("naive", "paas") for sch in ("annealed", "
 
 def run_job(job: tuple) -> dict:
     """One (prompt, method) cell over `seeds` images, in a worker process with one PyTorch thread; the
-    row holds the final images too (key "images", [seeds, 3, S, S] in [-1, 1])."""
+    row holds the final images too (key "pictures", [seeds, 3, S, S] in [-1, 1])."""
     prompt, kind, method, sigma_range, seeds, prior_name = job
     import torch
 
@@ -73,7 +73,7 @@ def run_job(job: tuple) -> dict:
         "mean_nearest_rmse": q["mean_nearest_rmse"],
         "distinct_nearest": q["distinct_nearest"],
         "seconds": seconds,
-        "images": images,
+        "pictures": images,
     }
 
 
@@ -100,7 +100,8 @@ def sampler_accuracy(steps=(10, 20, 40, 80), mean: float = 0.3, std: float = 0.5
 
 
 def tables(rows: list[dict], accuracy: list[dict]) -> str:
-    head = "| prompt | prior | method | sigma range | steps | prompt accuracy | RMS to nearest render | distinct | time (s) |"
+    head = "| prompt | prior | method | sigma range | steps | prompt accuracy | RMS to nearest render | distinct | "
+    head += "time (s) |"
     lines = [head, "|" + "---|" * 9]
     for r in rows:
         span = "-" if r["sigma_range"] is None else f"{r['sigma_range'][0]:g} - {r['sigma_range'][1]:g}"
@@ -137,7 +138,7 @@ def main() -> None:
     with ProcessPoolExecutor(max_workers=args.jobs) as pool:
         rows = list(pool.map(run_job, jobs))
     for row in rows:
-        del row["images"]
+        del row["pictures"]
     accuracy = sampler_accuracy()
     print(tables(rows, accuracy))
     if args.json:
