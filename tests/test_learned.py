@@ -114,6 +114,7 @@ def test_prior_conditions_guidance_and_prompt_errors(tmp_path):
     assert prior.prompt == "a blue sphere" and prior.image_size == 16
     back = View(180.0, 10.0)
     assert prior.condition("a blue sphere", back) == (1, VIEWS.index("back"))
+    assert prior.condition("backside view of a blue sphere", back) == (1, VIEWS.index("back"))  # as the 3D loop asks
     pooled = LearnedToyPrior.from_file(path, prompt="a red cube", view_conditioning=False)
     assert pooled.condition("a red cube", back) == (0, len(VIEWS))
     with pytest.raises(PromptError, match="a red cube, a blue sphere"):
