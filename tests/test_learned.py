@@ -146,7 +146,7 @@ def test_training_sigmas_and_condition_dropout_follow_their_settings():
     log_sigma = draw_sigmas(20000, cfg, torch.Generator().manual_seed(0)).log()
     assert abs(log_sigma.mean().item() - cfg.p_mean) < 0.05 and abs(log_sigma.std().item() - cfg.p_std) < 0.05
     uniform = draw_sigmas(20000, TrainPriorConfig(uniform_fraction=1.0), torch.Generator().manual_seed(0))
-    assert 0.002 <= uniform.min() and uniform.max() <= 80.0
+    assert uniform.min() >= 0.002 and uniform.max() <= 80.0
     assert abs(uniform.log().mean().item() - (math.log(0.002) + math.log(80.0)) / 2) < 0.1
     n = 20000
     cls, view = drop_conditions(torch.zeros(n, dtype=torch.long), torch.zeros(n, dtype=torch.long), cfg,
