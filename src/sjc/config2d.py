@@ -184,7 +184,7 @@ class TrainPriorConfig:
     """Side of the renders, pixels."""
     data_seed: int = 0
     """Seed of the toy data sets."""
-    steps: int = 4000
+    steps: int = 3000
     """Optimisation steps."""
     batch_size: int = 64
     """Images per step."""
