@@ -4,13 +4,13 @@
    a small CNN trained on true renders (`metrics.train_prompt_classifier`) says which prompt each shows.
 2. 2D canvas: naive vs PAAS scoring, annealed from sigma 80 (the canvas preset), on `--canvas-prompts`:
    classifier accuracy and RMS distance to the nearest true render of the prompt.
-3. 3D: `generate`'s default preset with PAAS and with naive scoring on `--prompts-3d` (the suite's cube
+3. 3D: `generate` with each prior's default preset, PAAS and naive scoring, on `--prompts-3d` (the suite's cube
    prompts): 3D IoU and silhouette IoU against the ground truth.
 
 Jobs run in separate processes with one PyTorch thread each; `--pictures DIR` writes the PNGs of
 docs/learned-prior.md.
 
-    python benchmarks/learned_prior.py                 # everything (about 25 minutes on 2 cores)
+    python benchmarks/learned_prior.py                 # everything (about 20 minutes on 2 cores)
     python benchmarks/learned_prior.py --only samples --seeds 8
 """
 
@@ -55,10 +55,11 @@ def main() -> None:
     if args.pictures:
         args.pictures.mkdir(parents=True, exist_ok=True)
 
-    print("training the prompt classifier on true renders ...", flush=True)
-    torch.set_num_threads(2)
-    classifier = train_prompt_classifier(prompts, n=args.classifier_images)
-    torch.set_num_threads(1)
+    if {"samples", "canvas"} & set(args.only):
+        print("training the prompt classifier on true renders ...", flush=True)
+        torch.set_num_threads(2)
+        classifier = train_prompt_classifier(prompts, n=args.classifier_images)
+        torch.set_num_threads(1)
     results: dict[str, list[dict]] = {}
     with ProcessPoolExecutor(max_workers=args.jobs) as pool:
         if "samples" in args.only:

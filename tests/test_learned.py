@@ -2,6 +2,7 @@
 the prior's conditions and guidance, `sjc train-prior` (seeded, resumable), and the shipped weights
 denoising true toy renders."""
 
+import dataclasses
 import json
 import math
 import subprocess
@@ -191,6 +192,15 @@ def test_a_resumed_training_run_is_bit_identical_to_an_uninterrupted_one(tmp_pat
         train_prior(tiny_config(tmp_path / "split", resume=True, lr=0.5, steps=9), torch.device("cpu"), progress=False)
 
 
+def test_a_time_limit_stops_at_a_checkpoint_that_resumes(tmp_path, monkeypatch):
+    monkeypatch.setenv("SJC_CACHE", str(tmp_path / "cache"))
+    summary = train_prior(tiny_config(tmp_path / "run", time_limit=0.0), torch.device("cpu"), progress=False)
+    assert summary["stopped"] == "time limit"
+    assert (tmp_path / "run" / "checkpoint.safetensors").exists()
+    done = train_prior(tiny_config(tmp_path / "run", resume=True), torch.device("cpu"), progress=False)
+    assert done["step"] == 6 and "stopped" not in done
+
+
 def test_train_prior_command_line_errors_exit_2(tmp_path, capsys):
     assert cli.main(["train-prior", "--out", str(tmp_path), "--prompts", "a red blob"]) == 2
     assert "cannot parse prompt 'a red blob'" in capsys.readouterr().err
@@ -233,3 +243,25 @@ def test_generate_with_the_learned_prior_runs_end_to_end_and_refuses_unknown_pro
     bad = subprocess.run([sys.executable, "-m", "sjc.cli", "generate", "a green cone", "--prior", "toy-learned",
                           "--out", str(tmp_path / "bad")], capture_output=True, text=True, timeout=120)  # fmt: skip
     assert bad.returncode == 2 and "not trained on 'a green cone'" in bad.stderr and "Traceback" not in bad.stderr
+
+
+@pytest.mark.slow
+def test_the_learned_prior_makes_the_two_colour_cube_with_paas_and_a_worse_one_naively():
+    from sjc.metrics import evaluate_field
+    from sjc.presets import preset
+    from sjc.run import build_prior
+    from sjc.trainer import build_field, fit, make_generators
+
+    results = {}
+    for method in ("paas", "naive"):
+        cfg = dataclasses.replace(preset("toy-learned", "default"), prompt="a red and blue cube")
+        cfg = dataclasses.replace(cfg, scoring=dataclasses.replace(cfg.scoring, method=method))
+        prior = build_prior(cfg, torch.device("cpu"))
+        gens = make_generators(cfg.train.seed, torch.device("cpu"))
+        field = build_field(cfg, prior, torch.device("cpu"), gens["init"])
+        fit(field, prior, cfg, None, gens=gens, progress=False)
+        results[method] = evaluate_field(field, parse_prompt(cfg.prompt))
+    # Measured: PAAS 3D IoU 0.713, PSNR 12.9 dB; naive 0.611, 9.2 dB (a flat blue blob, no red front).
+    assert results["paas"]["iou_3d"] >= 0.6
+    assert results["naive"]["psnr"] < results["paas"]["psnr"] - 2.0
+    assert results["naive"]["silhouette_iou"] < results["paas"]["silhouette_iou"] - 0.1

@@ -249,11 +249,7 @@ def cmd_train_prior(argv: list[str]) -> int:
     except OSError as err:
         raise UserError(f"cannot write {err.filename or cfg.out}: {err.strerror or err}") from None
     except Interrupted as err:
-        print(
-            f"sjc train-prior: stopped at step {err.step}; continue with: sjc train-prior --out "
-            f"{shlex.quote(cfg.out)} --resume",
-            file=sys.stderr,
-        )
+        print(f"sjc train-prior: {err}", file=sys.stderr)
         return err.exit_code
     weights = f"{cfg.out}/weights.safetensors"
     if summary.get("stopped"):

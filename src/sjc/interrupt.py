@@ -21,12 +21,15 @@ SIGNALS = (signal.SIGINT, signal.SIGTERM)
 class Interrupted(Exception):
     """The run stopped on a signal after `step` steps; its state is checkpointed in `run_dir`."""
 
-    def __init__(self, step: int, run_dir: Path | None, signum: int = signal.SIGINT) -> None:
+    def __init__(
+        self, step: int, run_dir: Path | None, signum: int = signal.SIGINT, resume_command: str | None = None
+    ) -> None:
         self.step, self.run_dir, self.signum = step, run_dir, signum
         if run_dir is None:
             message = f"interrupted at step {step} (no run folder: nothing was saved)"
         else:
-            message = f"interrupted at step {step}; resume with: sjc generate --resume {shlex.quote(str(run_dir))}"
+            resume = resume_command or f"sjc generate --resume {shlex.quote(str(run_dir))}"
+            message = f"interrupted at step {step}; resume with: {resume}"
         super().__init__(message)
 
     @property

@@ -11,6 +11,7 @@ import dataclasses
 import json
 import math
 import os
+import shlex
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -184,6 +185,7 @@ def train_prior(cfg: TrainPriorConfig, device: torch.device, progress: bool = Tr
         save_checkpoint(out / "checkpoint.safetensors", model, ema, opt, gen, at, cfg)
         save_weights(out / "weights.safetensors", ema, cfg.prompts, {**info, "steps": at})
 
+    done = step
     bar = tqdm(range(step, cfg.steps), initial=step, total=cfg.steps, disable=not progress, desc="train-prior")
     with catch_signals() as stop:
         for step in bar:
@@ -223,8 +225,9 @@ def train_prior(cfg: TrainPriorConfig, device: torch.device, progress: bool = Tr
             if done % cfg.checkpoint_every == 0 or done == cfg.steps or stop.requested or out_of_time:
                 save(done)
             if stop.requested:
-                raise Interrupted(done, out, stop.signum)
+                resume = f"sjc train-prior --out {shlex.quote(str(out))} --resume"
+                raise Interrupted(done, out, stop.signum, resume_command=resume)
             if out_of_time:
                 bar.close()
-                return {**last, "stopped": "time limit", "out": str(out), "parameters": n_params}
-    return {**last, "out": str(out), "parameters": n_params}
+                return {**last, "step": done, "stopped": "time limit", "out": str(out), "parameters": n_params}
+    return {**last, "step": done, "out": str(out), "parameters": n_params}
