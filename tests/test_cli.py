@@ -13,7 +13,7 @@ def _run(*args, **kw):
     return subprocess.run([sys.executable, "-m", "sjc.cli", *args], capture_output=True, text=True, timeout=120, **kw)
 
 
-@pytest.mark.parametrize("args", [["--help"], ["generate", "--help"]])
+@pytest.mark.parametrize("args", [["--help"], ["generate", "--help"], ["train-prior", "--help"], ["sample", "--help"]])
 def test_help_does_not_import_torch(args):
     code = (
         f"import sys\nfrom sjc import cli\ntry:\n    cli.main({args!r})\nexcept SystemExit:\n    pass\n"
