@@ -22,6 +22,8 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
+from sjc.config import TOY_PRIORS
+
 PROMPTS = ("a red cube", "a red and blue cube", "a yellow sphere")
 RANGES = {"canvas": (0.1, 80.0), "3d": (0.1, 1.5)}
 CANVAS_VARIANTS = [(s, sch) for s in ("naive", "paas") for sch in ("annealed", "random")]
@@ -119,7 +121,7 @@ def tables(rows: list[dict], accuracy: list[dict]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--prompts", nargs="*", default=list(PROMPTS))
-    parser.add_argument("--prior", nargs="+", choices=("toy", "toy-learned"), default=["toy"])
+    parser.add_argument("--prior", nargs="+", choices=TOY_PRIORS, default=["toy"])
     parser.add_argument("--seeds", type=int, default=16, help="canvases / samples per cell")
     parser.add_argument("--ranges", nargs="*", default=list(RANGES), choices=list(RANGES))
     parser.add_argument("--jobs", type=int, default=2, help="worker processes")

@@ -26,11 +26,11 @@ import torch
 
 from canvas import run_job as canvas_job
 from quality import run_one as generate_job
+from sjc.config import TOY_PRIORS
 from sjc.config2d import TrainPriorConfig
 from sjc.metrics import train_prompt_classifier
 from sjc.run2d import tile
 
-PRIORS = ("toy", "toy-learned")
 CANVAS_PROMPTS = ("a red and blue cube", "a yellow sphere", "a purple cone")
 PROMPTS_3D = ("a red and blue cube", "a green cube")
 
@@ -63,11 +63,11 @@ def main() -> None:
     results: dict[str, list[dict]] = {}
     with ProcessPoolExecutor(max_workers=args.jobs) as pool:
         if "samples" in args.only:
-            jobs = [(p, "sample", "heun", None, args.seeds, prior) for prior in PRIORS for p in prompts]
+            jobs = [(p, "sample", "heun", None, args.seeds, prior) for prior in TOY_PRIORS for p in prompts]
             rows = list(pool.map(canvas_job, jobs))
             print("\n| prior | " + " | ".join(prompts) + " | all prompts |")
             print("|---|" + "---|" * (len(prompts) + 1))
-            for prior in PRIORS:
+            for prior in TOY_PRIORS:
                 mine = [r for r in rows if r["prior"] == prior]
                 accs = [accuracy(classifier, r["pictures"], r["prompt"]) for r in mine]
                 for r, a in zip(mine, accs, strict=True):
@@ -82,7 +82,7 @@ def main() -> None:
             variants = [("naive", "annealed"), ("paas", "annealed")]
             jobs = [
                 (p, "canvas", v, (0.1, 80.0), args.seeds, prior)
-                for prior in PRIORS
+                for prior in TOY_PRIORS
                 for p in args.canvas_prompts
                 for v in variants
             ]
@@ -107,7 +107,7 @@ def main() -> None:
             scorings = {"PAAS": {}, "naive": {"scoring": {"method": "naive"}}}
             jobs = [
                 (p, name, changes, "default", args.steps, prior)
-                for prior in PRIORS
+                for prior in TOY_PRIORS
                 for p in args.prompts_3d
                 for name, changes in scorings.items()
             ]

@@ -21,6 +21,7 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
+from sjc.config import TOY_PRIORS
 from sjc.config2d import TrainPriorConfig
 
 SUITE = TrainPriorConfig().prompts  # every shape, one- and two-colour; the learned prior's classes
@@ -103,7 +104,7 @@ def table(rows: list[dict]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--prior", nargs="+", choices=("toy", "toy-learned"), default=["toy"])
+    parser.add_argument("--prior", nargs="+", choices=TOY_PRIORS, default=["toy"])
     parser.add_argument("--preset", default="default")
     parser.add_argument("--steps", type=int, default=None, help="override the preset's step count")
     parser.add_argument("--only", choices=("suite", "ablations"), default=None)

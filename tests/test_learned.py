@@ -265,3 +265,11 @@ def test_the_learned_prior_makes_the_two_colour_cube_with_paas_and_a_worse_one_n
     assert results["paas"]["iou_3d"] >= 0.6
     assert results["naive"]["psnr"] < results["paas"]["psnr"] - 2.0
     assert results["naive"]["silhouette_iou"] < results["paas"]["silhouette_iou"] - 0.1
+
+
+def test_strip_view_prefix_inverts_view_prompt():
+    from sjc.prompts import strip_view_prefix, view_prompt
+
+    for view in (View(0.0, 10.0), View(90.0, 10.0), View(180.0, 10.0), View(0.0, 80.0)):
+        assert strip_view_prefix(view_prompt("a red cube", view)) == "a red cube"
+    assert strip_view_prefix("a red cube") == "a red cube"

@@ -1,7 +1,7 @@
-"""Run configuration: frozen dataclasses whose field docstrings become `sjc --help`, and presets.
+"""Run configuration: frozen dataclasses whose field docstrings become `sjc --help`.
 
 This module imports no torch, so the command line starts fast. Defaults are the paper's
-(official code) values unless a comment says otherwise; presets adapt them per prior.
+(official code) values unless a comment says otherwise; `presets` adapts them per prior.
 """
 
 from __future__ import annotations
@@ -122,6 +122,9 @@ class TrainConfig:
     schedule_steps: int | None = None
     """Steps the step-dependent schedules (emptiness switch, annealed sigma) span; None is --train.steps.
     --resume sets it when it raises --steps, so the added steps continue at the schedules' end values."""
+
+
+TOY_PRIORS = ("toy", "toy-learned")  # the priors of the toy world: ground truth, quality figures, `toy` settings
 
 
 @dataclass(frozen=True)

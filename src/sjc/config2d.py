@@ -11,7 +11,7 @@ from typing import Annotated, Literal
 
 import tyro
 
-from .config import PixelConfig, SDConfig, ToyConfig
+from .config import TOY_PRIORS, PixelConfig, SDConfig, ToyConfig
 from .presets import preset
 
 
@@ -105,7 +105,7 @@ def _preset(cls: type, steps: dict[str, tuple[int, int]], prior: str, name: str,
 def canvas_preset(prior: str, name: str) -> CanvasConfig:
     """The named preset of `sjc canvas` for `prior`."""
     changes: dict = {"seeds": 2, "frames": 8} if name == "tiny" else {}
-    if prior in ("toy", "toy-learned"):
+    if prior in TOY_PRIORS:
         # The toy prior's own range (0.1 to 1.5) is the 3D loop's. A canvas annealed over it never forgets its
         # noisy start and lands on the render nearest to it (a frame-filling close-up); from sigma 80, as the
         # sampler starts, PAAS lands on 16 different renders of 16 seeds (benchmarks/canvas.py).

@@ -27,7 +27,7 @@ from torch import Tensor, nn
 
 from .cameras import View, view_bucket
 from .denoisers import ClassifierFreeGuidance, _per_sample
-from .prompts import PREFIXES
+from .prompts import strip_view_prefix
 from .toyworld import BACKGROUND, PromptError, parse_prompt
 
 VIEWS = ("front", "side", "back", "overhead")  # view-bucket tokens; index len(VIEWS) is "no view"
@@ -284,10 +284,7 @@ class LearnedToyPrior:
     def condition(self, prompt: str, view: View) -> Hashable:
         """(class, view bucket) indices; with guidance, paired with the dropped tokens. A view prefix on the
         prompt ("front view of ...", as the 3D loop passes it) is dropped: the view token says it."""
-        for prefix in PREFIXES.values():
-            if prompt.startswith(prefix + " "):
-                prompt = prompt[len(prefix) + 1 :]
-        cls = self.prompts.index(self.resolve(prompt))
+        cls = self.prompts.index(self.resolve(strip_view_prefix(prompt)))
         cond = (cls, VIEWS.index(view_bucket(view)) if self.view_conditioning else len(VIEWS))
         return (cond, self.null) if self._cfg is not None else cond
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from .checkpoint import CheckpointError, list_checkpoints, read_checkpoint, restore
-from .config import GenerateConfig, from_dict, to_json
+from .config import TOY_PRIORS, GenerateConfig, from_dict, to_json
 from .denoisers import Prior
 from .interrupt import catch_signals
 from .resume import restore_run
@@ -154,7 +154,7 @@ def write_artefacts(field: VoxelField, prior: Prior, cfg: GenerateConfig, run_di
 
 def evaluate(field: VoxelField, cfg: GenerateConfig) -> dict | None:
     """Quality figures against the ground truth, where the prior has one (the toy world)."""
-    if cfg.prior not in ("toy", "toy-learned"):
+    if cfg.prior not in TOY_PRIORS:
         return None
     from .metrics import evaluate_field
     from .toyworld import parse_prompt

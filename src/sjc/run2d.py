@@ -23,7 +23,7 @@ from torch import Tensor
 
 from .cameras import View
 from .canvas import canvas_sigmas, karras_sigmas, optimise_canvas, sample_ode, snap_to_grid
-from .config import GenerateConfig, ScoringConfig, to_dict
+from .config import TOY_PRIORS, GenerateConfig, ScoringConfig, to_dict
 from .config2d import CanvasConfig, Config2D, SampleConfig
 from .denoisers import Prior
 from .export import write_gif, write_mp4
@@ -150,7 +150,7 @@ def run_sample(cfg: SampleConfig, batch: int = 8) -> Result2D:
 # --- quality and files --------------------------------------------------------------------
 def _quality(cfg: Config2D, rgb: Tensor) -> dict | None:
     """Toy prompts: nearest-render distance and prompt accuracy (`metrics.nearest_image_quality`)."""
-    if cfg.prior not in ("toy", "toy-learned"):
+    if cfg.prior not in TOY_PRIORS:
         return None
     from .metrics import nearest_image_quality
 

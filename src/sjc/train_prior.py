@@ -191,9 +191,9 @@ def train_prior(cfg: TrainPriorConfig, device: torch.device, progress: bool = Tr
         for step in bar:
             idx = torch.randint(0, images.shape[0], (cfg.batch_size,), generator=gen).to(device)
             sigma = draw_sigmas(cfg.batch_size, cfg, gen).to(device)
-            noise = torch.randn(images[idx].shape, generator=gen).to(device)
-            cls, view = drop_conditions(classes[idx], views[idx], cfg, gen)
             y = images[idx]
+            noise = torch.randn(y.shape, generator=gen).to(device)
+            cls, view = drop_conditions(classes[idx], views[idx], cfg, gen)
             per_image = (model(y + sigma[:, None, None, None] * noise, sigma, cls, view) - y).square().mean((1, 2, 3))
             weighted = edm_loss_weight(sigma, cfg.sigma_data) * per_image
             for group in opt.param_groups:
