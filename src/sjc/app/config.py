@@ -1,7 +1,9 @@
-"""Run configuration: frozen dataclasses whose field docstrings become `sjc --help`.
+"""Configuration of `sjc generate`, `sjc render` and `sjc export`: frozen dataclasses whose field docstrings
+become `--help`, their (de)serialisation, and the range checks of every setting.
 
-This module imports no torch, so the command line starts fast. Defaults are the paper's
-(official code) values unless a comment says otherwise; `presets` adapts them per prior.
+`GenerateConfig` gathers the core's settings (`core.settings`), the priors' (`priors.settings`) and the
+outputs' (`outputs.settings`) with the run's own (`TrainConfig`). Every default is in those dataclasses;
+`presets` holds only what each prior's presets change. Imports no torch, so the command line starts fast.
 """
 
 from __future__ import annotations
@@ -14,95 +16,11 @@ from typing import Annotated, Any, Literal
 
 import tyro
 
-
-@dataclass(frozen=True)
-class FieldConfig:
-    resolution: int = 100
-    """Voxels along each side of the grid over the box [-1, 1]^3."""
-    step_ratio: float = 0.5
-    """Distance between samples along a ray, in voxels."""
-    density_shift: float = -1.0
-    """Density = softplus(raw * exp(d_scale) + shift); the shift sets the initial fog."""
-    background: Literal["texture", "fixed"] = "texture"
-    """'texture': a small learned texture over the sphere of directions; 'fixed': a constant colour."""
-    background_value: float = 1.0
-    """Colour of a fixed background, in the prior's data space (1.0 is white for pixel priors)."""
-    background_size: int = 4
-    """Side of the learned background texture, in texels."""
-    min_transmittance: float = 1e-8
-    """Samples behind the point where a ray's transmittance drops below this are not evaluated (1e-8 keeps
-    renders and gradients within 1e-4 of evaluating every sample; 1e-4 moved depths by ~1e-3)."""
-    skip_empty: bool = True
-    """Empty-space skipping in training renders: leave out samples in cells the occupancy grid marks
-    empty. They get no gradient until the next refresh, so the grid is conservative (below); on the toy
-    suite no 3D IoU moved by more than 0.001 and runs took 20% less time (docs/CONVENTIONS.md)."""
-    occupancy_every: int = 16
-    """With skip_empty: steps between refreshes of the occupancy grid from the density."""
-    occupancy_threshold: float = 1e-4
-    """With skip_empty: a cell is marked when one of its corner voxels has an alpha (one voxel-length
-    step) above this; low, so faint density still counts."""
-    occupancy_dilation: int = 2
-    """With skip_empty: marked cells grow by this many cells each way, where the surface may grow."""
-
-
-@dataclass(frozen=True)
-class CameraConfig:
-    radius: float = 1.5
-    """Distance from the cameras to the origin."""
-    fov_min: float = 40.0
-    """Smallest horizontal field of view of training cameras, degrees."""
-    fov_max: float = 70.0
-    """Largest horizontal field of view of training cameras, degrees."""
-    test_fov: float = 60.0
-    """Field of view of validation, turntable and evaluation cameras, degrees."""
-    max_polar_param: float = 100.0
-    """Training directions are area-uniform from the top down to polar = arccos(1 - 2v/pi), v this (deg)."""
-
-
-@dataclass(frozen=True)
-class ScoringConfig:
-    sigma_schedule: Literal["log-uniform", "grid", "annealed"] = "grid"
-    """How sigma is drawn each step: log-uniform in [sigma_min, sigma_max]; uniform over the prior's
-    discrete sigma grid minus its extremes; or annealed geometrically from sigma_max to sigma_min."""
-    sigma_min: float | None = None
-    """Smallest sigma; None takes the prior's own range."""
-    sigma_max: float | None = None
-    """Largest sigma; None takes the prior's own range."""
-    drop_lowest: int = 10
-    """With the 'grid' schedule: how many of the smallest grid sigmas are never drawn."""
-    drop_highest: int = 30
-    """With the 'grid' schedule: how many of the largest grid sigmas are never drawn."""
-    method: Literal["paas", "naive"] = "paas"
-    """'paas' scores a perturbed render (Perturb-and-Average Scoring); 'naive' scores the clean render y as
-    (D(y; sigma) - y) / sigma, the baseline the paper shows fails on learned priors (out of distribution)."""
-    variance_reduced: bool = True
-    """PAAS with (D(y + sigma n) - y) / sigma (paper Eq. 16) instead of (D - (y + sigma n)) / sigma (Eq. 15)."""
-    n_noise: int = 1
-    """Noise draws averaged per step (k in the paper)."""
-    guidance_scale: float = 100.0
-    """Classifier-free guidance scale for text-conditioned priors."""
-
-
-@dataclass(frozen=True)
-class LossConfig:
-    emptiness_weight: float = 1e4
-    """Weight of the emptiness loss mean(log(1 + scale * w)) over the compositing weights w."""
-    emptiness_scale: float = 10.0
-    """Scale s inside the emptiness loss."""
-    emptiness_multiplier: float = 20.0
-    """The emptiness weight is multiplied by this from `emptiness_switch` of the steps on."""
-    emptiness_switch: float = 0.5
-    """Fraction of the steps after which the emptiness multiplier applies."""
-    center_depth_weight: float = 0.0
-    """Weight of the loss that keeps the image centre nearer than its border (0 turns it off)."""
-
-
-@dataclass(frozen=True)
-class OptimConfig:
-    lr: float = 0.05
-    """Adamax learning rate of the voxel grid."""
-    background_lr: float = 1e-4
-    """Adamax learning rate of the background texture."""
+from ..core.errors import ConfigError
+from ..core.settings import CameraConfig, FieldConfig, FitSettings, LossConfig, OptimConfig, ScoringConfig
+from ..outputs.settings import ExportConfig
+from ..priors import check_prior
+from ..priors.settings import PixelConfig, SDConfig, ToyConfig
 
 
 @dataclass(frozen=True)
@@ -124,70 +42,16 @@ class TrainConfig:
     --resume sets it when it raises --steps, so the added steps continue at the schedules' end values."""
 
 
-TOY_PRIORS = ("toy", "toy-learned")  # the priors of the toy world: ground truth, quality figures, `toy` settings
-
-
-@dataclass(frozen=True)
-class ToyConfig:
-    n_images: int = 5000
-    """Renders of the prompt's scene the exact empirical denoiser averages over."""
-    image_size: int = 32
-    """Side of the toy renders, and of the field's renders, in pixels."""
-    view_conditioning: bool = True
-    """Condition the prior on the view bucket (front / side / back / overhead); off shows the multi-face failure."""
-    data_seed: int = 0
-    """Seed of the toy data set (independent of the run seed)."""
-    cache_dir: str | None = None
-    """Folder caching the toy renders; None uses $SJC_CACHE or ~/.cache/sjc."""
-    weights: str | None = None
-    """Weights of the learned toy prior (--prior toy-learned, from `sjc train-prior`); None: those shipped with
-    sjc. Its image size is the one the weights were trained at (32)."""
-
-
-@dataclass(frozen=True)
-class SDConfig:
-    model: str = "stable-diffusion-v1-5/stable-diffusion-v1-5"
-    """Stable Diffusion 1.x/2.x weights: a Hugging Face model id in your HF cache, or a local diffusers folder."""
-    dtype: Literal["auto", "float16", "bfloat16", "float32"] = "auto"
-    """Precision of the UNet and text encoder: 'auto' is float16 on CUDA and float32 on CPU."""
-    resolution: int = 512
-    """Side of the images the prior scores, in pixels; the field renders latents of resolution / 8 (64 for 512)."""
-    negative_prompt: str = ""
-    """Text of the unconditional branch of classifier-free guidance ('' is the paper's empty prompt)."""
-
-
-@dataclass(frozen=True)
-class PixelConfig:
-    model: str = "google/ddpm-bedroom-256"
-    """Unconditional diffusers UNet2DModel weights (DDPM or score-SDE VE, e.g. google/ncsnpp-ffhq-256): a Hugging
-    Face model id in your HF cache, or a local folder."""
-    dtype: Literal["auto", "float16", "bfloat16", "float32"] = "auto"
-    """Precision of the UNet: 'auto' is float16 on CUDA and float32 on CPU."""
-    resolution: int | None = None
-    """Side of the images the prior scores, in pixels; None takes the checkpoint's sample size."""
-    data_range: Literal["auto", "unit", "signed"] = "auto"
-    """Pixel range the network was trained on: 'unit' [0, 1], 'signed' [-1, 1]; 'auto' is [0, 1] for score-SDE
-    VE checkpoints and [-1, 1] for DDPM ones. Images are [-1, 1] here either way (sigma in those units)."""
-
-
-@dataclass(frozen=True)
-class ExportConfig:
-    turntable_frames: int = 48
-    """Frames of the turntable video."""
-    turntable_size: int = 128
-    """Side of the turntable and contact-sheet renders, pixels of the prior's data space (SD latents decode 8x)."""
-    mesh_threshold: float = 0.5
-    """Marching-cubes level on the voxel alpha (alpha of one voxel-length step)."""
-
 
 @dataclass(frozen=True)
 class GenerateConfig:
     prompt: Annotated[str, tyro.conf.Positional, tyro.conf.arg(metavar="PROMPT")] = ""
     """What to generate, e.g. "a red and blue cube" for the toy prior."""
-    prior: Literal["toy", "toy-learned", "sd", "pixel"] = "toy"
+    prior: str = "toy"
     """The 2D prior: 'toy' (embedded exact denoiser, nothing downloaded), 'toy-learned' (the small UNet trained on
-    the toy world that ships with sjc), 'sd' (Stable Diffusion: [sd] extra, weights, a GPU) or 'pixel' (an
-    unconditional pixel-space diffusers model, no prompt: [sd] extra, weights, a GPU)."""
+    the toy world that ships with sjc), 'sd' (Stable Diffusion: [sd] extra, weights, a GPU), 'pixel' (an
+    unconditional pixel-space diffusers model, no prompt: [sd] extra, weights, a GPU), or your own denoiser:
+    'python:PACKAGE.MODULE:FUNCTION' names a function (prompt, device) -> prior (docs/python-api.md)."""
     preset: str = "default"
     """Named set of defaults for the prior ('default', 'tiny' for a smoke test, 'paper'); flags override it."""
     out: str | None = None
@@ -213,6 +77,10 @@ class GenerateConfig:
     sd: SDConfig = dataclasses.field(default_factory=SDConfig)
     pixel: PixelConfig = dataclasses.field(default_factory=PixelConfig)
     export: ExportConfig = dataclasses.field(default_factory=ExportConfig)
+
+    def fit_settings(self) -> FitSettings:
+        """The sections the fit loop reads."""
+        return FitSettings(self.field, self.camera, self.scoring, self.losses, self.optim)
 
 
 @dataclass(frozen=True)
@@ -292,7 +160,7 @@ def from_dict(cls: type, data: dict) -> Any:
     hints = {f.name: f for f in dataclasses.fields(cls)}
     for key, value in data.items():
         if key not in hints:
-            raise ValueError(f"unknown configuration key {key!r} for {cls.__name__}")
+            raise ConfigError(f"unknown configuration key {key!r} for {cls.__name__}")
         sub = _dataclass_type(cls, key)
         kwargs[key] = from_dict(sub, value) if sub is not None and isinstance(value, dict) else value
     return cls(**kwargs)
@@ -306,7 +174,8 @@ def _dataclass_type(cls: type, key: str) -> type | None:
 
 
 def validate(cfg: GenerateConfig) -> None:
-    """ValueError naming the first out-of-range setting and what would be valid."""
+    """ConfigError naming the first out-of-range setting and what would be valid."""
+    check_prior(cfg.prior, cfg.prompt)
     checks = [
         (cfg.train.steps > 0, f"--train.steps must be positive, got {cfg.train.steps}"),
         (cfg.field.resolution >= 2, f"--field.resolution must be at least 2, got {cfg.field.resolution}"),
@@ -332,11 +201,6 @@ def validate(cfg: GenerateConfig) -> None:
         ),
         (cfg.train.log_every > 0, f"--train.log-every must be positive, got {cfg.train.log_every}"),
         (
-            cfg.prior != "pixel" or not cfg.prompt.strip(),
-            f"the pixel prior is unconditional and takes no prompt (got {cfg.prompt!r}); drop the prompt, "
-            "or use --prior toy or --prior sd for text prompts",
-        ),
-        (
             cfg.prior != "pixel" or cfg.pixel.resolution is None or cfg.pixel.resolution > 0,
             f"--pixel.resolution must be positive, got {cfg.pixel.resolution}",
         ),
@@ -350,9 +214,14 @@ def validate(cfg: GenerateConfig) -> None:
         checks.append((lo > 0, f"--scoring.sigma-min must be positive, got {lo}"))
     if lo is not None and hi is not None:
         checks.append((lo < hi, f"--scoring.sigma-min ({lo}) must be below --scoring.sigma-max ({hi})"))
-    for ok, message in [*_finite_checks(cfg), *checks, *_run_checks(cfg)]:
+    raise_first(*_finite_checks(cfg), *checks, *_run_checks(cfg))
+
+
+def raise_first(*checks: tuple[bool, str]) -> None:
+    """ConfigError with the message of the first failed (ok, message) check."""
+    for ok, message in checks:
         if not ok:
-            raise ValueError(message)
+            raise ConfigError(message)
 
 
 def _finite_checks(cfg: Any, prefix: str = "--") -> list[tuple[bool, str]]:

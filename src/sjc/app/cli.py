@@ -10,9 +10,11 @@ import argparse
 import dataclasses
 import inspect
 import sys
+from typing import Any
 
 import tyro
 
+from ..core.errors import UserError
 from .config import GenerateConfig, to_json, validate
 from .presets import preset
 
@@ -37,70 +39,60 @@ commands:
 """
 
 
-class UserError(Exception):
-    """A mistake in what the user asked for: printed as one line, exit status 2."""
-
-
-def parse_generate(argv: list[str]) -> GenerateConfig:
-    """Resolve a GenerateConfig: the preset of --prior/--preset, then every flag over it."""
+def _preset_then_flags(argv: list[str]) -> argparse.Namespace:
+    """--prior, --preset and --resume, read before the full parse: they choose the defaults the flags apply to."""
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("--prior", default="toy")
     pre.add_argument("--preset", default="default")
     pre.add_argument("--resume", default=None)
-    known, _ = pre.parse_known_args(argv)
+    return pre.parse_known_args(argv)[0]
+
+
+def parse_generate(argv: list[str]) -> GenerateConfig:
+    """Resolve a GenerateConfig: the preset of --prior/--preset (or a resumed run's settings), then every flag."""
     from .resume import resume_config, resume_defaults
 
-    try:  # a resume starts from the run's saved settings instead of a preset
-        default = preset(known.prior, known.preset) if known.resume is None else resume_defaults(known.resume)
-    except ValueError as err:
-        raise UserError(str(err)) from None
-    cfg = tyro.cli(
-        GenerateConfig,
-        args=argv,
-        default=default,
-        prog="sjc generate",
-        description="Optimise a voxel field so its renders look likely to a 2D diffusion prior.",
-    )
+    known = _preset_then_flags(argv)
+    # A resume starts from the run's saved settings instead of a preset.
+    default = preset(known.prior, known.preset) if known.resume is None else resume_defaults(known.resume)
+    about = "Optimise a voxel field so its renders look likely to a 2D diffusion prior."
+    cfg = tyro.cli(GenerateConfig, args=argv, default=default, prog="sjc generate", description=about)
     if known.resume is not None:
-        try:
-            cfg = resume_config(default, cfg)
-        except ValueError as err:
-            raise UserError(str(err)) from None
-    if not cfg.prompt and cfg.prior != "pixel":  # the pixel prior is unconditional
-        raise UserError('give a prompt, e.g. sjc generate "a red and blue cube"')
-    try:
-        validate(cfg)
-    except ValueError as err:
-        raise UserError(str(err)) from None
+        cfg = resume_config(default, cfg)
+    validate(cfg)
     return cfg
+
+
+def _print_dry_run(cfg: Any) -> int:
+    print(to_json(dataclasses.replace(cfg, dry_run=False)))
+    return 0
+
+
+def _set_threads(threads: int | None) -> None:
+    import torch
+
+    if threads:
+        torch.set_num_threads(threads)
+
+
+def _cannot_write(err: OSError, what: str) -> UserError:
+    """e.g. no space left on the device, or a folder that cannot be written."""
+    return UserError(f"cannot write {err.filename or what}: {err.strerror or err}")
 
 
 def cmd_generate(argv: list[str]) -> int:
     cfg = parse_generate(argv)
     if cfg.dry_run:
-        print(to_json(dataclasses.replace(cfg, dry_run=False)))
-        return 0
-    import torch
-
-    from .checkpoint import CheckpointError, CheckpointWriteError
+        return _print_dry_run(cfg)
+    from ..core.fit import NonFiniteError
     from .interrupt import Interrupted
-    from .learned import WeightsError
-    from .pixel import PixelPriorError
-    from .run import RunFolderError, generate
-    from .sd import WeightsNotFoundError
-    from .toyworld import PromptError
-    from .trainer import ConfigError, DeviceError, NonFiniteError
+    from .runs import generate
 
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    user_errors = (PromptError, RunFolderError, DeviceError, WeightsNotFoundError, PixelPriorError, ConfigError)
-    user_errors += (WeightsError,)
+    _set_threads(cfg.threads)
     try:
         result = generate(cfg)
-    except (*user_errors, CheckpointError, CheckpointWriteError) as err:
-        raise UserError(str(err)) from None
-    except OSError as err:  # e.g. no space left on the device, or a folder that cannot be written
-        raise UserError(f"cannot write {err.filename or 'the run folder'}: {err.strerror or err}") from None
+    except OSError as err:
+        raise _cannot_write(err, "the run folder") from None
     except (NonFiniteError, Interrupted) as err:  # not a usage mistake: the run's own status
         print(f"sjc generate: {err}", file=sys.stderr)
         return err.exit_code if isinstance(err, Interrupted) else 1
@@ -130,75 +122,48 @@ def cmd_export(argv: list[str]) -> int:
     return _asset_command("export", ec)
 
 
-def _asset_command(name: str, cfg) -> int:
-    """Run `sjc render` / `sjc export` on a run folder; what the user got wrong becomes one line."""
-    import torch
+def _asset_command(name: str, cfg: Any) -> int:
+    """Run `sjc render` / `sjc export` on a run folder."""
+    from .render_export import export_run, render_run
 
-    from .assets import AssetError, export_run, render_run
-    from .learned import WeightsError
-    from .run import RunFolderError
-    from .sd import WeightsNotFoundError
-    from .trainer import DeviceError
-
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
+    _set_threads(cfg.threads)
     try:
         files = (render_run if name == "render" else export_run)(cfg)
-    except (AssetError, RunFolderError, DeviceError, WeightsNotFoundError, WeightsError) as err:
-        raise UserError(str(err)) from None
-    except OSError as err:  # e.g. an output folder that cannot be written
-        raise UserError(f"cannot write {err.filename or 'the output'}: {err.strerror or err}") from None
+    except OSError as err:
+        raise _cannot_write(err, "the output") from None
     for key, path in files.items():
         print(f"  {key:10s} {path}")
     return 0
 
 
-def parse_2d(command: str, argv: list[str]):
+def parse_2d(command: str, argv: list[str]) -> Any:
     """Resolve a CanvasConfig or SampleConfig: the preset of --prior/--preset, then every flag over it."""
-    from .config2d import CanvasConfig, SampleConfig, canvas_preset, sample_preset, validate_2d
+    from .config2d import CanvasConfig, SampleConfig, validate_2d
+    from .presets import canvas_preset, sample_preset
 
     cls, make = (CanvasConfig, canvas_preset) if command == "canvas" else (SampleConfig, sample_preset)
-    pre = argparse.ArgumentParser(add_help=False)
-    pre.add_argument("--prior", default="toy")
-    pre.add_argument("--preset", default="default")
-    known, _ = pre.parse_known_args(argv)
-    try:
-        default = make(known.prior, known.preset)
-    except ValueError as err:
-        raise UserError(str(err)) from None
+    known = _preset_then_flags(argv)
     about = {
         "canvas": "Optimise an image directly (the renderer is the identity) with a 2D prior's score estimate.",
         "sample": "Draw images from a 2D prior with the deterministic Karras/EDM probability-flow ODE sampler.",
     }
+    default = make(known.prior, known.preset)
     cfg = tyro.cli(cls, args=argv, default=default, prog=f"sjc {command}", description=about[command])
-    try:
-        validate_2d(cfg)
-    except ValueError as err:
-        raise UserError(str(err)) from None
+    validate_2d(cfg)
     return cfg
 
 
 def _run_2d(command: str, argv: list[str]) -> int:
     cfg = parse_2d(command, argv)
     if cfg.dry_run:
-        print(to_json(dataclasses.replace(cfg, dry_run=False)))
-        return 0
-    import torch
-
-    from .learned import WeightsError
-    from .pixel import PixelPriorError
-    from .run import RunFolderError
+        return _print_dry_run(cfg)
     from .run2d import run_canvas, run_sample
-    from .sd import WeightsNotFoundError
-    from .toyworld import PromptError
-    from .trainer import DeviceError
 
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
+    _set_threads(cfg.threads)
     try:
         result = (run_canvas if command == "canvas" else run_sample)(cfg)
-    except (PromptError, RunFolderError, DeviceError, WeightsNotFoundError, PixelPriorError, WeightsError) as err:
-        raise UserError(str(err)) from None
+    except OSError as err:
+        raise _cannot_write(err, "the output folder") from None
     print(f"output folder: {result.out}")
     for name, path in result.files.items():
         print(f"  {name:10s} {path}")
@@ -220,34 +185,24 @@ def cmd_sample(argv: list[str]) -> int:
 
 
 def cmd_train_prior(argv: list[str]) -> int:
-    from .config2d import TrainPriorConfig, validate_train_prior
+    from .train_prior_config import TrainPriorConfig, validate_train_prior
 
     about = inspect.cleandoc(TrainPriorConfig.__doc__ or "")
     cfg = tyro.cli(TrainPriorConfig, args=argv, prog="sjc train-prior", description=about)
-    try:
-        validate_train_prior(cfg)
-    except ValueError as err:
-        raise UserError(str(err)) from None
+    validate_train_prior(cfg)
     if cfg.dry_run:
-        print(to_json(dataclasses.replace(cfg, dry_run=False)))
-        return 0
+        return _print_dry_run(cfg)
     import shlex
 
-    import torch
-
+    from ..core.fit import pick_device
     from .interrupt import Interrupted
-    from .toyworld import PromptError
-    from .train_prior import TrainPriorError, train_prior
-    from .trainer import DeviceError, pick_device
+    from .train_prior import train_prior
 
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
+    _set_threads(cfg.threads)
     try:
         summary = train_prior(cfg, pick_device(cfg.device))
-    except (TrainPriorError, PromptError, DeviceError) as err:
-        raise UserError(str(err)) from None
     except OSError as err:
-        raise UserError(f"cannot write {err.filename or cfg.out}: {err.strerror or err}") from None
+        raise _cannot_write(err, cfg.out) from None
     except Interrupted as err:
         print(f"sjc train-prior: {err}", file=sys.stderr)
         return err.exit_code
@@ -277,7 +232,7 @@ def main(argv: list[str] | None = None) -> int:
         print(USAGE.format(commands="\n".join(f"  {k:10s} {v}" for k, v in COMMANDS.items())))
         return 0 if argv else 2
     if argv[0] in ("-V", "--version"):
-        from . import __version__
+        from .. import __version__
 
         print(f"sjc {__version__}")
         return 0

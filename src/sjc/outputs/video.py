@@ -19,8 +19,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .cameras import Camera, View, camera_from_view, turntable_views
-from .render import Field, render
+from ..core.cameras import Camera, View, camera_from_view, turntable_views
+from ..core.render import Field, render
 
 Decode = Callable[[Tensor], Tensor]
 

@@ -22,12 +22,13 @@ from safetensors.torch import save_file
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from .cameras import view_bucket
+from ..core.cameras import view_bucket
+from ..core.errors import UserError
+from ..priors.learned import VIEWS, EDMDenoiser, ToyUNet, UNetSpec, edm_loss_weight, save_weights
+from ..priors.toy import make_dataset, parse_prompt
 from .config import to_json
-from .config2d import TrainPriorConfig
 from .interrupt import Interrupted, catch_signals
-from .learned import VIEWS, EDMDenoiser, ToyUNet, UNetSpec, edm_loss_weight, save_weights
-from .toyworld import make_dataset, parse_prompt
+from .train_prior_config import TrainPriorConfig
 
 SIGMA_BANDS = (0.1, 0.5, 1.5)  # log.jsonl reports the loss below, between and above these sigmas
 UNIFORM_RANGE = (0.002, 80.0)  # the sampler's range: every sigma it visits is trained on
@@ -45,7 +46,7 @@ RESUMABLE = {
 }
 
 
-class TrainPriorError(ValueError):
+class TrainPriorError(UserError, ValueError):
     """A training folder that cannot be used as asked."""
 
 
@@ -97,7 +98,7 @@ def build_model(cfg: TrainPriorConfig) -> EDMDenoiser:
 
 
 # --- resumable checkpoints: safetensors of every tensor of the state, JSON metadata ----------------
-def save_checkpoint(
+def save_training_state(
     path: Path, model: EDMDenoiser, ema: EDMDenoiser, opt: torch.optim.Adam, gen, step: int, cfg
 ) -> None:
     tensors = {f"net.{k}": v for k, v in model.net.state_dict().items()}
@@ -112,8 +113,8 @@ def save_checkpoint(
     tmp.replace(path)
 
 
-def load_checkpoint(path: Path, model: EDMDenoiser, ema: EDMDenoiser, opt: torch.optim.Adam, gen) -> int:
-    """Restore everything `save_checkpoint` wrote; returns the step."""
+def load_training_state(path: Path, model: EDMDenoiser, ema: EDMDenoiser, opt: torch.optim.Adam, gen) -> int:
+    """Restore everything `save_training_state` wrote; returns the step."""
     device = next(model.parameters()).device
     with safe_open(str(path), "pt") as f:
         step = int(f.metadata()["step"])
@@ -174,7 +175,7 @@ def train_prior(cfg: TrainPriorConfig, device: torch.device, progress: bool = Tr
     ema = build_model(cfg).to(device).requires_grad_(False)
     ema.load_state_dict(model.state_dict())
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=(0.9, 0.99))
-    step = load_checkpoint(out / "checkpoint.safetensors", model, ema, opt, gen) if resuming else 0
+    step = load_training_state(out / "checkpoint.safetensors", model, ema, opt, gen) if resuming else 0
     n_params = sum(p.numel() for p in model.parameters())
     info = {"image_size": cfg.image_size, "parameters": n_params, "train_config": dataclasses.asdict(cfg)}
     names, start_time = band_names(), time.monotonic()
@@ -182,7 +183,7 @@ def train_prior(cfg: TrainPriorConfig, device: torch.device, progress: bool = Tr
     last: dict = {}
 
     def save(at: int) -> None:
-        save_checkpoint(out / "checkpoint.safetensors", model, ema, opt, gen, at, cfg)
+        save_training_state(out / "checkpoint.safetensors", model, ema, opt, gen, at, cfg)
         save_weights(out / "weights.safetensors", ema, cfg.prompts, {**info, "steps": at})
 
     done = step

@@ -16,8 +16,8 @@ import trimesh
 from skimage.measure import marching_cubes
 from torch import Tensor
 
+from ..core.voxel import VoxelField
 from .bake import bake_vertex_colours
-from .voxel import VoxelField
 
 Decode = Callable[[Tensor], Tensor]
 

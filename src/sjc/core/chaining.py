@@ -56,16 +56,17 @@ def paas_grad(
     variance_reduced: bool = True,
     generator: torch.Generator | None = None,
 ) -> Tensor:
-    """Perturb-and-Average Scoring at the render y [1, C, H, W]: sigma * score, averaged
-    over `n_noise` noise draws, as (D(y + sigma n) - y) / sigma (Eq. 16, default) or
-    (D(y + sigma n) - (y + sigma n)) / sigma (Eq. 15). Returns [1, C, H, W]."""
+    """Perturb-and-Average Scoring at the renders y [B, C, H, W]: sigma * score, averaged over `n_noise`
+    noise draws per image, as (D(y + sigma n) - y) / sigma (Eq. 16, default) or
+    (D(y + sigma n) - (y + sigma n)) / sigma (Eq. 15). Returns [B, C, H, W]: each image its own estimate.
+    All n_noise * B perturbed images go through one denoiser call, draw k of image b at row k * B + b."""
     y = y.detach()
-    noise = torch.randn((n_noise, *y.shape[1:]), generator=generator, device=y.device, dtype=y.dtype)
-    z = y + sigma * noise
-    sigmas = torch.full((n_noise,), sigma, device=y.device, dtype=y.dtype)
-    denoised = denoiser(z, sigmas, cond)
+    noise = torch.randn((n_noise, *y.shape), generator=generator, device=y.device, dtype=y.dtype)
+    z = y + sigma * noise  # [k, B, C, H, W]
+    sigmas = torch.full((n_noise * y.shape[0],), sigma, device=y.device, dtype=y.dtype)
+    denoised = denoiser(z.flatten(0, 1), sigmas, cond).view_as(z)
     reference = y if variance_reduced else z
-    return ((denoised - reference) / sigma).mean(dim=0, keepdim=True)
+    return ((denoised - reference) / sigma).mean(dim=0)
 
 
 @torch.no_grad()

@@ -25,16 +25,17 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
-from .cameras import View, view_bucket
-from .denoisers import ClassifierFreeGuidance, _per_sample
-from .prompts import strip_view_prefix
-from .toyworld import BACKGROUND, PromptError, parse_prompt
+from ..core.cameras import View, view_bucket
+from ..core.denoisers import ClassifierFreeGuidance, _per_sample
+from ..core.errors import UserError
+from .settings import LEARNED_GUIDANCE_SCALE
+from .toy import BACKGROUND, SIGMA_RANGE, PromptError, parse_prompt
 
 VIEWS = ("front", "side", "back", "overhead")  # view-bucket tokens; index len(VIEWS) is "no view"
 SHIPPED_WEIGHTS = "toy_learned.safetensors"  # inside the package's weights/ folder
 
 
-class WeightsError(ValueError):
+class WeightsError(UserError, ValueError):
     """Learned-prior weights that are missing, unreadable or of another format."""
 
 
@@ -205,7 +206,7 @@ def save_weights(path: str | Path, model: EDMDenoiser, prompts: Sequence[str], i
 
 
 def shipped_weights_path() -> Path:
-    return Path(str(resources.files("sjc") / "weights" / SHIPPED_WEIGHTS))
+    return Path(str(resources.files("sjc.priors") / "weights" / SHIPPED_WEIGHTS))
 
 
 def load_weights(
@@ -244,32 +245,33 @@ class LearnedToyPrior:
     channels = 3
     feature_activation = "sigmoid"
     background = BACKGROUND
-    sigma_min = 0.1  # the 3D loop's range, as for the exact toy prior
-    sigma_max = 1.5
+    sigma_min, sigma_max = SIGMA_RANGE  # the 3D loop's range, as for the exact toy prior
     sigmas = None
 
     def __init__(
         self,
         model: EDMDenoiser,
         prompts: Sequence[str],
-        prompt: str | None,
+        prompt: str,
         view_conditioning: bool = True,
-        guidance_scale: float = 1.0,
+        guidance_scale: float = LEARNED_GUIDANCE_SCALE,
         info: dict | None = None,
     ) -> None:
         self.model, self.prompts = model, [parse_prompt(p).prompt for p in prompts]
         self.image_size = int(info.get("image_size", 32)) if info else 32
         self.view_conditioning, self.guidance_scale, self.info = view_conditioning, guidance_scale, info or {}
-        self.prompt = self.resolve(prompt) if prompt is not None else None
+        self.prompt = self.resolve(prompt)
+        self.class_id = self.prompts.index(self.prompt)
         self.null = (len(self.prompts), len(VIEWS))
         self._cfg = ClassifierFreeGuidance(self._denoise_batch, guidance_scale) if guidance_scale != 1 else None
 
     @classmethod
     def from_file(
-        cls, path: str | Path | None = None, *, device: torch.device | str = "cpu", **kwargs
+        cls, prompt: str, path: str | Path | None = None, *, device: torch.device | str = "cpu", **kwargs
     ) -> LearnedToyPrior:
+        """The prior of `prompt` from a weights file (None: the shipped one); kwargs go to the constructor."""
         model, prompts, info = load_weights(path, device)
-        return cls(model, prompts, info=info, **kwargs)
+        return cls(model, prompts, prompt, info=info, **kwargs)
 
     def resolve(self, prompt: str) -> str:
         """The canonical form of a prompt the network was trained on; PromptError otherwise."""
@@ -281,11 +283,11 @@ class LearnedToyPrior:
             )
         return canonical
 
-    def condition(self, prompt: str, view: View) -> Hashable:
-        """(class, view bucket) indices; with guidance, paired with the dropped tokens. A view prefix on the
-        prompt ("front view of ...", as the 3D loop passes it) is dropped: the view token says it."""
-        cls = self.prompts.index(self.resolve(strip_view_prefix(prompt)))
-        cond = (cls, VIEWS.index(view_bucket(view)) if self.view_conditioning else len(VIEWS))
+    def condition(self, view: View | None = None) -> Hashable:
+        """(class, view bucket) indices, the dropped view token with no view or view conditioning off; with
+        guidance, paired with the dropped tokens (the unconditional branch)."""
+        seen = view is not None and self.view_conditioning
+        cond = (self.class_id, VIEWS.index(view_bucket(view)) if seen else len(VIEWS))
         return (cond, self.null) if self._cfg is not None else cond
 
     def _denoise_batch(self, x: Tensor, sigma: Tensor, cond) -> Tensor:

@@ -16,8 +16,9 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
-from .cameras import Camera, View, batch_rays, camera_from_view, sample_training_view, view_bucket
-from .denoisers import ConditionalDenoiser, EmpiricalDenoiser
+from ..core.cameras import Camera, View, batch_rays, camera_from_view, sample_training_view, view_bucket
+from ..core.denoisers import ConditionalDenoiser, EmpiricalDenoiser
+from ..core.errors import ConfigError, UserError
 
 FORMAT_VERSION = 1  # bump when renders change, so stale caches are not reused
 BACKGROUND = 1.0  # white, in [-1, 1] units
@@ -25,6 +26,7 @@ AMBIENT = 0.35
 LIGHT = torch.tensor([0.5, 1.0, 0.75]) / math.sqrt(0.5**2 + 1.0**2 + 0.75**2)  # above, front, right
 FAR_DEPTH = 10.0  # depth of background pixels, as in sjc.render
 ALL_VIEWS = "all"  # the single condition key when view conditioning is off
+SIGMA_RANGE = (0.1, 1.5)  # the 3D loop's range for the toy renders in [-1, 1] (both toy priors)
 
 # Away from 0 and 1 so that a sigmoid-activated field can reach every shaded value.
 COLOURS = {
@@ -99,7 +101,7 @@ KNOWN_COLOURS = tuple(COLOURS)
 
 
 # --- scenes and the prompt grammar ----------------------------------------------------------
-class PromptError(ValueError):
+class PromptError(UserError, ValueError):
     """A prompt outside the toy-world grammar."""
 
 
@@ -224,7 +226,7 @@ def render_scene(scene: Scene, camera: Camera, background: float = BACKGROUND) -
     return colour.T.reshape(3, H, W).contiguous(), mask.view(H, W), depth.view(H, W)
 
 
-def render_views(
+def render_scene_views(
     scene: Scene, views: Sequence[View], size: int, background: float = BACKGROUND
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Render many views at once: images [N, 3, S, S], masks [N, S, S], depths [N, S, S]."""
@@ -268,7 +270,7 @@ def make_dataset(
         return ToyDataset(scene, data["images"], views, [view_bucket(v) for v in views])
     generator = torch.Generator().manual_seed(seed)
     views = [sample_training_view(generator) for _ in range(n)]
-    images = torch.cat([render_views(scene, views[s : s + 500], size)[0] for s in range(0, n, 500)])
+    images = torch.cat([render_scene_views(scene, views[s : s + 500], size)[0] for s in range(0, n, 500)])
     if cache:
         path.parent.mkdir(parents=True, exist_ok=True)
         table = torch.tensor([[v.azimuth, v.elevation, v.fov, v.radius] for v in views], dtype=torch.float64)
@@ -285,8 +287,7 @@ class ToyPrior:
     channels = 3
     feature_activation = "sigmoid"
     background = BACKGROUND
-    sigma_min = 0.1  # the prototype's log-uniform range for images in [-1, 1]
-    sigma_max = 1.5
+    sigma_min, sigma_max = SIGMA_RANGE
     sigmas = None  # continuous in sigma: no discrete grid of a trained network
 
     def __init__(
@@ -311,9 +312,13 @@ class ToyPrior:
             groups = {ALL_VIEWS: images}
         self.denoiser = ConditionalDenoiser({k: EmpiricalDenoiser(v).to(device) for k, v in groups.items()})
 
-    def condition(self, prompt: str, view: View) -> Hashable:
-        """The view bucket (text is ignored: the prior knows its one prompt)."""
-        return view_bucket(view) if self.view_conditioning else ALL_VIEWS
+    def condition(self, view: View | None = None) -> Hashable:
+        """The view bucket of `view`; with view conditioning off, or no view, all renders alike."""
+        if not self.view_conditioning:
+            return ALL_VIEWS
+        if view is None:
+            raise ConfigError("this toy prior conditions on the view; build it with view_conditioning=False for 2D")
+        return view_bucket(view)
 
     def denoise(self, x: Tensor, sigma: Tensor, cond: Hashable) -> Tensor:
         """Posterior mean E[y | x] [B, 3, S, S] of the renders in bucket `cond`, noise level sigma [B]."""

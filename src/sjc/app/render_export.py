@@ -11,20 +11,21 @@ from pathlib import Path
 
 import torch
 
-from . import export
-from .cameras import spiral_views, turntable_views
+from ..core.cameras import spiral_views, turntable_views
+from ..core.errors import UserError
+from ..core.fit import pick_device
+from ..core.voxel import VoxelField
+from ..outputs import video
+from ..outputs.mesh import MESH_FORMATS, extract_mesh, is_rgb_field, write_grids, write_mesh
 from .config import ExportMeshConfig, GenerateConfig, RenderConfig
-from .mesh import MESH_FORMATS, extract_mesh, is_rgb_field, write_grids, write_mesh
-from .run import build_prior, load_run
-from .trainer import pick_device
-from .voxel import VoxelField
+from .runs import load_run, prior_from_config
 
 Log = Callable[[str], None]
 FORMATS = (*MESH_FORMATS, "npz")
 MIN_RENDER_SIZE = 256  # default frame side: sharper than the training renders of every preset
 
 
-class AssetError(ValueError):
+class AssetError(UserError, ValueError):
     """A render or export request that cannot be met as asked: one line for the user."""
 
 
@@ -39,21 +40,21 @@ def open_run(run: str, step: int | None, device: str) -> tuple[Path, GenerateCon
     return run_dir, cfg, field.eval(), found
 
 
-def decoder_for(cfg: GenerateConfig, field: VoxelField, device: torch.device) -> export.Decode | None:
+def decoder_for(cfg: GenerateConfig, field: VoxelField, device: torch.device) -> video.Decode | None:
     """What turns `field`'s renders into RGB: None for RGB fields, else the prior's decoder (an explicit
     match; a prior without a light decoder is built whole, then its `decode` is used)."""
     if is_rgb_field(field):
         return None
     match cfg.prior:
         case "sd":
-            from .sd import LatentDecoder
+            from ..priors.sd import LatentDecoder
 
             return LatentDecoder.from_pretrained(cfg.sd.model, device=device)
         case _:
-            return build_prior(cfg, device).decode
+            return prior_from_config(cfg, device).decode
 
 
-def upsampling(decode: export.Decode | None, field: VoxelField) -> int:
+def upsampling(decode: video.Decode | None, field: VoxelField) -> int:
     """How many output pixels one rendered pixel becomes (8 for the SD VAE), measured on a 4x4 render."""
     if decode is None:
         return 1
@@ -89,7 +90,7 @@ def render_run(rc: RenderConfig, log: Log = print) -> dict[str, Path]:
     rays = f", {subpixels * subpixels} rays per pixel" if subpixels > 1 else ""
     log(f"rendering {rc.frames} {rc.path} frames of step {step} at {size}x{size}{rays}")
     video = Path(rc.video) if rc.video else run_dir / "render.mp4"
-    return export.write_video(field, views, video, size // factor, decode, subpixels, rc.fps)
+    return video.write_video(field, views, video, size // factor, decode, subpixels, rc.fps)
 
 
 def _target(ec: ExportMeshConfig, run_dir: Path) -> tuple[str, Path]:

@@ -128,6 +128,20 @@ def view_bucket(view: View) -> str:
     return ("front", "side", "back", "side")[quadrant]
 
 
+# The paper's view-dependent prompts: the text is prefixed with the side it is seen from.
+VIEW_PREFIXES = {
+    "front": "front view of",
+    "side": "side view of",
+    "back": "backside view of",
+    "overhead": "overhead view of",
+}
+
+
+def view_prompt(prompt: str, view: View) -> str:
+    """`prompt` with the prefix of the view bucket of `view`, e.g. "front view of a red cube"."""
+    return f"{VIEW_PREFIXES[view_bucket(view)]} {prompt}"
+
+
 def turntable_views(n: int, elevation: float = 15.0, radius: float = 1.5, fov: float = 60.0) -> list[View]:
     """`n` views evenly spaced in azimuth at a fixed elevation, starting at the front."""
     return [View(360.0 * k / n, elevation, fov, radius) for k in range(n)]

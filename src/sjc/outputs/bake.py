@@ -15,8 +15,8 @@ import torch.nn.functional as F
 from scipy.spatial import cKDTree
 from torch import Tensor
 
-from .cameras import Camera, View, camera_from_view
-from .render import Field, render
+from ..core.cameras import Camera, View, camera_from_view
+from ..core.render import Field, render
 
 Decode = Callable[[Tensor], Tensor]
 

@@ -21,18 +21,15 @@ import torch
 from safetensors.torch import save_file
 from torch import Tensor
 
-from .cameras import View
-from .canvas import canvas_sigmas, karras_sigmas, optimise_canvas, sample_ode, snap_to_grid
-from .config import TOY_PRIORS, GenerateConfig, ScoringConfig, to_dict
+from ..core.canvas import canvas_sigmas, karras_sigmas, optimise_canvas, sample_ode, snap_to_grid
+from ..core.denoisers import Prior
+from ..core.fit import make_generators, pick_device
+from ..outputs.video import write_gif, write_mp4
+from ..priors import TOY_PRIORS, build_prior
+from .config import to_dict
 from .config2d import CanvasConfig, Config2D, SampleConfig
-from .denoisers import Prior
-from .export import write_gif, write_mp4
-from .run import RunFolderError, build_prior
-from .trainer import pick_device
+from .runs import RunFolderError
 
-FRONT = View(0.0, 15.0)  # the view handed to prior.condition: the 2D presets pool the toy prior's views
-# A continuous prior (the toy one) has no grid: sample over EDM's range for images in [-1, 1].
-EDM_SIGMA_MIN, EDM_SIGMA_MAX = 0.002, 80.0
 TILE_GAP = 2  # white pixels between images in grids
 MIN_TILE = 96  # small images are enlarged (nearest) to at least this many pixels a side
 STRIP_FRAMES, STRIP_IMAGES = 6, 8  # trajectory.png: this many states (columns) of the first this many images
@@ -45,11 +42,11 @@ class Result2D:
     summary: dict[str, Any]
 
 
-def build_prior_2d(cfg: Config2D, device: torch.device) -> Prior:
-    """The prior of a canvas or sample configuration, through the same `run.build_prior` as `generate`."""
-    scoring = ScoringConfig(guidance_scale=cfg.guidance_scale)
-    gen = GenerateConfig(prompt=cfg.prompt, prior=cfg.prior, toy=cfg.toy, sd=cfg.sd, pixel=cfg.pixel, scoring=scoring)
-    return build_prior(gen, device)
+def prior_2d(cfg: Config2D, device: torch.device) -> Prior:
+    """The prior of a canvas or sample configuration."""
+    return build_prior(
+        cfg.prior, cfg.prompt, device=device, toy=cfg.toy, sd=cfg.sd, pixel=cfg.pixel, guidance_scale=cfg.guidance_scale
+    )
 
 
 def default_out(cfg: Config2D) -> Path:
@@ -72,7 +69,7 @@ def _prepare(cfg: Config2D) -> Path:
 def run_canvas(cfg: CanvasConfig) -> Result2D:
     """Optimise `cfg.seeds` canvases with the chosen score estimate and sigma schedule; write the results."""
     device = pick_device(cfg.device)
-    prior = build_prior_2d(cfg, device)  # fails on a bad prompt or missing weights before anything is written
+    prior = prior_2d(cfg, device)  # fails on a bad prompt or missing weights before anything is written
     out = _prepare(cfg)
     lo = cfg.sigma_min if cfg.sigma_min is not None else prior.sigma_min
     hi = cfg.sigma_max if cfg.sigma_max is not None else prior.sigma_max
@@ -89,23 +86,23 @@ def run_canvas(cfg: CanvasConfig) -> Result2D:
 
 
 def _one_canvas(cfg: CanvasConfig, prior: Prior, seed: int, sigma_range: tuple[float, float], device: torch.device):
-    """One canvas from `seed`: the final image [1, C, H, W], `cfg.frames` states from start to end, the records."""
-    gen = torch.Generator().manual_seed(seed)  # the initial canvas and random sigmas
-    noise = torch.Generator(device=device).manual_seed(seed + 1_000_003)  # PAAS perturbations, a separate stream
-    x = cfg.init_std * torch.randn(1, prior.channels, prior.image_size, prior.image_size, generator=gen)
+    """One canvas from `seed`: the final image [1, C, H, W], `cfg.frames` states from start to end, the records.
+    The initial canvas, the random sigmas and the PAAS noise come from the 'init', 'sigma' and 'noise' streams."""
+    gens = make_generators(seed, device)
+    x = cfg.init_std * torch.randn(1, prior.channels, prior.image_size, prior.image_size, generator=gens["init"])
     # Keep the states after these many steps (0 is the start): `frames` of them, evenly spread, the last at the end.
     keep_at = {round(k * cfg.steps / (cfg.frames - 1)) for k in range(cfg.frames)} if cfg.frames > 1 else {cfg.steps}
     kept = [x.to(device)] if 0 in keep_at else []
     x, records = optimise_canvas(
         prior.denoise,
         x.to(device),
-        canvas_sigmas(cfg.schedule, cfg.steps, *sigma_range, gen),
-        prior.condition(cfg.prompt, FRONT),
+        canvas_sigmas(cfg.schedule, cfg.steps, *sigma_range, gens["sigma"]),
+        prior.condition(None),
         scoring=cfg.scoring,
         lr=cfg.lr,
         n_noise=cfg.n_noise,
         variance_reduced=cfg.variance_reduced,
-        generator=noise,
+        generator=gens["noise"],
         on_step=lambda step, image: kept.append(image) if step + 1 in keep_at else None,
     )
     return x, kept, records
@@ -115,9 +112,8 @@ def _one_canvas(cfg: CanvasConfig, prior: Prior, seed: int, sigma_range: tuple[f
 def sample_sigmas(cfg: SampleConfig, prior: Prior) -> Tensor:
     """The Karras schedule over the prior's range (or the flags'), snapped to its grid when it has one."""
     grid = prior.sigmas
-    lo, hi = (EDM_SIGMA_MIN, EDM_SIGMA_MAX) if grid is None else (float(grid.min()), float(grid.max()))
-    lo = cfg.sigma_min if cfg.sigma_min is not None else lo
-    hi = cfg.sigma_max if cfg.sigma_max is not None else hi
+    lo = cfg.sigma_min if cfg.sigma_min is not None else prior.sigma_min
+    hi = cfg.sigma_max if cfg.sigma_max is not None else prior.sigma_max
     sigmas = karras_sigmas(cfg.steps, lo, hi, cfg.rho)
     return sigmas if grid is None else snap_to_grid(sigmas, grid)
 
@@ -125,12 +121,12 @@ def sample_sigmas(cfg: SampleConfig, prior: Prior) -> Tensor:
 def run_sample(cfg: SampleConfig, batch: int = 8) -> Result2D:
     """Draw `cfg.samples` images with the deterministic ODE sampler; write them and the denoised trajectory."""
     device = pick_device(cfg.device)
-    prior = build_prior_2d(cfg, device)
+    prior = prior_2d(cfg, device)
     out = _prepare(cfg)
-    cond = prior.condition(cfg.prompt, FRONT)
+    cond = prior.condition(None)
     sigmas = sample_sigmas(cfg, prior)
     shape = (prior.channels, prior.image_size, prior.image_size)
-    noise = [torch.randn(shape, generator=torch.Generator().manual_seed(cfg.seed + k)) for k in range(cfg.samples)]
+    noise = [torch.randn(shape, generator=make_generators(cfg.seed + k)["init"]) for k in range(cfg.samples)]
     finals, frames = [], []  # frames: per image, the decoded denoised estimate [steps, 3, H, W] of every step
     for start in range(0, cfg.samples, batch):
         x = float(sigmas[0]) * torch.stack(noise[start : start + batch]).to(device)
@@ -152,7 +148,7 @@ def _quality(cfg: Config2D, rgb: Tensor) -> dict | None:
     """Toy prompts: nearest-render distance and prompt accuracy (`metrics.nearest_image_quality`)."""
     if cfg.prior not in TOY_PRIORS:
         return None
-    from .metrics import nearest_image_quality
+    from ..outputs.metrics import nearest_image_quality
 
     t = cfg.toy
     return nearest_image_quality(rgb.cpu(), cfg.prompt, t.n_images, rgb.shape[-1], t.data_seed, t.cache_dir)

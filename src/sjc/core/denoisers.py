@@ -129,8 +129,13 @@ class ClassifierFreeGuidance:
 
 
 class Prior(Protocol):
-    """A 2D diffusion prior as the 3D loop sees it: a denoiser plus its data space."""
+    """A 2D diffusion prior as the loops see it: a denoiser bound to its prompt, plus its data space.
 
+    The prompt enters once, when the prior is built; the loop then asks only for the conditioning of a view
+    (`condition`), where a text prior adds its own view prefix. `sjc.priors.DenoiserPrior` makes one from
+    any callable D(x, sigma, cond)."""
+
+    prompt: str  # what it was built for ('' for an unconditional prior)
     channels: int  # channels of the data space the field renders (3 for RGB, 4 for SD latents)
     image_size: int  # side of the data-space image the field renders
     feature_activation: str  # 'sigmoid' for pixel priors in [-1, 1], 'none' for latents
@@ -138,11 +143,14 @@ class Prior(Protocol):
     sigma_max: float
     sigmas: Tensor | None  # the discrete sigma grid of the network, or None when continuous
 
-    def condition(self, prompt: str, view: Any) -> Any:
-        """What `denoise` is conditioned on for this (view-prefixed) prompt seen from `view`."""
+    def condition(self, view: Any = None) -> Any:
+        """What `denoise` is conditioned on for an image of the prompt seen from `view` (a `cameras.View`;
+        None: an image of any view, as the 2D canvas and the sampler draw)."""
         ...
 
-    def denoise(self, x: Tensor, sigma: Tensor, cond: Any) -> Tensor: ...
+    def denoise(self, x: Tensor, sigma: Tensor, cond: Any) -> Tensor:
+        """x [B, C, H, W] noised as y + sigma n, sigma [B] -> the posterior mean E[y | x] [B, C, H, W]."""
+        ...
 
     def decode(self, x: Tensor) -> Tensor:
         """Data-space images [B, C, H, W] to RGB in [-1, 1] for viewing."""

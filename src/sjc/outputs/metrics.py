@@ -15,10 +15,10 @@ import torch.nn.functional as F
 from scipy import ndimage
 from torch import Tensor
 
-from . import toyworld
-from .cameras import View, camera_from_view
-from .render import render
-from .voxel import VoxelField
+from ..core.cameras import View, camera_from_view
+from ..core.render import render
+from ..core.voxel import VoxelField
+from ..priors import toy as toyworld
 
 ANGLES = tuple(range(0, 360, 5))
 THRESHOLDS = (0.1, 0.3, 0.5, 0.7, 0.9)

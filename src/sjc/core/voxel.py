@@ -80,13 +80,6 @@ class VoxelField(nn.Module):
         """Constructor arguments that rebuild a field of this shape (stored in checkpoints)."""
         return {**self._spec, "resolution": self.resolution}
 
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
-        # Checkpoints written before empty-space skipping have no occupancy grid: skip nothing.
-        if prefix + "grid" in state_dict and prefix + "occupancy" not in state_dict:
-            n = state_dict[prefix + "grid"].shape[-1]
-            state_dict[prefix + "occupancy"] = torch.ones(n, n, n, dtype=torch.bool)
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
-
     # --- geometry -------------------------------------------------------------------------
     @property
     def resolution(self) -> int:

@@ -59,8 +59,9 @@ def optimise_canvas(
     generator: torch.Generator | None = None,
     on_step: Callable[[int, Tensor], None] | None = None,
 ) -> tuple[Tensor, list[CanvasRecord]]:
-    """Move the image x [1, C, H, W] up the estimated score, one step per sigma. Returns the final image and
-    one record per step; `on_step(step, x)` sees the image after each step (e.g. to keep frames)."""
+    """Move the images x [B, C, H, W] up the estimated score, one step per sigma; each image gets its own
+    estimate (and its own noise draws under PAAS). Returns the final images and one record per step (update
+    RMS over the batch); `on_step(step, x)` sees the images after each step (e.g. to keep frames)."""
     if scoring not in SCORINGS:
         raise ValueError(f"unknown scoring {scoring!r}; known: {', '.join(SCORINGS)}")
     records = []

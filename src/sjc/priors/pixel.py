@@ -10,68 +10,37 @@ D(x; sigma) = x + sigma^2 s(x; sigma) (Tweedie). Their data lie in [0, 1]: seen 
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from .config import PixelConfig
-from .denoisers import Denoiser
+from ..core.denoisers import Denoiser
+from ..core.errors import ConfigError
 from .discrete import DiscreteDenoiser
-from .sd import REPO_ID, WeightsNotFoundError, resolve_dtype, where_on_hub
+from .loading import ModelKind, WeightsNotFoundError, import_classes, locate, reading, resolve_dtype
+from .settings import PixelConfig
 
-DEFAULT_MODEL = PixelConfig.model
 VE_SCHEDULER = "ScoreSdeVeScheduler"
-# (UNet folder, scheduler folder): DDPMPipeline.save_pretrained's layout, then the root layout of the
-# public google/ddpm-* and google/ncsnpp-* repositories (config.json next to scheduler_config.json).
-LAYOUTS = (("unet", "scheduler"), ("", ""))
-_WHAT = "config.json and scheduler_config.json, or unet/ and scheduler/ folders holding them"
-_HOW_TO_FOLDER = (
-    f"Give --pixel.model a diffusers UNet2DModel checkpoint folder ({_WHAT}), or a Hugging Face model id "
-    f"such as {DEFAULT_MODEL} whose files are in your Hugging Face cache."
+# DDPMPipeline.save_pretrained's layout, then the root layout of the public google/ddpm-* and google/ncsnpp-*
+# repositories (config.json next to scheduler_config.json).
+KIND = ModelKind(
+    title="Pixel-space model",
+    flag="--pixel.model",
+    example=PixelConfig.model,
+    layouts=(
+        (("unet", ("config.json",)), ("scheduler", ("scheduler_config.json",))),
+        (("", ("config.json",)), ("", ("scheduler_config.json",))),
+    ),
+    holds="config.json and scheduler_config.json, or unet/ and scheduler/ folders holding them (a diffusers "
+    "UNet2DModel checkpoint)",
 )
-_HOW_TO_HUB = (
-    "Download it once, online, with `hf download {model}` (it lands in that cache), or give --pixel.model a "
-    f"local folder holding {_WHAT}."
-)
 
 
-class PixelPriorError(ValueError):
-    """Something the pixel prior cannot do: take a prompt, read a class-conditional network, or an image size."""
-
-
-def refuse_prompt(prompt: str) -> None:
-    """The pixel models are unconditional: a prompt would be silently ignored, so it is an error."""
-    if prompt and prompt.strip():
-        raise PixelPriorError(
-            f"the pixel prior is unconditional and takes no prompt (got {prompt!r}); drop the prompt, "
-            "or use --prior toy or --prior sd for text prompts"
-        )
-
-
-def _not_found(model: str, where: str, reason: str, how_to: str = _HOW_TO_FOLDER) -> WeightsNotFoundError:
-    how_to = how_to.format(model=model)
-    return WeightsNotFoundError(f"Pixel-space model {model!r} not found: looked for {where}; {reason}. {how_to}")
-
-
-def locate(model: str) -> tuple[Path | str, tuple[tuple[str, str], ...]]:
-    """A checked local folder and its layout, or `model` itself (a hub id) with the layouts to try."""
-    path = Path(model).expanduser()
-    if path.is_dir():
-        for unet_dir, scheduler_dir in LAYOUTS:
-            scheduler_config = path / scheduler_dir / "scheduler_config.json"
-            if (path / unet_dir / "config.json").is_file() and scheduler_config.is_file():
-                return path, ((unet_dir, scheduler_dir),)
-        raise _not_found(model, f"the folder {path.resolve()}", f"it holds neither {_WHAT}")
-    if path.exists():
-        raise _not_found(model, f"the folder {path.resolve()}", "it is a file, not a folder")
-    if not REPO_ID.match(model):
-        raise _not_found(model, f"the folder {path.resolve()}", "no such folder")
-    return model, LAYOUTS
+class PixelPriorError(ConfigError):
+    """Something the pixel prior cannot do: read a class-conditional network, or an image size."""
 
 
 @dataclass
@@ -82,40 +51,25 @@ class PixelComponents:
     alphas_cumprod: Tensor | None  # [T] for 'ddpm'
 
 
-def _import_libraries(model: str) -> tuple[Any, Any]:
-    try:
-        from diffusers import DDPMScheduler, UNet2DModel
-    except ImportError as err:
-        raise WeightsNotFoundError(
-            f"Pixel-space model {model!r} cannot be read: the [sd] extra is not installed ({err}). "
-            "Install it with `pip install 'sjc[sd]'` (diffusers), then give --pixel.model a checkpoint."
-        ) from None
-    return DDPMScheduler, UNet2DModel
-
-
 def load_components(model: str, device: torch.device | str, dtype: torch.dtype) -> PixelComponents:
     """Read the UNet2DModel and noise schedule of `model` (folder or hub id) in either layout."""
-    source, layouts = locate(model)
-    schedule_cls, unet_cls = _import_libraries(model)
-    local = isinstance(source, Path)
-    reasons = []
-    for unet_dir, scheduler_dir in layouts:
+    source, layouts = locate(model, KIND)
+    lib = import_classes(model, KIND, {"schedule": "diffusers.DDPMScheduler", "unet": "diffusers.UNet2DModel"})
+    for k, layout in enumerate(layouts):
+        unet_dir, scheduler_dir = (sub or None for sub, _ in layout)
         try:
-            with warnings.catch_warnings():  # deprecation chatter of the hub client, not the user's business
-                warnings.filterwarnings("ignore", module=r"huggingface_hub\.")
-                config = dict(schedule_cls.load_config(source, subfolder=scheduler_dir or None))
-                unet = unet_cls.from_pretrained(source, subfolder=unet_dir or None, torch_dtype=dtype)
+            with reading(model, KIND, source):
+                config = dict(lib["schedule"].load_config(source, subfolder=scheduler_dir))
+                unet = lib["unet"].from_pretrained(source, subfolder=unet_dir, torch_dtype=dtype)
             break
-        except (OSError, ValueError) as err:  # what diffusers raises for absent or unreadable files
-            reasons.append(str(err).strip().splitlines()[0].rstrip("."))
-    else:
-        where = f"the folder {Path(source).resolve()}" if local else where_on_hub(model)
-        raise _not_found(model, where, reasons[-1], _HOW_TO_FOLDER if local else _HOW_TO_HUB)
+        except WeightsNotFoundError:
+            if k == len(layouts) - 1:  # the last layout's reason is the one reported
+                raise
     kind = "score-sde-ve" if config.get("_class_name") == VE_SCHEDULER else "ddpm"
     _check_network(model, unet.config, kind)
     alphas_cumprod = None
     if kind == "ddpm":
-        alphas_cumprod = schedule_cls.from_config(config).alphas_cumprod.clone()  # any beta schedule
+        alphas_cumprod = lib["schedule"].from_config(config).alphas_cumprod.clone()  # any beta schedule
     return PixelComponents(unet.to(device).eval().requires_grad_(False), kind, config, alphas_cumprod)
 
 
@@ -177,6 +131,8 @@ class PixelPrior:
     channels = 3
     feature_activation = "sigmoid"  # the field holds RGB in [-1, 1]
 
+    prompt = ""  # unconditional
+
     def __init__(
         self,
         parts: PixelComponents,
@@ -210,7 +166,7 @@ class PixelPrior:
 
     @classmethod
     def from_pretrained(
-        cls, model: str = DEFAULT_MODEL, *, device: torch.device | str = "cpu", dtype: str = "auto", **kwargs: Any
+        cls, model: str = PixelConfig.model, *, device: torch.device | str = "cpu", dtype: str = "auto", **kwargs: Any
     ) -> PixelPrior:
         """Load `model` (folder or hub id) onto `device`; kwargs go to the constructor."""
         return cls(load_components(model, device, resolve_dtype(dtype, torch.device(device))), device=device, **kwargs)
@@ -224,8 +180,8 @@ class PixelPrior:
         out = self.unet(x.to(self.device, self.unet.dtype), sigma.to(self.device, torch.float32)).sample
         return out.float().to(x.device)
 
-    def condition(self, prompt: str = "", view: Any = None) -> None:
-        """Nothing: the model is unconditional (the CLI refuses prompts before this is reached)."""
+    def condition(self, view: Any = None) -> None:
+        """Nothing: the model is unconditional (`sjc.priors.build_prior` refuses prompts)."""
         return None
 
     @torch.no_grad()

@@ -2,7 +2,7 @@
 
 The run's config.json is the authority. A flag that would change what the remaining steps compute is
 refused, naming it; --steps may be raised (the schedules keep the length they had: see
-`trainer.schedule_steps`); settings that only say how often to log, validate or checkpoint, how many
+`core.fit.fit`'s schedule_steps); settings that only say how often to log, validate or checkpoint, how many
 threads to use, or how to export after training may change. Parsing imports no torch.
 """
 
@@ -15,6 +15,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from ..core.errors import ConfigError
 from .config import GenerateConfig, from_dict, to_dict, to_json
 
 # Config keys (or sections) a resume may change: none of them changes the optimised field. --threads may
@@ -34,33 +35,33 @@ RESUMABLE = (
 
 def resume_defaults(run_dir: str | Path) -> GenerateConfig:
     """The saved config of `run_dir`, aimed back at it: the defaults the resume flags apply to.
-    ValueError when the folder holds no readable run."""
+    ConfigError when the folder holds no readable run."""
     path = Path(run_dir) / "config.json"
     if not path.is_file():
-        raise ValueError(f"{run_dir} holds no run to resume (no config.json); start one with: sjc generate PROMPT")
+        raise ConfigError(f"{run_dir} holds no run to resume (no config.json); start one with: sjc generate PROMPT")
     try:
         saved = from_dict(GenerateConfig, json.loads(path.read_text()))
     except (OSError, ValueError, TypeError) as err:
-        raise ValueError(f"cannot read the run's settings {path}: {err}") from None
+        raise ConfigError(f"cannot read the run's settings {path}: {err}") from None
     return replace(saved, out=str(run_dir), resume=str(run_dir), overwrite=False, dry_run=False)
 
 
 def resume_config(saved: GenerateConfig, requested: GenerateConfig) -> GenerateConfig:
     """The config a resume runs with: `requested` (the flags over `resume_defaults`) checked against
-    `saved`. ValueError naming the first flag that may not change."""
+    `saved`. ConfigError naming the first flag that may not change."""
     if requested.overwrite:
-        raise ValueError("--resume continues a run and --overwrite replaces it: pass one of them")
+        raise ConfigError("--resume continues a run and --overwrite replaces it: pass one of them")
     old, new = _flatten(to_dict(saved)), _flatten(to_dict(requested))
     for key, value in new.items():
         if key.startswith(RESUMABLE) or key == "train.steps" or value == old.get(key):
             continue
-        raise ValueError(
+        raise ConfigError(
             f"{_flag(key)} is {old.get(key)!r} in this run and cannot become {value!r} on --resume (it would change "
             "the result); drop the flag, or start a new run with another --out"
         )
     before, steps = saved.train.steps, requested.train.steps
     if steps < before:
-        raise ValueError(f"--train.steps can only be raised on --resume: this run has {before}, got {steps}")
+        raise ConfigError(f"--train.steps can only be raised on --resume: this run has {before}, got {steps}")
     train = requested.train
     if steps > before and train.schedule_steps is None:
         train = replace(train, schedule_steps=before)  # the steps taken keep their schedule

@@ -18,14 +18,16 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
+from ..core.errors import UserError
+
 CHECKPOINT_RE = re.compile(r"step_(\d+)\.safetensors$")
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(UserError, RuntimeError):
     """A checkpoint file that cannot be read; the message names the file."""
 
 
-class CheckpointWriteError(RuntimeError):
+class CheckpointWriteError(UserError, RuntimeError):
     """A checkpoint could not be written (e.g. the disk is full); the message names the file."""
 
 

@@ -1,22 +1,20 @@
-"""Named presets: per prior, the settings `sjc generate` starts from before flags override them
-('default', 'tiny' for smoke tests, 'paper' for the paper's settings). Imports no torch."""
+"""Named presets: per prior, the settings each command starts from before flags override them ('default',
+'tiny' for smoke tests, 'paper' for the paper's settings). A preset states only what differs from the
+dataclass defaults (the paper's values). `sjc canvas` and `sjc sample` take each prior's data and model
+settings from its `sjc generate` preset. Imports no torch."""
 
 from __future__ import annotations
 
 import dataclasses
 from typing import Any
 
-from .config import (
-    ExportConfig,
-    FieldConfig,
-    GenerateConfig,
-    LossConfig,
-    OptimConfig,
-    PixelConfig,
-    ScoringConfig,
-    SDConfig,
-    TrainConfig,
-)
+from ..core.errors import ConfigError
+from ..core.settings import FieldConfig, LossConfig, OptimConfig
+from ..outputs.settings import ExportConfig
+from ..priors import TOY_PRIORS, is_plugin
+from ..priors.settings import LEARNED_GUIDANCE_SCALE, PixelConfig, SDConfig
+from .config import GenerateConfig, TrainConfig
+from .config2d import CanvasConfig, Config2D, SampleConfig
 
 
 def _toy_default() -> GenerateConfig:
@@ -25,9 +23,9 @@ def _toy_default() -> GenerateConfig:
     # so its weight is lower (300) and not multiplied late in the run: on the toy prior's hard
     # silhouettes the paper's x20 only erodes edges. Adamax at 0.1 (twice the paper's rate) converges
     # within the 2000 steps: see docs/CONVENTIONS.md for the measurements behind both choices.
+    # Sigma is log-uniform over the prior's range (the 'auto' schedule of a prior without a grid).
     return GenerateConfig(
         field=FieldConfig(resolution=32, background="fixed", background_value=1.0),
-        scoring=ScoringConfig(sigma_schedule="log-uniform"),
         losses=LossConfig(emptiness_weight=300.0, emptiness_multiplier=1.0),
         optim=OptimConfig(lr=0.1),
         train=TrainConfig(steps=2000, checkpoint_every=500, validate_every=250),
@@ -105,9 +103,11 @@ def _toy_learned_default() -> GenerateConfig:
     # annealed from 10 down to 0.1. The network never saw an empty or foggy image; at the exact prior's random
     # sigmas in 0.1-1.5 it keeps the initial fog's "no object here" and the field empties (3D IoU 0 on both
     # cube prompts), while large sigmas first give the prompt's mean image, a centred blob the smaller ones
-    # refine. No classifier-free guidance (scale 1: one network call a step). See docs/learned-prior.md.
+    # refine. See docs/learned-prior.md.
     base = _toy_default()
-    scoring = dataclasses.replace(base.scoring, sigma_schedule="annealed", sigma_max=10.0, guidance_scale=1.0)
+    scoring = dataclasses.replace(
+        base.scoring, sigma_schedule="annealed", sigma_max=10.0, guidance_scale=LEARNED_GUIDANCE_SCALE
+    )
     return dataclasses.replace(base, scoring=scoring)
 
 
@@ -131,11 +131,57 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
+def _table(prior: str) -> dict[str, Any]:
+    if prior in PRESETS:
+        return PRESETS[prior]
+    if is_plugin(prior):
+        # A denoiser of unknown kind: the toy presets' sizes (seconds a step on a CPU), or the paper's settings.
+        return {"default": _toy_default, "tiny": _toy_tiny, "paper": GenerateConfig}
+    raise ConfigError(f"unknown prior {prior!r}; known priors: {', '.join(PRESETS)}")
+
+
 def preset(prior: str, name: str) -> GenerateConfig:
-    """The named preset of `prior`; ValueError listing the known names otherwise."""
-    table = PRESETS.get(prior)
-    if table is None:
-        raise ValueError(f"unknown prior {prior!r}; known priors: {', '.join(PRESETS)}")
+    """The named `sjc generate` preset of `prior`; ConfigError listing the known names otherwise."""
+    table = _table(prior)
     if name not in table:
-        raise ValueError(f"unknown preset {name!r} for prior {prior!r}; known presets: {', '.join(table)}")
+        raise ConfigError(f"unknown preset {name!r} for prior {prior!r}; known presets: {', '.join(table)}")
     return dataclasses.replace(table[name](), prior=prior, preset=name)
+
+
+# --- sjc canvas and sjc sample ------------------------------------------------------------------
+# (default, tiny) steps per prior. Annealed from sigma 80 at lr 0.2, the toy canvas ends 1e-5 RMS from a render
+# after 100 steps (32 px), and 0.002 after 60 (tiny, 16 px; 30 leave 0.02); network priors need more.
+_CANVAS_STEPS = {"toy": (100, 60), "toy-learned": (100, 20), "pixel": (500, 4), "sd": (500, 4)}
+_SAMPLE_STEPS = {"toy": (40, 12), "toy-learned": (40, 8), "pixel": (40, 4), "sd": (40, 4)}
+# The toy priors' own range (0.1 to 1.5) is the 3D loop's; their exact or trained denoisers hold far beyond it.
+# Sampling and the canvas start from sigma 80, as EDM does for images in [-1, 1]: annealed over 0.1-1.5 a canvas
+# never forgets its noisy start and lands on the render nearest to it (a frame-filling close-up); from 80, PAAS
+# lands on 16 different renders of 16 seeds (benchmarks/canvas.py).
+_TOY_SIGMA_MAX, _TOY_SAMPLE_SIGMA_MIN = 80.0, 0.002
+
+
+def _preset_2d(cls: type, steps: dict[str, tuple[int, int]], prior: str, name: str, **changes) -> Config2D:
+    base = preset(prior, name)  # the prior's data and model settings; ConfigError for unknown names
+    # The canvas and sampler draw images of any view, so the toy prior pools all its renders.
+    toy = dataclasses.replace(base.toy, view_conditioning=False)
+    default, tiny = steps.get(prior, steps["toy"])
+    if prior in TOY_PRIORS:
+        changes["sigma_max"] = _TOY_SIGMA_MAX
+    if prior == "toy-learned":
+        changes["guidance_scale"] = LEARNED_GUIDANCE_SCALE
+    steps_ = tiny if name == "tiny" else default
+    return cls(prior=prior, preset=name, toy=toy, sd=base.sd, pixel=base.pixel, steps=steps_, **changes)
+
+
+def canvas_preset(prior: str, name: str) -> CanvasConfig:
+    """The named preset of `sjc canvas` for `prior`."""
+    changes: dict = {"seeds": 2, "frames": 8} if name == "tiny" else {}
+    return _preset_2d(CanvasConfig, _CANVAS_STEPS, prior, name, **changes)
+
+
+def sample_preset(prior: str, name: str) -> SampleConfig:
+    """The named preset of `sjc sample` for `prior`."""
+    changes: dict = {"samples": 4} if name == "tiny" else {}
+    if prior in TOY_PRIORS:
+        changes["sigma_min"] = _TOY_SAMPLE_SIGMA_MIN
+    return _preset_2d(SampleConfig, _SAMPLE_STEPS, prior, name, **changes)

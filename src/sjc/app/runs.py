@@ -1,0 +1,241 @@
+"""Run folders: `generate` builds the prior from a config, runs `core.fit.fit`, and writes what people look at.
+
+A run folder holds config.json (the resolved config, seed included), log.jsonl, checkpoints/ (resumable),
+validation/, and after `generate`: turntable.mp4/.gif, views.png, mesh.glb and, for toy prompts, metrics.json.
+`RunRecorder` is the fit loop's callback that writes the logs, validation renders and checkpoints.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import imageio.v3 as iio
+import torch
+
+from ..core.cameras import View, camera_from_view
+from ..core.denoisers import Prior
+from ..core.errors import UserError
+from ..core.fit import (
+    CameraSampler,
+    FitStep,
+    RenderFn,
+    SigmaSchedule,
+    build_field,
+    fit,
+    make_generators,
+    make_optimizer,
+    pick_device,
+)
+from ..core.render import render
+from ..core.voxel import VoxelField
+from ..outputs.files import write_outputs
+from ..outputs.video import to_uint8
+from ..priors import TOY_PRIORS, build_prior
+from .checkpoint import (
+    CheckpointError,
+    checkpoint_path,
+    list_checkpoints,
+    prune_checkpoints,
+    read_checkpoint,
+    restore,
+    save_checkpoint,
+)
+from .config import GenerateConfig, from_dict, to_json
+from .interrupt import Interrupted, StopRequest, catch_signals
+from .resume import restore_run
+
+VALIDATION_VIEW = View(azimuth=30.0, elevation=20.0)
+
+
+class RunFolderError(UserError, ValueError):
+    """The output folder cannot be used as asked (it holds another run, or no run)."""
+
+
+def default_run_dir(prompt: str) -> Path:
+    slug = re.sub(r"[^a-z0-9]+", "-", prompt.lower()).strip("-") or "run"
+    return Path("runs") / slug
+
+
+def prior_from_config(cfg: GenerateConfig, device: torch.device | str = "cpu") -> Prior:
+    """The prior named by a run's config, bound to its prompt."""
+    return build_prior(
+        cfg.prior,
+        cfg.prompt,
+        device=device,
+        toy=cfg.toy,
+        sd=cfg.sd,
+        pixel=cfg.pixel,
+        guidance_scale=cfg.scoring.guidance_scale,
+    )
+
+
+def prepare_run_dir(run_dir: Path, cfg: GenerateConfig, overwrite: bool) -> None:
+    """Create the run folder; refuse one that already holds a run unless `overwrite`."""
+    if (run_dir / "config.json").exists() or list_checkpoints(run_dir):
+        if not overwrite:
+            raise RunFolderError(
+                f"{run_dir} already holds a run; choose another --out, or pass --overwrite to replace it"
+            )
+        for _, path in list_checkpoints(run_dir):
+            path.unlink()
+        (run_dir / "log.jsonl").unlink(missing_ok=True)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.json").write_text(to_json(cfg) + "\n")
+
+
+class RunRecorder:
+    """The fit callback of a run folder: log.jsonl every `log_every` steps, a validation render every
+    `validate_every`, a checkpoint every `checkpoint_every` and at the end; on a stop (a signal, or the
+    user's callback returning true) the step in flight is checkpointed first."""
+
+    def __init__(
+        self,
+        run_dir: Path,
+        cfg: GenerateConfig,
+        prior: Prior,
+        optimizer: torch.optim.Optimizer,
+        gens: dict[str, torch.Generator],
+        stop: StopRequest,
+        user: Callable[[FitStep], bool | None] | None = None,
+    ) -> None:
+        self.run_dir, self.cfg, self.prior, self.optimizer, self.gens = run_dir, cfg, prior, optimizer, gens
+        self.stop, self.user, self.clock = stop, user, time.perf_counter()
+
+    def __call__(self, info: FitStep) -> bool:
+        t, done = self.cfg.train, info.step
+        stopping = bool(self.user(info)) if self.user is not None else False
+        stopping = stopping or self.stop.requested
+        if done % t.log_every == 0 or done == info.steps:
+            record = {"step": done, "sigma": info.sigma, **info.losses, "grad_norm": info.grad_norm}
+            record["seconds"] = round(time.perf_counter() - self.clock, 3)
+            with open(self.run_dir / "log.jsonl", "a") as log:
+                log.write(json.dumps(record) + "\n")
+        if t.validate_every and done % t.validate_every == 0:
+            save_validation(info.field, self.prior, self.cfg, self.run_dir / "validation" / f"step_{done:07d}.png")
+        if done % t.checkpoint_every == 0 or done == info.steps or stopping:
+            path = checkpoint_path(self.run_dir, done)
+            save_checkpoint(path, info.field, self.optimizer, self.gens, done, to_json(self.cfg))
+            prune_checkpoints(self.run_dir, t.keep_checkpoints)
+        if self.stop.requested:
+            raise Interrupted(done, self.run_dir, self.stop.signum)
+        return stopping
+
+
+@torch.no_grad()
+def save_validation(field: VoxelField, prior: Prior, cfg: GenerateConfig, path: Path) -> None:
+    """A render of the field from a fixed three-quarter view, decoded to RGB, as PNG."""
+    view = replace(VALIDATION_VIEW, fov=cfg.camera.test_fov, radius=cfg.camera.radius)
+    out = render(field, camera_from_view(view, prior.image_size))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    iio.imwrite(path, to_uint8(prior.decode(out.image)))
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    field: VoxelField
+    prior: Prior
+    files: dict[str, Path]
+    metrics: dict | None
+    stopped: bool = False  # the callback stopped the run: checkpointed, no outputs written
+
+
+def generate(
+    cfg: GenerateConfig,
+    *,
+    prior: Prior | None = None,
+    cameras: CameraSampler | None = None,
+    render_fn: RenderFn | None = None,
+    callback: Callable[[FitStep], bool | None] | None = None,
+    progress: bool = True,
+) -> RunResult:
+    """The whole `sjc generate`: optimise in a run folder (checkpoints, resume, Ctrl-C), then write turntable,
+    views, mesh and metrics. `prior` replaces the one the config names (built in Python, e.g. a
+    `DenoiserPrior`); `cameras`, `render_fn` and `callback` go to `core.fit.fit`."""
+    device = pick_device(cfg.device)
+    run_dir = Path(cfg.out) if cfg.out else default_run_dir(cfg.prompt or cfg.pixel.model)
+    cfg = replace(cfg, out=str(run_dir))
+    prior = prior if prior is not None else prior_from_config(cfg, device)  # a bad prompt fails before any write
+    gens = make_generators(cfg.train.seed, device)
+    field = build_field(prior, cfg.field, device, generator=gens["init"])
+    optimizer = make_optimizer(field, cfg.optim)
+    settings = cfg.fit_settings()
+    SigmaSchedule(settings.scoring, prior, cfg.train.schedule_steps or cfg.train.steps)  # ConfigError before writing
+    start = restore_run(run_dir, cfg, field, optimizer, gens) if cfg.resume else 0
+    if not cfg.resume:
+        prepare_run_dir(run_dir, cfg, cfg.overwrite)
+    with catch_signals() as stop:  # Ctrl-C: checkpoint the current step, then raise Interrupted
+        recorder = RunRecorder(run_dir, cfg, prior, optimizer, gens, stop, callback)
+        result = fit(
+            field,
+            prior,
+            settings,
+            steps=cfg.train.steps,
+            start_step=start,
+            schedule_steps=cfg.train.schedule_steps,
+            optimizer=optimizer,
+            generators=gens,
+            cameras=cameras,
+            render_fn=render_fn,
+            callback=recorder,
+            progress=progress,
+        )
+    if result.stopped:
+        return RunResult(run_dir, field, prior, {}, None, stopped=True)
+    files = write_outputs(field, prior, run_dir, cfg.export)
+    metrics = evaluate(field, cfg)
+    if metrics is not None:
+        files["metrics"] = run_dir / "metrics.json"
+        files["metrics"].write_text(json.dumps(_json_safe(metrics), indent=2) + "\n")
+    return RunResult(run_dir, field, prior, files, metrics)
+
+
+def evaluate(field: VoxelField, cfg: GenerateConfig) -> dict | None:
+    """Quality figures against the ground truth, where the prior has one (the toy world)."""
+    if cfg.prior not in TOY_PRIORS:
+        return None
+    from ..outputs.metrics import evaluate_field
+    from ..priors.toy import parse_prompt
+
+    return evaluate_field(field, parse_prompt(cfg.prompt), threshold=0.5)
+
+
+def _json_safe(value):
+    """Strict JSON: non-finite floats become null (e.g. the PSNR of identical images)."""
+    if isinstance(value, dict):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def load_run(run_dir: Path, step: int | None = None, device: str = "cpu") -> tuple[GenerateConfig, VoxelField, int]:
+    """The config and field of a run folder at its newest readable checkpoint (or `step`)."""
+    run_dir = Path(run_dir)
+    found = list_checkpoints(run_dir)
+    if not found:
+        raise RunFolderError(f"{run_dir} holds no checkpoints (is it a run folder made by `sjc generate`?)")
+    if step is not None:
+        found = [(s, p) for s, p in found if s == step]
+        if not found:
+            steps = ", ".join(str(s) for s, _ in list_checkpoints(run_dir))
+            raise RunFolderError(f"{run_dir} has no checkpoint at step {step}; available steps: {steps}")
+    errors = []
+    for _, path in reversed(found):
+        try:
+            tensors, meta, config_json = read_checkpoint(path)
+        except CheckpointError as err:
+            errors.append(str(err))
+            continue
+        cfg = from_dict(GenerateConfig, json.loads(config_json))
+        field = VoxelField(**meta["field"]).to(pick_device(device))
+        return cfg, field, restore(tensors, meta, field)
+    raise RunFolderError("no readable checkpoint: " + "; ".join(errors))

@@ -1,0 +1,291 @@
+"""fit(): the SJC optimisation loop, written out plainly.
+
+Each step: sample a training camera, render the field, draw sigma, estimate the score of the render by
+PAAS (paper Eq. 16), and back-propagate -(g * y).sum() plus the emptiness and centre-depth losses into the
+voxels with Adamax. The camera sampler and the render function are parameters (the paper's perspective
+cameras and `render` by default); a callback sees every step and may stop the loop. Files are the app's
+business: `sjc.app.runs` adds logs, validation renders, checkpoints and resume on top of this loop.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from . import chaining
+from .cameras import Camera, View, camera_from_view, sample_training_view
+from .denoisers import Prior
+from .errors import ConfigError, DeviceError
+from .render import Rendering, render
+from .settings import CameraConfig, FieldConfig, FitSettings, OptimConfig, ScoringConfig
+from .voxel import VoxelField
+
+# (generator, image size) -> the camera of this step, and its View when it has one (priors condition on it).
+CameraSampler = Callable[[torch.Generator, int], tuple[Camera, View | None]]
+RenderFn = Callable[[VoxelField, Camera], Rendering]
+STREAMS = ("init", "camera", "sigma", "noise")  # the random streams of a run, each seeded on its own
+
+
+class NonFiniteError(RuntimeError):
+    """A loss, gradient or parameter stopped being finite."""
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    """'auto' is CUDA when present, else CPU; an unavailable device is a DeviceError."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        device = None
+    if device is None or device.type not in ("cpu", "cuda"):  # 'meta', 'xpu', ...: not devices a run can use
+        raise DeviceError(f"unknown device {name!r}; use 'auto', 'cpu', 'cuda' or 'cuda:N'")
+    if device.type == "cuda" and (not torch.cuda.is_available() or (device.index or 0) >= torch.cuda.device_count()):
+        raise DeviceError(f"device {name!r} is not available here (no such CUDA device); use --device cpu")
+    return device
+
+
+def make_generators(seed: int, device: torch.device | str = "cpu") -> dict[str, torch.Generator]:
+    """The one seeding scheme of sjc: stream k of `STREAMS` is seeded with seed * 1000 + k, so each stream
+    is reproducible on its own. 'noise' lives on `device` (noise is drawn there); the others on the CPU."""
+    gens = {name: torch.Generator().manual_seed(seed * 1000 + k) for k, name in enumerate(STREAMS)}
+    gens["noise"] = torch.Generator(device=device).manual_seed(seed * 1000 + STREAMS.index("noise"))
+    return gens
+
+
+def build_field(
+    prior: Prior,
+    settings: FieldConfig = FieldConfig(),
+    device: torch.device | str = "cpu",
+    seed: int = 0,
+    generator: torch.Generator | None = None,
+) -> VoxelField:
+    """A voxel field holding the prior's data space (its channels and feature activation), initialised from
+    `generator`, by default the 'init' stream of `seed`."""
+    return VoxelField(
+        settings.resolution,
+        prior.channels,
+        feature_activation=prior.feature_activation,
+        density_shift=settings.density_shift,
+        step_ratio=settings.step_ratio,
+        background=settings.background,
+        background_value=settings.background_value,
+        background_size=settings.background_size,
+        generator=generator or make_generators(seed)["init"],
+    ).to(device)
+
+
+def make_optimizer(field: VoxelField, optim: OptimConfig = OptimConfig()) -> torch.optim.Optimizer:
+    return torch.optim.Adamax(field.param_groups(optim.lr, optim.background_lr))
+
+
+@dataclass(frozen=True)
+class PerspectiveCameras:
+    """The paper's training cameras: looking at the origin from an area-uniform cap of directions, with a
+    random field of view (`cameras.sample_training_view`)."""
+
+    settings: CameraConfig = CameraConfig()
+
+    def __call__(self, generator: torch.Generator, image_size: int) -> tuple[Camera, View]:
+        c = self.settings
+        view = sample_training_view(generator, c.radius, (c.fov_min, c.fov_max), c.max_polar_param)
+        return camera_from_view(view, image_size), view
+
+
+def default_render(settings: FieldConfig = FieldConfig()) -> RenderFn:
+    """`render` with the early-termination and empty-space-skipping settings of the field."""
+    return partial(render, min_transmittance=settings.min_transmittance, skip_empty=settings.skip_empty)
+
+
+class SigmaSchedule:
+    """The noise level of each step, checked against the prior once, when built (ConfigError)."""
+
+    def __init__(self, scoring: ScoringConfig, prior: Prior, n_steps: int) -> None:
+        kind = scoring.sigma_schedule
+        if kind == "auto":  # the paper draws from the network's grid; a continuous prior has none
+            kind = "grid" if prior.sigmas is not None else "log-uniform"
+        self.kind, self.n_steps = kind, n_steps
+        if kind == "grid":
+            if prior.sigmas is None:
+                raise ConfigError("this prior has no discrete sigma grid; use --scoring.sigma-schedule log-uniform")
+            lo, hi, n = scoring.drop_lowest, scoring.drop_highest, len(prior.sigmas)
+            if lo + hi >= n:
+                raise ConfigError(
+                    f"--scoring.drop-lowest {lo} and --scoring.drop-highest {hi} leave none of the prior's {n} sigmas"
+                )
+            self.grid, self.drop = prior.sigmas, (lo, hi)
+        else:
+            self.range = sigma_range(scoring, prior)
+
+    def __call__(self, step: int, generator: torch.Generator) -> float:
+        if self.kind == "log-uniform":
+            return chaining.sigma_log_uniform(*self.range, generator)
+        if self.kind == "annealed":
+            return chaining.sigma_annealed(step, self.n_steps, *self.range)
+        return chaining.sigma_from_grid(self.grid, *self.drop, generator)
+
+
+def sigma_range(scoring: ScoringConfig, prior: Prior) -> tuple[float, float]:
+    """(sigma_min, sigma_max): the settings', else the prior's; ConfigError if reversed."""
+    lo = scoring.sigma_min if scoring.sigma_min is not None else prior.sigma_min
+    hi = scoring.sigma_max if scoring.sigma_max is not None else prior.sigma_max
+    if not 0 < lo < hi:
+        raise ConfigError(
+            f"the sigma range [{lo}, {hi}] (--scoring.sigma-min / --scoring.sigma-max, else the prior's "
+            f"[{prior.sigma_min}, {prior.sigma_max}]) must satisfy 0 < sigma-min < sigma-max"
+        )
+    return lo, hi
+
+
+@dataclass
+class FitStep:
+    """What the callback sees after each step."""
+
+    step: int  # steps done, counting this one
+    steps: int  # steps of the whole fit
+    sigma: float
+    losses: dict[str, float]
+    grad_norm: float
+    field: VoxelField
+    image: Tensor  # the training render of this step [1, C, H, W], data space, detached (a live preview)
+
+
+@dataclass
+class FitResult:
+    field: VoxelField
+    step: int  # steps done
+    stopped: bool  # the callback asked to stop before the last step
+
+
+@dataclass
+class _Loop:
+    """Everything one step needs, built once by `fit`."""
+
+    prior: Prior
+    settings: FitSettings
+    optimizer: torch.optim.Optimizer
+    gens: dict[str, torch.Generator]
+    sigmas: SigmaSchedule
+    cameras: CameraSampler
+    render: RenderFn
+    schedule_steps: int
+
+
+def sjc_step(field: VoxelField, loop: _Loop, step: int) -> tuple[float, dict[str, float], float, Tensor]:
+    """One Score Jacobian Chaining update of `field`: (sigma, loss values, gradient norm, render)."""
+    prior, f, c, s = loop.prior, loop.settings.field, loop.settings.losses, loop.settings.scoring
+    camera, view = loop.cameras(loop.gens["camera"], prior.image_size)
+    cond = prior.condition(view)
+    if f.skip_empty and step % f.occupancy_every == 0:  # the grid is saved with the field: resumes skip alike
+        field.refresh_occupancy(f.occupancy_threshold, f.occupancy_dilation)
+    out = loop.render(field, camera)
+    sigma = loop.sigmas(step, loop.gens["sigma"])
+    if s.method == "naive":
+        g = chaining.naive_grad(prior.denoise, out.image.detach(), sigma, cond)
+    else:
+        g = chaining.paas_grad(
+            prior.denoise,
+            out.image,
+            sigma,
+            cond,
+            n_noise=s.n_noise,
+            variance_reduced=s.variance_reduced,
+            generator=loop.gens["noise"],
+        )
+    losses = {"sjc": chaining.chain_surrogate(out.image, g)}
+    w_empty = chaining.emptiness_weight_at(
+        step, loop.schedule_steps, c.emptiness_weight, c.emptiness_multiplier, c.emptiness_switch
+    )
+    if w_empty > 0:
+        losses["emptiness"] = w_empty * chaining.emptiness_loss(out.weights, c.emptiness_scale)
+    if c.center_depth_weight > 0:
+        losses["center_depth"] = c.center_depth_weight * chaining.center_depth_loss(out.depth)
+    total = sum(losses.values())
+    loop.optimizer.zero_grad(set_to_none=True)
+    total.backward()
+    values = {k: v.item() for k, v in losses.items()}
+    grad_norm = _checked_grad_norm(field, values, step)
+    loop.optimizer.step()
+    for name, param in field.named_parameters():  # e.g. an overflowing update: stop before it is saved
+        _check_finite(f"parameter {name}", param.detach(), step)
+    return sigma, values, grad_norm, out.image.detach()
+
+
+def _checked_grad_norm(field: VoxelField, losses: dict[str, float], step: int) -> float:
+    """The norm of the whole gradient, after checking that the loss terms and gradients are finite."""
+    for name, value in losses.items():
+        if not math.isfinite(value):
+            raise _non_finite(f"{name} loss", value, step)
+    grads = {name: p.grad for name, p in field.named_parameters() if p.grad is not None}
+    grad_norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads.values()])).item()
+    if not math.isfinite(grad_norm):
+        for name, grad in grads.items():
+            _check_finite(f"gradient of {name}", grad, step)
+        raise _non_finite("gradient norm", grad_norm, step)  # finite entries whose norm overflows
+    return grad_norm
+
+
+def _check_finite(quantity: str, value: Tensor, step: int) -> None:
+    if not bool(torch.isfinite(value).all()):
+        raise _non_finite(quantity, value[~torch.isfinite(value)].flatten()[0].item(), step)
+
+
+def _non_finite(quantity: str, value: float, step: int) -> NonFiniteError:
+    """The error for `quantity` turning NaN or inf at 0-based `step` (messages count steps from 1)."""
+    return NonFiniteError(
+        f"the {quantity} became {value} at step {step + 1}; "
+        "the run stopped without saving this state, so the last checkpoint is intact"
+    )
+
+
+def fit(
+    field: VoxelField,
+    prior: Prior,
+    settings: FitSettings = FitSettings(),
+    *,
+    steps: int,
+    seed: int = 0,
+    start_step: int = 0,
+    schedule_steps: int | None = None,
+    optimizer: torch.optim.Optimizer | None = None,
+    generators: dict[str, torch.Generator] | None = None,
+    cameras: CameraSampler | None = None,
+    render_fn: RenderFn | None = None,
+    callback: Callable[[FitStep], bool | None] | None = None,
+    progress: bool = True,
+) -> FitResult:
+    """Optimise `field` for steps [start_step, steps) against `prior`.
+
+    `schedule_steps` is the length the step-dependent schedules (emptiness switch, annealed sigma) span
+    (default `steps`). `cameras` and `render_fn` default to the paper's cameras (`settings.camera`) and
+    `render` (`settings.field`). `callback(FitStep)` runs after every step; a true return stops the loop
+    (FitResult.stopped). A NaN or inf raises NonFiniteError before the update of its step is kept."""
+    n_schedule = schedule_steps or steps
+    loop = _Loop(
+        prior,
+        settings,
+        optimizer or make_optimizer(field, settings.optim),
+        generators or make_generators(seed, field.grid.device),
+        SigmaSchedule(settings.scoring, prior, n_schedule),
+        cameras or PerspectiveCameras(settings.camera),
+        render_fn or default_render(settings.field),
+        n_schedule,
+    )
+    desc = getattr(prior, "prompt", "") or "sjc"
+    bar = tqdm(range(start_step, steps), initial=start_step, total=steps, disable=not progress, desc=desc)
+    try:
+        for step in bar:
+            sigma, losses, grad_norm, image = sjc_step(field, loop, step)
+            bar.set_postfix(sigma=f"{sigma:.3f}", loss=f"{sum(losses.values()):.3g}", refresh=False)
+            info = FitStep(step + 1, steps, sigma, losses, grad_norm, field, image)
+            if callback is not None and callback(info):
+                return FitResult(field, step + 1, stopped=step + 1 < steps)
+    finally:
+        bar.close()
+    return FitResult(field, max(steps, start_step), stopped=False)

@@ -1,0 +1,115 @@
+"""The 2D priors: which exist, which take a prompt, and `build_prior`, the one way to make one.
+
+Built in: 'toy' (the exact toy-world denoiser), 'toy-learned' (the shipped toy UNet), 'sd' (Stable Diffusion
+through diffusers) and 'pixel' (unconditional diffusers UNet2DModels). Any other denoiser plugs in as
+'python:PACKAGE.MODULE:FUNCTION' or an `sjc.priors` entry point: a function (prompt, device) -> prior, e.g.
+a `DenoiserPrior`. Importing this package imports no torch (the command line's help stays fast).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from ..core.errors import ConfigError
+from .settings import PixelConfig, SDConfig, ToyConfig
+
+if TYPE_CHECKING:
+    import torch
+
+    from ..core.denoisers import Prior
+
+BUILT_IN = ("toy", "toy-learned", "sd", "pixel")
+TOY_PRIORS = ("toy", "toy-learned")  # the priors of the toy world: ground truth, quality figures, --toy settings
+UNCONDITIONAL = ("pixel",)
+__all__ = ["BUILT_IN", "TOY_PRIORS", "DenoiserPrior", "build_prior", "check_prior", "is_plugin"]
+
+
+def is_plugin(name: str) -> bool:
+    return name not in BUILT_IN
+
+
+def check_prior(name: str, prompt: str) -> None:
+    """ConfigError for a prior name that is not one, or a prompt the prior cannot take (or needs)."""
+    if is_plugin(name) and not name.startswith("python:"):
+        from importlib.metadata import entry_points
+
+        if name not in {ep.name for ep in entry_points(group="sjc.priors")}:
+            raise ConfigError(
+                f"unknown prior {name!r}; use one of {', '.join(BUILT_IN)}, or python:PACKAGE.MODULE:FUNCTION"
+            )
+    if name in UNCONDITIONAL and prompt.strip():
+        raise ConfigError(
+            f"the {name} prior is unconditional and takes no prompt (got {prompt!r}); drop the prompt, "
+            "or use --prior toy or --prior sd for text prompts"
+        )
+    if not is_plugin(name) and name not in UNCONDITIONAL and not prompt.strip():
+        raise ConfigError(f'the {name} prior needs a prompt, e.g. "a red and blue cube"')
+
+
+def build_prior(
+    name: str,
+    prompt: str = "",
+    *,
+    device: torch.device | str = "cpu",
+    toy: ToyConfig = ToyConfig(),
+    sd: SDConfig = SDConfig(),
+    pixel: PixelConfig = PixelConfig(),
+    guidance_scale: float | None = None,
+) -> Prior:
+    """The prior `name`, bound to `prompt`, on `device`. `guidance_scale` None keeps the prior's own
+    default (the paper's 100 for Stable Diffusion, none for the learned toy prior)."""
+    import torch
+
+    check_prior(name, prompt)
+    device = torch.device(device)
+    guidance = {} if guidance_scale is None else {"guidance_scale": guidance_scale}
+    match name:
+        case "toy":
+            from .toy import ToyPrior
+
+            return ToyPrior(
+                prompt,
+                n_images=toy.n_images,
+                image_size=toy.image_size,
+                seed=toy.data_seed,
+                view_conditioning=toy.view_conditioning,
+                cache_dir=toy.cache_dir,
+                device=device,
+            )
+        case "toy-learned":
+            from .learned import LearnedToyPrior
+
+            return LearnedToyPrior.from_file(
+                prompt, toy.weights, device=device, view_conditioning=toy.view_conditioning, **guidance
+            )
+        case "sd":
+            from .sd import StableDiffusionPrior
+
+            return StableDiffusionPrior.from_pretrained(
+                prompt,
+                sd.model,
+                device=device,
+                dtype=sd.dtype,
+                negative_prompt=sd.negative_prompt,
+                resolution=sd.resolution,
+                **guidance,
+            )
+        case "pixel":
+            from .pixel import PixelPrior
+
+            p = pixel
+            return PixelPrior.from_pretrained(
+                p.model, device=device, dtype=p.dtype, resolution=p.resolution, data_range=p.data_range
+            )
+        case _:
+            from .custom import build_plugin
+
+            return build_plugin(name, prompt, device)
+
+
+def __getattr__(name: str) -> Any:
+    if name == "DenoiserPrior":  # imported on first use: it needs torch
+        from .custom import DenoiserPrior
+
+        return DenoiserPrior
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,58 @@
+"""Settings of the priors that ship with sjc: the toy world's, Stable Diffusion's and the pixel-space models'.
+
+Frozen dataclasses whose field docstrings become `--help` (under --toy., --sd., --pixel.). Imports no torch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+# The learned toy prior scores without classifier-free guidance (one network call a step): guidance 10 did
+# not rescue its random-sigma preset (docs/learned-prior.md). Every command's learned preset uses this.
+LEARNED_GUIDANCE_SCALE = 1.0
+
+
+@dataclass(frozen=True)
+class ToyConfig:
+    n_images: int = 5000
+    """Renders of the prompt's scene the exact empirical denoiser averages over."""
+    image_size: int = 32
+    """Side of the toy renders, and of the field's renders, in pixels."""
+    view_conditioning: bool = True
+    """Condition the prior on the view bucket (front / side / back / overhead); off shows the multi-face failure."""
+    data_seed: int = 0
+    """Seed of the toy data set (independent of the run seed)."""
+    cache_dir: str | None = None
+    """Folder caching the toy renders; None uses $SJC_CACHE or ~/.cache/sjc."""
+    weights: str | None = None
+    """Weights of the learned toy prior (--prior toy-learned, from `sjc train-prior`); None: those shipped with
+    sjc. Its image size is the one the weights were trained at (32)."""
+
+
+@dataclass(frozen=True)
+class SDConfig:
+    model: str = "stable-diffusion-v1-5/stable-diffusion-v1-5"
+    """Stable Diffusion 1.x/2.x weights: a Hugging Face model id in your HF cache, or a local diffusers folder."""
+    dtype: Literal["auto", "float16", "bfloat16", "float32"] = "auto"
+    """Precision of the UNet and text encoder: 'auto' is float16 on CUDA and float32 on CPU."""
+    resolution: int = 512
+    """Side of the images the prior scores, in pixels; the field renders latents of resolution / 8 (64 for 512)."""
+    negative_prompt: str = ""
+    """Text of the unconditional branch of classifier-free guidance ('' is the paper's empty prompt)."""
+
+
+@dataclass(frozen=True)
+class PixelConfig:
+    model: str = "google/ddpm-bedroom-256"
+    """Unconditional diffusers UNet2DModel weights (DDPM or score-SDE VE, e.g. google/ncsnpp-ffhq-256): a Hugging
+    Face model id in your HF cache, or a local folder."""
+    dtype: Literal["auto", "float16", "bfloat16", "float32"] = "auto"
+    """Precision of the UNet: 'auto' is float16 on CUDA and float32 on CPU."""
+    resolution: int | None = None
+    """Side of the images the prior scores, in pixels; None takes the checkpoint's sample size."""
+    data_range: Literal["auto", "unit", "signed"] = "auto"
+    """Pixel range the network was trained on: 'unit' [0, 1], 'signed' [-1, 1]; 'auto' is [0, 1] for score-SDE
+    VE checkpoints and [-1, 1] for DDPM ones. Images are [-1, 1] here either way (sigma in those units)."""
+
+
