@@ -22,7 +22,7 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-from sjc.config import TOY_PRIORS
+from sjc.priors import TOY_PRIORS
 
 PROMPTS = ("a red cube", "a red and blue cube", "a yellow sphere")
 RANGES = {"canvas": (0.1, 80.0), "3d": (0.1, 1.5)}
@@ -35,10 +35,10 @@ def run_job(job: tuple) -> dict:
     prompt, kind, method, sigma_range, seeds, prior_name = job
     import torch
 
-    from sjc.canvas import canvas_sigmas, optimise_canvas, sample_ode
-    from sjc.config2d import canvas_preset, sample_preset
-    from sjc.metrics import nearest_image_quality
-    from sjc.run2d import FRONT, build_prior_2d, sample_sigmas
+    from sjc.app.presets import canvas_preset, sample_preset
+    from sjc.app.run2d import FRONT, build_prior_2d, sample_sigmas
+    from sjc.core.canvas import canvas_sigmas, optimise_canvas, sample_ode
+    from sjc.outputs.metrics import nearest_image_quality
 
     torch.set_num_threads(1)
     make = canvas_preset if kind == "canvas" else sample_preset
@@ -83,8 +83,8 @@ def sampler_accuracy(steps=(10, 20, 40, 80), mean: float = 0.3, std: float = 0.5
     """Largest error of Heun and Euler against the exact flow of N(mean, std^2) from sigma 80 to 0."""
     import torch
 
-    from sjc.canvas import karras_sigmas, sample_ode
-    from sjc.denoisers import GaussianDenoiser
+    from sjc.core.canvas import karras_sigmas, sample_ode
+    from sjc.core.denoisers import GaussianDenoiser
 
     noise = torch.randn(256, 1, 4, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     rows = []

@@ -26,10 +26,10 @@ import torch
 
 from canvas import run_job as canvas_job
 from quality import run_one as generate_job
-from sjc.config import TOY_PRIORS
-from sjc.config2d import TrainPriorConfig
-from sjc.metrics import train_prompt_classifier
-from sjc.run2d import tile
+from sjc.app.run2d import tile
+from sjc.app.train_prior_config import TrainPriorConfig
+from sjc.outputs.metrics import train_prompt_classifier
+from sjc.priors import TOY_PRIORS
 
 CANVAS_PROMPTS = ("a red and blue cube", "a yellow sphere", "a purple cone")
 PROMPTS_3D = ("a red and blue cube", "a green cube")

@@ -21,8 +21,8 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-from sjc.config import TOY_PRIORS
-from sjc.config2d import TrainPriorConfig
+from sjc.app.train_prior_config import TrainPriorConfig
+from sjc.priors import TOY_PRIORS
 
 SUITE = TrainPriorConfig().prompts  # every shape, one- and two-colour; the learned prior's classes
 ABLATIONS = {
@@ -44,13 +44,13 @@ def run_one(job: tuple[str, str, dict, str, int | None, str]) -> dict:
     prompt, variant, changes, preset_name, steps, prior_name = job
     import torch
 
-    from sjc.cameras import camera_from_view
-    from sjc.metrics import evaluate_field
-    from sjc.presets import preset
-    from sjc.render import render
-    from sjc.run import build_prior
-    from sjc.toyworld import held_out_views, parse_prompt
-    from sjc.trainer import build_field, fit, make_generators
+    from sjc.app.presets import preset
+    from sjc.app.runs import prior_from_config, run_fit
+    from sjc.core.cameras import camera_from_view
+    from sjc.core.fit import build_field, make_generators
+    from sjc.core.render import render
+    from sjc.outputs.metrics import evaluate_field
+    from sjc.priors.toy import held_out_views, parse_prompt
 
     torch.set_num_threads(1)
     cfg = dataclasses.replace(preset(prior_name, preset_name), prompt=prompt)
@@ -58,10 +58,10 @@ def run_one(job: tuple[str, str, dict, str, int | None, str]) -> dict:
         cfg = _override(cfg, {"train": {"steps": steps}})
     cfg = _override(cfg, changes)
     start = time.perf_counter()
-    prior = build_prior(cfg, torch.device("cpu"))
+    prior = prior_from_config(cfg, torch.device("cpu"))
     gens = make_generators(cfg.train.seed, torch.device("cpu"))
-    field = build_field(cfg, prior, torch.device("cpu"), gens["init"])
-    fit(field, prior, cfg, None, gens=gens, progress=False)
+    field = build_field(prior, cfg.field, torch.device("cpu"), generator=gens["init"])
+    run_fit(field, prior, cfg, None, gens=gens, progress=False)
     seconds = time.perf_counter() - start
     m = evaluate_field(field, parse_prompt(prompt))
     with torch.no_grad():  # a picture of the result: four held-out views, [4, 3, 64, 64] in [-1, 1]

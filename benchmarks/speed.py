@@ -2,7 +2,7 @@
 
 Times forward, backward and optimiser step (medians after warm-up; contenders interleaved step by
 step so machine load hits them alike) and the peak extra memory of a step, for the dense reference
-(`sjc.reference.render_dense`), the fast renderer with exact optimisations only, and with empty-space
+(`sjc.core.reference.render_dense`), the fast renderer with exact optimisations only, and with empty-space
 skipping, at the paper's setting (100^3, 64x64, C = 4) and at 160^3 / 128x128, with the field at
 initialisation and formed (an opaque sphere of radius 0.5, empty elsewhere). Before timing it checks
 that the fast renderer (skipping off) equals the reference in image, depth and gradients.
@@ -34,13 +34,14 @@ from unittest import mock
 
 import torch
 
-from sjc import chaining, trainer
-from sjc.cameras import Camera, camera_from_view, sample_training_view, turntable_views
-from sjc.config import FieldConfig
-from sjc.presets import preset
-from sjc.reference import render_dense
-from sjc.render import Rendering, render
-from sjc.voxel import VoxelField
+from sjc.app.presets import preset
+from sjc.core import chaining
+from sjc.core import fit as trainer
+from sjc.core.cameras import Camera, camera_from_view, sample_training_view, turntable_views
+from sjc.core.reference import render_dense
+from sjc.core.render import Rendering, render
+from sjc.core.settings import FieldConfig
+from sjc.core.voxel import VoxelField
 
 CONFIGS = {"paper": (100, 64), "large": (160, 128)}  # grid resolution, image side
 STATES = ("init", "formed")
@@ -203,16 +204,16 @@ def _reference_render(field, camera, **_):
 
 def toy_step_ms(steps: int, warmup: int) -> dict[str, float]:
     """Median milliseconds of trainer.sjc_step (toy prior, default preset) per renderer, interleaved."""
-    from sjc.run import build_prior
+    from sjc.app.runs import prior_from_config
 
     cfg = dataclasses.replace(preset("toy", "default"), prompt=TOY_PROMPT)
-    prior, cpu = build_prior(cfg, torch.device("cpu")), torch.device("cpu")
+    prior, cpu = prior_from_config(cfg, torch.device("cpu")), torch.device("cpu")
     runs = {}
     for name, skip in (("reference", False), ("fast (exact)", False), ("fast + skipping", True)):
         c = dataclasses.replace(cfg, field=dataclasses.replace(cfg.field, skip_empty=skip))
         gens = trainer.make_generators(c.train.seed, cpu)
-        field = trainer.build_field(c, prior, cpu, gens["init"])
-        runs[name] = (c, field, trainer.make_optimizer(field, c), gens)
+        field = trainer.build_field(prior, c.field, cpu, generator=gens["init"])
+        runs[name] = (c, field, trainer.make_optimizer(field, c.optim), gens)
     times: dict[str, list[float]] = {name: [] for name in runs}
     for step in range(warmup + steps):
         for name, (c, field, optimizer, gens) in runs.items():

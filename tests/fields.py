@@ -6,9 +6,9 @@ from pathlib import Path
 
 import torch
 
-from sjc.checkpoint import checkpoint_path, save_checkpoint
-from sjc.config import GenerateConfig, to_json
-from sjc.voxel import VoxelField
+from sjc.app.checkpoint import checkpoint_path, save_checkpoint
+from sjc.app.config import GenerateConfig, to_json
+from sjc.core.voxel import VoxelField
 
 RADIUS = 0.5
 RAW_IN, RAW_OUT = 80.0, -8.0  # alpha ~1 inside, ~0 outside at 32^3: the 0.5 crossing sits mid-edge

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import torch
 
-from sjc.cameras import View, camera_from_view
-from sjc.denoisers import PointMassDenoiser
-from sjc.render import render
-from sjc.voxel import VoxelField
+from sjc.core.cameras import View, camera_from_view
+from sjc.core.denoisers import PointMassDenoiser
+from sjc.core.render import render
+from sjc.core.voxel import VoxelField
 
 RED, BLUE = torch.tensor([1.0, -0.8, -0.8]), torch.tensor([-0.8, -0.8, 1.0])
 
@@ -26,6 +26,7 @@ def two_colour_sphere(resolution: int = 32, radius: float = 0.5) -> VoxelField:
 
 
 class OraclePrior:
+    prompt = ""
     channels = 3
     feature_activation = "sigmoid"
     sigma_min, sigma_max, sigmas = 0.1, 1.0, None
@@ -34,7 +35,7 @@ class OraclePrior:
         self.target, self.image_size = target, image_size
 
     @torch.no_grad()
-    def condition(self, prompt: str, view: View) -> torch.Tensor:
+    def condition(self, view: View) -> torch.Tensor:
         return render(self.target, camera_from_view(view, self.image_size)).image
 
     def denoise(self, x, sigma, cond):

@@ -14,11 +14,11 @@ import trimesh
 
 import tiny_sd  # sets HF_HUB_OFFLINE before diffusers is imported
 from fields import save_run, sphere_field
-from sjc import cli
-from sjc.assets import decoder_for, upsampling
-from sjc.mesh import GREY
-from sjc.presets import preset
-from sjc.sd import StableDiffusionPrior, load_components
+from sjc.app import cli
+from sjc.app.presets import preset
+from sjc.app.render_export import decoder_for, upsampling
+from sjc.outputs.mesh import GREY
+from sjc.priors.sd import StableDiffusionPrior, load_components
 
 
 @pytest.fixture(scope="module")
@@ -91,7 +91,7 @@ def test_a_folder_that_is_not_a_run_exits_2_with_one_line(command, tmp_path, cap
 def test_the_installed_command_exits_with_status_2(tmp_path):
     # One real process for the exit status (cli.main's return value, tested above for both commands).
     out = subprocess.run(
-        [sys.executable, "-m", "sjc.cli", "export", str(tmp_path)], capture_output=True, text=True, timeout=120
+        [sys.executable, "-m", "sjc", "export", str(tmp_path)], capture_output=True, text=True, timeout=120
     )
     assert out.returncode == 2 and "Traceback" not in out.stderr
     expected = f"{tmp_path} holds no checkpoints (is it a run folder made by `sjc generate`?)"
@@ -118,7 +118,8 @@ def test_user_mistakes_exit_2_with_the_fix(toy_run, args, message, capsys):
 @pytest.mark.parametrize("command", ["render", "export"])
 def test_help_documents_the_flags_without_importing_torch(command):
     code = (
-        f"import sys\nfrom sjc import cli\ntry:\n    cli.main([{command!r}, '--help'])\nexcept SystemExit:\n    pass\n"
+        "import sys\nfrom sjc.app import cli\n"
+        f"try:\n    cli.main([{command!r}, '--help'])\nexcept SystemExit:\n    pass\n"
         "print('TORCH' if 'torch' in sys.modules else 'NO-TORCH')"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
@@ -142,7 +143,7 @@ def test_the_latent_decoder_alone_decodes_as_the_prior_does(sd_run):
     _, cfg = sd_run
     latent = sphere_field(16, channels=4)
     decode = decoder_for(cfg, latent, torch.device("cpu"))
-    prior = StableDiffusionPrior(load_components(cfg.sd.model, "cpu", torch.float32), resolution=64)
+    prior = StableDiffusionPrior(load_components(cfg.sd.model, "cpu", torch.float32), cfg.prompt, resolution=64)
     x = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(0))
     assert torch.equal(decode(x), prior.decode(x))
     assert upsampling(decode, latent) == 8 and decoder_for(cfg, sphere_field(8), torch.device("cpu")) is None

@@ -1,4 +1,4 @@
-"""Tests of sjc.bake: vertex colours of latent fields from decoded views, with visibility from depth."""
+"""Tests of sjc.outputs.bake: vertex colours of latent fields from decoded views, with visibility from depth."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ import torch
 import torch.nn.functional as F
 
 from fields import latent_two_tone
-from sjc import bake
-from sjc import mesh as meshes
-from sjc.cameras import View, camera_from_view
+from sjc.core.cameras import View, camera_from_view
+from sjc.outputs import bake
+from sjc.outputs import mesh as meshes
 
 
 def identity(x: torch.Tensor) -> torch.Tensor:

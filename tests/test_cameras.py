@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from sjc.cameras import (
+from sjc.core.cameras import (
     OVERHEAD_ELEVATION_DEG,
     View,
     camera_from_view,
@@ -12,8 +12,8 @@ from sjc.cameras import (
     spiral_views,
     turntable_views,
     view_bucket,
+    view_prompt,
 )
-from sjc.prompts import view_prompt
 
 
 @pytest.mark.parametrize("view", [View(0, 0), View(37, 20), View(200, -6), View(300, 89.9), View(90, 90)])

@@ -11,10 +11,10 @@ import imageio.v3 as iio
 import pytest
 import torch
 
-from sjc import cli
-from sjc.canvas import canvas_sigmas, karras_sigmas, optimise_canvas, sample_ode, snap_to_grid
-from sjc.denoisers import EmpiricalDenoiser, GaussianDenoiser, PointMassDenoiser
-from sjc.discrete import sigmas_from_alphas_cumprod
+from sjc.app import cli
+from sjc.core.canvas import canvas_sigmas, karras_sigmas, optimise_canvas, sample_ode, snap_to_grid
+from sjc.core.denoisers import EmpiricalDenoiser, GaussianDenoiser, PointMassDenoiser
+from sjc.priors.discrete import sigmas_from_alphas_cumprod
 
 
 # --- the sampler --------------------------------------------------------------------------
@@ -169,7 +169,8 @@ def test_2d_user_mistakes_exit_2_and_results_are_not_overwritten(toy_cache, tmp_
 @pytest.mark.parametrize("command", ["canvas", "sample"])
 def test_2d_help_does_not_import_torch(command):
     code = (
-        f"import sys\nfrom sjc import cli\ntry:\n    cli.main([{command!r}, '--help'])\nexcept SystemExit:\n    pass\n"
+        "import sys\nfrom sjc.app import cli\n"
+        f"try:\n    cli.main([{command!r}, '--help'])\nexcept SystemExit:\n    pass\n"
         "print('TORCH' if 'torch' in sys.modules else 'NO-TORCH')"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)

@@ -3,8 +3,8 @@ import math
 import pytest
 import torch
 
-from sjc import chaining
-from sjc.denoisers import GaussianDenoiser, PointMassDenoiser
+from sjc.core import chaining
+from sjc.core.denoisers import GaussianDenoiser, PointMassDenoiser
 
 
 def test_eq16_with_a_point_mass_is_exactly_target_minus_render_over_sigma():

@@ -1,22 +1,24 @@
+import dataclasses
 import json
 import subprocess
 import sys
 
 import pytest
 
-from sjc import cli
-from sjc.config import GenerateConfig, from_dict, to_dict, validate
-from sjc.presets import preset
+from sjc.app import cli
+from sjc.app.config import GenerateConfig, from_dict, to_dict, validate
+from sjc.app.presets import preset
 
 
 def _run(*args, **kw):
-    return subprocess.run([sys.executable, "-m", "sjc.cli", *args], capture_output=True, text=True, timeout=120, **kw)
+    return subprocess.run([sys.executable, "-m", "sjc", *args], capture_output=True, text=True, timeout=120, **kw)
 
 
 @pytest.mark.parametrize("args", [["--help"], ["generate", "--help"], ["train-prior", "--help"], ["sample", "--help"]])
 def test_help_does_not_import_torch(args):
     code = (
-        f"import sys\nfrom sjc import cli\ntry:\n    cli.main({args!r})\nexcept SystemExit:\n    pass\n"
+        "import sys\nfrom sjc.app import cli\n"
+        f"try:\n    cli.main({args!r})\nexcept SystemExit:\n    pass\n"
         "print('TORCH' if 'torch' in sys.modules else 'NO-TORCH')"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
@@ -74,7 +76,8 @@ def test_config_round_trips_through_json():
     with pytest.raises(ValueError, match="unknown configuration key 'bogus'"):
         from_dict(GenerateConfig, {**to_dict(cfg), "bogus": 1})
     for name in ("default", "tiny", "paper"):
-        validate(preset("toy", name))
+        validate(dataclasses.replace(preset("toy", name), prompt="a red cube"))
+    validate(GenerateConfig(prompt="a red cube"))  # the dataclass defaults alone make a valid run
 
 
 def test_an_unavailable_device_is_a_user_error(capsys, tmp_path):

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from sjc.denoisers import (
+from sjc.core.denoisers import (
     ClassifierFreeGuidance,
     ConditionalDenoiser,
     EmpiricalDenoiser,

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 import tiny_sd  # noqa: F401 (sets HF_HUB_OFFLINE before diffusers is imported)
-from sjc.chaining import sigma_from_grid
-from sjc.discrete import DiscreteDenoiser, sigmas_from_alphas_cumprod
+from sjc.core.chaining import sigma_from_grid
+from sjc.priors.discrete import DiscreteDenoiser, sigmas_from_alphas_cumprod
 
 
 def _sd_alphas_cumprod(T: int = 1000) -> torch.Tensor:

@@ -1,4 +1,4 @@
-"""Tests of sjc.export: depth pictures, sub-pixel (hires) rendering, videos, turntables, contact sheets."""
+"""Tests of sjc.outputs.video: depth pictures, sub-pixel (hires) rendering, videos, turntables, contact sheets."""
 
 from __future__ import annotations
 
@@ -10,10 +10,10 @@ import torch
 import torch.nn.functional as F
 
 from fields import cube_field, sphere_field
-from sjc import export
-from sjc.cameras import View, camera_from_view, turntable_views
-from sjc.render import render
-from sjc.voxel import VoxelField
+from sjc.core.cameras import View, camera_from_view, turntable_views
+from sjc.core.render import render
+from sjc.core.voxel import VoxelField
+from sjc.outputs import video as export
 
 
 @pytest.fixture(scope="module")

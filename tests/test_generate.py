@@ -10,11 +10,11 @@ import pytest
 import torch
 import trimesh
 
-from sjc import cli
-from sjc.metrics import mesh_occupancy, shape_scores
-from sjc.presets import preset
-from sjc.run import generate, load_run
-from sjc.toyworld import COLOURS
+from sjc.app import cli
+from sjc.app.presets import preset
+from sjc.app.runs import generate, load_run
+from sjc.outputs.metrics import mesh_occupancy, shape_scores
+from sjc.priors.toy import COLOURS
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +70,7 @@ def test_a_prompt_outside_the_grammar_exits_2_with_one_line(tmp_path):
         [
             sys.executable,
             "-m",
-            "sjc.cli",
+            "sjc",
             "generate",
             "a fluffy dragon",
             "--preset",

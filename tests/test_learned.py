@@ -12,10 +12,11 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from sjc import cli
-from sjc.cameras import View
-from sjc.config2d import TrainPriorConfig
-from sjc.learned import (
+from sjc.app import cli
+from sjc.app.train_prior import TrainPriorError, draw_sigmas, drop_conditions, load_training_state, train_prior
+from sjc.app.train_prior_config import TrainPriorConfig
+from sjc.core.cameras import View
+from sjc.priors.learned import (
     VIEWS,
     EDMDenoiser,
     LearnedToyPrior,
@@ -28,8 +29,7 @@ from sjc.learned import (
     save_weights,
     shipped_weights_path,
 )
-from sjc.toyworld import PromptError, held_out_views, parse_prompt, render_views
-from sjc.train_prior import TrainPriorError, draw_sigmas, drop_conditions, load_checkpoint, train_prior
+from sjc.priors.toy import PromptError, held_out_views, parse_prompt, render_scene_views
 
 SIGMAS = [0.002, 0.05, 0.1, 0.5, 1.0, 1.5, 10.0, 80.0]
 SMALL = UNetSpec(n_classes=2, channels=(8, 16), blocks=1, emb_dim=32)
@@ -111,19 +111,19 @@ def test_weights_round_trip_and_bad_files_are_clear_errors(tmp_path):
 def test_prior_conditions_guidance_and_prompt_errors(tmp_path):
     path = tmp_path / "w.safetensors"
     save_weights(path, random_model(), PROMPTS, {"image_size": 16})
-    prior = LearnedToyPrior.from_file(path, prompt="A BLUE SPHERE.")
+    prior = LearnedToyPrior.from_file("A BLUE SPHERE.", path)
     assert prior.prompt == "a blue sphere" and prior.image_size == 16
     back = View(180.0, 10.0)
-    assert prior.condition("a blue sphere", back) == (1, VIEWS.index("back"))
-    assert prior.condition("backside view of a blue sphere", back) == (1, VIEWS.index("back"))  # as the 3D loop asks
-    pooled = LearnedToyPrior.from_file(path, prompt="a red cube", view_conditioning=False)
-    assert pooled.condition("a red cube", back) == (0, len(VIEWS))
+    assert prior.condition(back) == (1, VIEWS.index("back"))
+    assert prior.condition(None) == (1, len(VIEWS))  # no view: the dropped view token
+    pooled = LearnedToyPrior.from_file("a red cube", path, view_conditioning=False)
+    assert pooled.condition(back) == (0, len(VIEWS))
     with pytest.raises(PromptError, match="a red cube, a blue sphere"):
-        LearnedToyPrior.from_file(path, prompt="a green cone")
+        LearnedToyPrior.from_file("a green cone", path)
     # guidance: scale 1 is the conditional branch; the result is linear in the scale
     x, sigma = torch.randn(2, 3, 16, 16), torch.tensor([0.4, 0.4])
-    d = {s: LearnedToyPrior.from_file(path, prompt="a red cube", guidance_scale=s) for s in (1.0, 3.0, 5.0)}
-    cond = {s: p.condition("a red cube", back) for s, p in d.items()}
+    d = {s: LearnedToyPrior.from_file("a red cube", path, guidance_scale=s) for s in (1.0, 3.0, 5.0)}
+    cond = {s: p.condition(back) for s, p in d.items()}
     assert cond[3.0] == ((0, 2), (2, len(VIEWS)))
     d1, d3, d5 = (d[s].denoise(x, sigma, cond[s]) for s in (1.0, 3.0, 5.0))
     uncond = d[1.0].denoise(x, sigma, (2, len(VIEWS)))
@@ -164,7 +164,7 @@ def test_train_prior_writes_weights_and_logs_loss_per_sigma_band(tmp_path, monke
     lines = [json.loads(s) for s in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
     assert [line["step"] for line in lines] == [3, 6] and summary["step"] == 6
     assert all(math.isfinite(v) for line in lines for v in line["bands"].values())
-    prior = LearnedToyPrior.from_file(tmp_path / "run" / "weights.safetensors", prompt="a blue sphere")
+    prior = LearnedToyPrior.from_file("a blue sphere", tmp_path / "run" / "weights.safetensors")
     assert prior.image_size == 16 and prior.prompts == PROMPTS and prior.info["steps"] == 6
     with pytest.raises(TrainPriorError, match="--resume"):
         train_prior(tiny_config(tmp_path / "run"), torch.device("cpu"), progress=False)
@@ -178,12 +178,12 @@ def test_a_resumed_training_run_is_bit_identical_to_an_uninterrupted_one(tmp_pat
     states = []
     for name in ("straight", "split"):
         cfg = tiny_config(tmp_path / name)
-        from sjc.train_prior import build_model
+        from sjc.app.train_prior import build_model
 
         model, ema = build_model(cfg), build_model(cfg)
         opt = torch.optim.Adam(model.parameters())
         gen = torch.Generator()
-        step = load_checkpoint(tmp_path / name / "checkpoint.safetensors", model, ema, opt, gen)
+        step = load_training_state(tmp_path / name / "checkpoint.safetensors", model, ema, opt, gen)
         states.append((step, model.state_dict(), ema.state_dict(), gen.get_state()))
     (s1, m1, e1, g1), (s2, m2, e2, g2) = states
     assert s1 == s2 == 6 and torch.equal(g1, g2)
@@ -220,13 +220,13 @@ def test_the_shipped_weights_file_is_small_and_knows_the_suite_prompts():
 
 @pytest.mark.parametrize("prompt", ["a red and blue cube", "a yellow sphere", "an orange torus"])
 def test_the_shipped_weights_denoise_true_renders_better_than_the_noisy_input(prompt):
-    prior = LearnedToyPrior.from_file(prompt=prompt)
+    prior = LearnedToyPrior.from_file(prompt)
     views = held_out_views(8)
-    clean = render_views(parse_prompt(prompt), views, prior.image_size)[0]
+    clean = render_scene_views(parse_prompt(prompt), views, prior.image_size)[0]
     gen = torch.Generator().manual_seed(0)
     for sigma in (0.1, 0.3, 0.7, 1.5):
         noisy = clean + sigma * torch.randn(clean.shape, generator=gen)
-        denoised = torch.cat([prior.denoise(noisy[k : k + 1], torch.tensor([sigma]), prior.condition(prompt, v))
+        denoised = torch.cat([prior.denoise(noisy[k : k + 1], torch.tensor([sigma]), prior.condition(v))
                               for k, v in enumerate(views)])  # fmt: skip
         err_in = (noisy - clean).square().mean().sqrt().item()
         err_out = (denoised - clean).square().mean().sqrt().item()
@@ -236,40 +236,32 @@ def test_the_shipped_weights_denoise_true_renders_better_than_the_noisy_input(pr
 def test_generate_with_the_learned_prior_runs_end_to_end_and_refuses_unknown_prompts(tmp_path):
     out = tmp_path / "run"
     args = ["generate", "a red and blue cube", "--prior", "toy-learned", "--preset", "tiny", "--out", str(out)]
-    done = subprocess.run([sys.executable, "-m", "sjc.cli", *args], capture_output=True, text=True, timeout=600)
+    done = subprocess.run([sys.executable, "-m", "sjc", *args], capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr
     metrics = json.loads((out / "metrics.json").read_text())
     assert 0 <= metrics["iou_3d"] <= 1 and (out / "mesh.glb").exists()
-    bad = subprocess.run([sys.executable, "-m", "sjc.cli", "generate", "a green cone", "--prior", "toy-learned",
+    bad = subprocess.run([sys.executable, "-m", "sjc", "generate", "a green cone", "--prior", "toy-learned",
                           "--out", str(tmp_path / "bad")], capture_output=True, text=True, timeout=120)  # fmt: skip
     assert bad.returncode == 2 and "not trained on 'a green cone'" in bad.stderr and "Traceback" not in bad.stderr
 
 
 @pytest.mark.slow
 def test_the_learned_prior_makes_the_two_colour_cube_with_paas_and_a_worse_one_naively():
-    from sjc.metrics import evaluate_field
-    from sjc.presets import preset
-    from sjc.run import build_prior
-    from sjc.trainer import build_field, fit, make_generators
+    from sjc.app.presets import preset
+    from sjc.app.runs import prior_from_config, run_fit
+    from sjc.core.fit import build_field, make_generators
+    from sjc.outputs.metrics import evaluate_field
 
     results = {}
     for method in ("paas", "naive"):
         cfg = dataclasses.replace(preset("toy-learned", "default"), prompt="a red and blue cube")
         cfg = dataclasses.replace(cfg, scoring=dataclasses.replace(cfg.scoring, method=method))
-        prior = build_prior(cfg, torch.device("cpu"))
+        prior = prior_from_config(cfg, torch.device("cpu"))
         gens = make_generators(cfg.train.seed, torch.device("cpu"))
-        field = build_field(cfg, prior, torch.device("cpu"), gens["init"])
-        fit(field, prior, cfg, None, gens=gens, progress=False)
+        field = build_field(prior, cfg.field, torch.device("cpu"), generator=gens["init"])
+        run_fit(field, prior, cfg, None, gens=gens, progress=False)
         results[method] = evaluate_field(field, parse_prompt(cfg.prompt))
     # Measured: PAAS 3D IoU 0.713, PSNR 12.9 dB; naive 0.611, 9.2 dB (a flat blue blob, no red front).
     assert results["paas"]["iou_3d"] >= 0.6
     assert results["naive"]["psnr"] < results["paas"]["psnr"] - 2.0
     assert results["naive"]["silhouette_iou"] < results["paas"]["silhouette_iou"] - 0.1
-
-
-def test_strip_view_prefix_inverts_view_prompt():
-    from sjc.prompts import strip_view_prefix, view_prompt
-
-    for view in (View(0.0, 10.0), View(90.0, 10.0), View(180.0, 10.0), View(0.0, 80.0)):
-        assert strip_view_prefix(view_prompt("a red cube", view)) == "a red cube"
-    assert strip_view_prefix("a red cube") == "a red cube"

@@ -1,4 +1,4 @@
-"""Tests of sjc.mesh: marching cubes of analytic spheres, floaters, decimation, colours, mesh and grid files."""
+"""Tests of sjc.outputs.mesh: marching cubes of analytic spheres, floaters, decimation, colours, mesh and grid files."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import trimesh
 from scipy.spatial import cKDTree
 
 from fields import RADIUS, RAW_IN, RAW_OUT, sphere_field
-from sjc import mesh as meshes
-from sjc.voxel import VoxelField
+from sjc.core.voxel import VoxelField
+from sjc.outputs import mesh as meshes
 
 N = 32
 

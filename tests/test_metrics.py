@@ -7,11 +7,11 @@ import math
 import pytest
 import torch
 
-from sjc import metrics
-from sjc import toyworld as tw
-from sjc.cameras import View, camera_from_view
-from sjc.render import render
-from sjc.voxel import VoxelField
+from sjc.core.cameras import View, camera_from_view
+from sjc.core.render import render
+from sjc.core.voxel import VoxelField
+from sjc.outputs import metrics
+from sjc.priors import toy as tw
 
 
 def _blob(n: int = 24) -> torch.Tensor:
@@ -160,7 +160,7 @@ def test_symmetric_shapes_are_unchanged_by_turns(shape):
 def test_mesh_occupancy_of_an_analytic_cube_mesh_matches_the_cube():
     import trimesh
 
-    from sjc.metrics import mesh_occupancy, shape_scores
+    from sjc.outputs.metrics import mesh_occupancy, shape_scores
 
     occ = mesh_occupancy(trimesh.creation.box((0.8, 0.8, 0.8)), 48)
     scores = shape_scores(occ)
@@ -171,7 +171,7 @@ def test_mesh_occupancy_of_an_analytic_cube_mesh_matches_the_cube():
 
 
 def test_the_prompt_classifier_learns_shape_and_colour_from_true_renders(tmp_path):
-    from sjc.metrics import train_prompt_classifier
+    from sjc.outputs.metrics import train_prompt_classifier
 
     # Same colour, different shape; same shape, different colour; a two-colour one.
     prompts = ["a red cube", "a red sphere", "a blue cube", "a green and red torus"]

@@ -13,18 +13,19 @@ import pytest
 import torch
 
 import tiny_pixel  # sets HF_HUB_OFFLINE before diffusers is imported
-from sjc import cli
-from sjc.denoisers import GaussianDenoiser
-from sjc.pixel import (
+from sjc.app import cli
+from sjc.core.denoisers import GaussianDenoiser
+from sjc.core.errors import ConfigError
+from sjc.priors import check_prior
+from sjc.priors.loading import WeightsNotFoundError, hub_cache_dir
+from sjc.priors.pixel import (
     PixelPrior,
     PixelPriorError,
     ScoreDenoiser,
     UnitRangeDenoiser,
     _check_network,
-    refuse_prompt,
     ve_sigmas,
 )
-from sjc.sd import WeightsNotFoundError, hub_cache_dir
 
 
 @pytest.fixture(scope="module")
@@ -116,9 +117,9 @@ def test_score_adapter_and_range_change_give_the_exact_gaussian_denoiser():
 
 
 def test_prompts_class_conditional_networks_and_bad_folders_are_refused(tmp_path):
-    refuse_prompt("")
-    with pytest.raises(PixelPriorError, match="unconditional"):
-        refuse_prompt("a bedroom")
+    check_prior("pixel", "")
+    with pytest.raises(ConfigError, match="unconditional"):
+        check_prior("pixel", "a bedroom")
     with pytest.raises(PixelPriorError, match="class-conditional"):
         _check_network("m", SimpleNamespace(num_class_embeds=10, class_embed_type=None), "ddpm")
     with pytest.raises(PixelPriorError, match="fourier"):
@@ -139,7 +140,7 @@ def test_a_missing_model_folder_exits_2_with_one_message_and_no_traceback(tmp_pa
     missing = tmp_path / "no-such-model"
     args = ["canvas", "--prior", "pixel", "--pixel.model", str(missing), "--out", str(tmp_path / "canvas")]
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    done = subprocess.run([sys.executable, "-m", "sjc.cli", *args], capture_output=True, text=True, env=env)
+    done = subprocess.run([sys.executable, "-m", "sjc", *args], capture_output=True, text=True, env=env)
     lines = done.stderr.strip().splitlines()
     assert done.returncode == 2 and "Traceback" not in done.stderr
     assert len(lines) == 1 and str(missing) in lines[0] and "--pixel.model" in lines[0], done.stderr

@@ -2,9 +2,9 @@ import pytest
 import torch
 
 from fields import density_test_field
-from sjc.cameras import View, camera_from_view
-from sjc.render import ray_aabb, render
-from sjc.voxel import VoxelField
+from sjc.core.cameras import View, camera_from_view
+from sjc.core.render import ray_aabb, render
+from sjc.core.voxel import VoxelField
 
 
 def _field(resolution=16, channels=3, background="fixed", **kw):
@@ -115,7 +115,7 @@ def _grads(field, out):
 
 @pytest.mark.parametrize("state", ["random", "empty regions", "opaque"])
 def test_fast_renderer_equals_the_dense_reference(state):
-    from sjc.reference import render_dense
+    from sjc.core.reference import render_dense
 
     field = density_test_field(state)
     cam = camera_from_view(View(40, 25, fov=55), 10)

@@ -16,13 +16,14 @@ import torch
 from safetensors.torch import load_file
 
 from oracle import OraclePrior, two_colour_sphere
-from sjc import cli, trainer
-from sjc.checkpoint import list_checkpoints
-from sjc.config import to_json
-from sjc.interrupt import Interrupted, StopRequest, catch_signals
-from sjc.presets import preset
-from sjc.run import load_run
-from sjc.trainer import NonFiniteError, build_field, fit, make_generators
+from sjc.app import cli
+from sjc.app.checkpoint import list_checkpoints
+from sjc.app.config import to_json
+from sjc.app.interrupt import Interrupted, StopRequest, catch_signals
+from sjc.app.presets import preset
+from sjc.app.runs import load_run, run_fit
+from sjc.core import fit as trainer
+from sjc.core.fit import NonFiniteError, build_field, make_generators
 
 PROMPT = "a red and blue cube"
 STEPS = 150
@@ -57,8 +58,8 @@ def _assert_same_state(a, b):
 @pytest.fixture
 def no_exports(monkeypatch):
     """The training loop of `sjc generate` without the turntable, mesh and metrics it writes after."""
-    monkeypatch.setattr("sjc.run.write_artefacts", lambda *args: {})
-    monkeypatch.setattr("sjc.run.evaluate", lambda *args: None)
+    monkeypatch.setattr("sjc.app.runs.write_outputs", lambda *args: {})
+    monkeypatch.setattr("sjc.app.runs.evaluate", lambda *args: None)
 
 
 @pytest.fixture(scope="module")
@@ -66,8 +67,8 @@ def reference(tmp_path_factory, cache_dir):
     """An uninterrupted run (it also fills the toy-data cache the other runs read)."""
     out = tmp_path_factory.mktemp("reference") / "run"
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr("sjc.run.write_artefacts", lambda *args: {})
-        mp.setattr("sjc.run.evaluate", lambda *args: None)
+        mp.setattr("sjc.app.runs.write_outputs", lambda *args: {})
+        mp.setattr("sjc.app.runs.evaluate", lambda *args: None)
         assert cli.main(_args(out, cache_dir)) == 0
     return (*_final(out), _log(out))
 
@@ -98,7 +99,7 @@ def interrupted(tmp_path_factory, cache_dir, reference):
     out = tmp_path_factory.mktemp("sigint") / "run"
     err_path = out.parent / "stderr.txt"
     with open(err_path, "w") as err:
-        proc = subprocess.Popen([sys.executable, "-m", "sjc.cli", *_args(out, cache_dir)], stdout=err, stderr=err)
+        proc = subprocess.Popen([sys.executable, "-m", "sjc", *_args(out, cache_dir)], stdout=err, stderr=err)
         try:
             _wait_for_log_step(out / "log.jsonl", 60, proc)
             proc.send_signal(signal.SIGINT)
@@ -213,13 +214,13 @@ def test_nan_in_the_density_stops_the_run_at_its_step_and_keeps_the_last_good_ch
     k = 4  # steps count from 1; checkpoint step_k holds the state after k steps
     real_step = trainer.sjc_step
 
-    def poisoned(field, prior, optimizer, cfg, step, gens):
+    def poisoned(field, loop, step):
         if step + 1 == k:
             with torch.no_grad():
                 field.grid[0, 0] = float("nan")
-        return real_step(field, prior, optimizer, cfg, step, gens)
+        return real_step(field, loop, step)
 
-    monkeypatch.setattr("sjc.trainer.sjc_step", poisoned)
+    monkeypatch.setattr("sjc.core.fit.sjc_step", poisoned)
     out = tmp_path / "run"
     assert cli.main(_args(out, cache_dir, "--steps", "10", "--train.checkpoint-every", "1")) == 1
     err = capsys.readouterr().err
@@ -233,9 +234,9 @@ def test_nan_in_the_density_stops_the_run_at_its_step_and_keeps_the_last_good_ch
 
 
 def test_a_full_disk_keeps_the_previous_checkpoint(tmp_path, cache_dir, monkeypatch, capsys):
-    import sjc.checkpoint
+    import sjc.app.checkpoint
 
-    real_save = sjc.checkpoint.save_file
+    real_save = sjc.app.checkpoint.save_file
 
     def full_disk(tensors, filename, metadata=None):
         if "step_0000004" in filename:
@@ -244,7 +245,7 @@ def test_a_full_disk_keeps_the_previous_checkpoint(tmp_path, cache_dir, monkeypa
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), filename)
         return real_save(tensors, filename, metadata=metadata)
 
-    monkeypatch.setattr("sjc.checkpoint.save_file", full_disk)
+    monkeypatch.setattr("sjc.app.checkpoint.save_file", full_disk)
     out = tmp_path / "run"
     assert cli.main(_args(out, cache_dir, "--steps", "6", "--train.checkpoint-every", "2")) == 2
     err = capsys.readouterr().err
@@ -264,7 +265,7 @@ def _oracle_setup(steps=3, **train):
     )
     prior = OraclePrior(two_colour_sphere(8), 8)
     gens = make_generators(0, torch.device("cpu"))
-    return cfg, prior, gens, build_field(cfg, prior, torch.device("cpu"), gens["init"])
+    return cfg, prior, gens, build_field(prior, cfg.field, torch.device("cpu"), generator=gens["init"])
 
 
 def test_a_non_finite_gradient_is_named_at_its_step():
@@ -272,7 +273,7 @@ def test_a_non_finite_gradient_is_named_at_its_step():
     field.grid.register_hook(lambda grad: grad * float("nan"))
     before = field.grid.detach().clone()
     with pytest.raises(NonFiniteError, match="the gradient of grid became nan at step 1"):
-        fit(field, prior, cfg, None, gens=gens, progress=False)
+        run_fit(field, prior, cfg, None, gens=gens, progress=False)
     assert torch.equal(field.grid, before)
 
 
@@ -280,7 +281,7 @@ def test_an_overflowing_update_is_caught_in_the_parameters_and_never_saved(tmp_p
     cfg, prior, gens, field = _oracle_setup(checkpoint_every=1)
     overflowing = torch.optim.SGD(field.parameters(), lr=1e38)  # finite losses and gradients, infinite values
     with pytest.raises(NonFiniteError, match="the parameter grid became -?inf at step 2"):
-        fit(field, prior, cfg, tmp_path, optimizer=overflowing, gens=gens, progress=False)
+        run_fit(field, prior, cfg, tmp_path, optimizer=overflowing, gens=gens, progress=False)
     assert [s for s, _ in list_checkpoints(tmp_path)] == [1]  # step 1 was still finite
 
 
@@ -289,7 +290,7 @@ def test_a_stop_request_checkpoints_the_current_step_and_says_how_to_resume(tmp_
     stop = StopRequest()
     stop.signum = signal.SIGTERM
     with pytest.raises(Interrupted) as info:
-        fit(field, prior, cfg, tmp_path, gens=gens, progress=False, stop=stop)
+        run_fit(field, prior, cfg, tmp_path, gens=gens, progress=False, stop=stop)
     assert str(info.value) == f"interrupted at step 1; resume with: sjc generate --resume {tmp_path}"
     assert info.value.exit_code == 128 + signal.SIGTERM
     assert [s for s, _ in list_checkpoints(tmp_path)] == [1]

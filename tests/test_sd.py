@@ -14,11 +14,13 @@ import pytest
 import torch
 
 import tiny_sd  # sets HF_HUB_OFFLINE before diffusers is imported
-from sjc import cli
-from sjc.presets import preset
-from sjc.run import load_run
-from sjc.sd import StableDiffusionPrior, WeightsNotFoundError, hub_cache_dir, load_components, resolve_dtype
-from sjc.trainer import build_field, make_generators, make_optimizer, sjc_step
+from sjc.app import cli
+from sjc.app.presets import preset
+from sjc.app.runs import load_run
+from sjc.core.cameras import View
+from sjc.core.fit import FitLoop, SigmaSchedule, build_field, make_generators, make_optimizer, sjc_step
+from sjc.priors.loading import WeightsNotFoundError, hub_cache_dir, resolve_dtype
+from sjc.priors.sd import StableDiffusionPrior, load_components
 
 
 @pytest.fixture(scope="module")
@@ -32,8 +34,8 @@ def parts(sd_folders):
     return {kind: load_components(str(folder), "cpu", torch.float32) for kind, folder in sd_folders.items()}
 
 
-def _prior(parts, kind="epsilon", **kwargs):
-    return StableDiffusionPrior(parts[kind], resolution=64, **kwargs)
+def _prior(parts, kind="epsilon", prompt="a hamburger", **kwargs):
+    return StableDiffusionPrior(parts[kind], prompt, resolution=64, **kwargs)
 
 
 def _reference_x0(folder, part, z, t, prompt, negative, scale):
@@ -58,7 +60,7 @@ def test_denoiser_equals_the_diffusers_x0_of_the_guided_noise_estimate(sd_folder
     prior = _prior(parts, kind, guidance_scale=7.5)
     assert prior.discrete.prediction_type == kind  # read from the checkpoint's scheduler config
     gen = torch.Generator().manual_seed(0)
-    cond = prior.condition("front view of a hamburger", None)
+    cond = prior.condition(View(0.0, 10.0))  # seen from the front: "front view of a hamburger"
     for t in (15, 300, 900):
         sigma = float(prior.sigmas[t])
         z = torch.randn(2, 4, 8, 8, generator=gen) * math.sqrt(1 + sigma**2)
@@ -81,7 +83,7 @@ def test_sigma_grid_comes_from_the_checkpoint_schedule(parts):
 def test_guidance_scale_one_is_the_conditional_branch(parts):
     prior = _prior(parts, guidance_scale=1.0)
     z, sigma = torch.randn(3, 4, 8, 8), torch.full((3,), float(prior.sigmas[500]))
-    cond = prior.condition("a hamburger", None)
+    cond = prior.condition(None)  # no view: the prompt as given
     conditional = prior.discrete(z, sigma, cond[0].expand(3, -1, -1))
     unconditional = prior.discrete(z, sigma, cond[1].expand(3, -1, -1))
     assert torch.allclose(prior.denoise(z, sigma, cond), conditional, atol=1e-5)
@@ -92,7 +94,7 @@ def test_guidance_scale_one_is_the_conditional_branch(parts):
 
 def test_the_negative_prompt_replaces_the_empty_prompt(parts):
     plain, negative = _prior(parts), _prior(parts, negative_prompt="blurry")
-    cond_plain, cond_neg = plain.condition("a hamburger", None), negative.condition("a hamburger", None)
+    cond_plain, cond_neg = plain.condition(None), negative.condition(None)
     assert torch.equal(cond_plain[0], cond_neg[0])
     assert torch.equal(cond_plain[1], plain.embed("")) and torch.equal(cond_neg[1], negative.embed("blurry"))
     z, sigma = torch.randn(1, 4, 8, 8), torch.full((1,), float(plain.sigmas[400]))
@@ -114,19 +116,23 @@ def test_sampled_cameras_condition_on_the_design_view_prompts_embedded_once_each
     prior = _prior(parts)
     cfg = preset("sd", "tiny")
     cfg = dataclasses.replace(cfg, prompt="a hamburger", field=dataclasses.replace(cfg.field, resolution=8))
-    seen, calls = [], []
-    condition, encoder = prior.condition, prior.parts.text_encoder
-    prior.condition = lambda prompt, view: seen.append((prompt, view)) or condition(prompt, view)
+    seen, texts, calls = [], [], []
+    condition, embed, encoder = prior.condition, prior.embed, prior.parts.text_encoder
+    prior.condition = lambda view: seen.append(view) or condition(view)
+    prior.embed = lambda text: texts.append(text) or embed(text)
     prior.parts = dataclasses.replace(prior.parts, text_encoder=lambda ids: calls.append(1) or encoder(ids))
     gens = make_generators(0, torch.device("cpu"))
-    field = build_field(cfg, prior, torch.device("cpu"), gens["init"])
-    optimizer = make_optimizer(field, cfg)
+    field = build_field(prior, cfg.field, torch.device("cpu"), generator=gens["init"])
+    loop = FitLoop.create(
+        field, prior, cfg.fit_settings(), steps=24, optimizer=make_optimizer(field, cfg.optim), generators=gens
+    )
     for step in range(24):
-        sjc_step(field, prior, optimizer, cfg, step, gens)
-    assert {p for p, _ in seen} == {f"{b} view of a hamburger" for b in ("front", "side", "backside", "overhead")}
-    assert all(p == f"{_design_prefix(v)} a hamburger" for p, v in seen)
+        sjc_step(field, loop, step)
+    views = {f"{b} view of a hamburger" for b in ("front", "side", "backside", "overhead")}
+    assert len(seen) == 24 and texts[0::2] == [f"{_design_prefix(v)} a hamburger" for v in seen]
+    assert set(texts[0::2]) == views and set(texts[1::2]) == {""}  # each step: the view prompt, then the negative
     assert len(calls) == 5  # four view prompts and the empty prompt, each embedded once
-    assert set(prior._embeddings) == {p for p, _ in seen} | {""}
+    assert set(prior._embeddings) == views | {""}
 
 
 def test_decode_and_encode_apply_the_vae_scaling_factor_only_there(parts):
@@ -146,12 +152,14 @@ def test_the_paper_preset_reproduces_the_official_defaults(parts):
     assert (cfg.field.resolution, cfg.field.background, cfg.field.density_shift) == (100, "texture", -1.0)
     assert (cfg.optim.lr, cfg.optim.background_lr, cfg.train.steps) == (0.05, 1e-4, 10000)
     s = cfg.scoring
-    assert (s.sigma_schedule, s.drop_lowest, s.drop_highest, s.variance_reduced, s.n_noise) == ("grid", 10, 30, True, 1)
+    assert (s.drop_lowest, s.drop_highest, s.variance_reduced, s.n_noise) == (10, 30, True, 1)
     assert s.guidance_scale == 100.0 and cfg.sd.negative_prompt == ""
     losses = cfg.losses
     assert (losses.emptiness_weight, losses.emptiness_scale, losses.emptiness_multiplier) == (1e4, 10.0, 20.0)
     assert (losses.emptiness_switch, losses.center_depth_weight) == (0.5, 0.0)
-    assert StableDiffusionPrior(parts["epsilon"], resolution=cfg.sd.resolution).image_size == 64  # 512 px / 8
+    prior = StableDiffusionPrior(parts["epsilon"], "a hamburger", resolution=cfg.sd.resolution)
+    assert prior.image_size == 64  # 512 px / 8
+    assert SigmaSchedule(s, prior, cfg.train.steps).kind == "grid"  # 'auto' draws from the network's grid
     assert preset("sd", "default") == dataclasses.replace(cfg, preset="default")
     for prior in ("toy", "sd"):
         assert {preset(prior, name).preset for name in ("default", "tiny", "paper")} == {"default", "tiny", "paper"}
@@ -174,7 +182,7 @@ def test_generate_with_sd_runs_end_to_end_and_writes_decoded_pictures(sd_folders
     assert len((out / "log.jsonl").read_text().splitlines()) == 3
     cfg, field, step = load_run(out)
     latent_prior = SimpleNamespace(channels=4, feature_activation="none")
-    initial = build_field(cfg, latent_prior, torch.device("cpu"), make_generators(cfg.train.seed, "cpu")["init"])
+    initial = build_field(latent_prior, cfg.field, "cpu", generator=make_generators(cfg.train.seed, "cpu")["init"])
     assert step == 3 and field.channels == 4 and not torch.allclose(field.grid, initial.grid)
     # 8x8 latents decode to 64x64 RGB: turntable frames are the picture plus its depth strip.
     frames = iio.imread(out / "turntable.gif")
@@ -188,7 +196,7 @@ def test_a_missing_model_folder_exits_2_with_one_message_and_no_traceback(tmp_pa
     missing = tmp_path / "no-such-model"
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     args = ["generate", "a hamburger", "--prior", "sd", "--sd.model", str(missing), "--out", str(tmp_path / "run")]
-    done = subprocess.run([sys.executable, "-m", "sjc.cli", *args], capture_output=True, text=True, env=env)
+    done = subprocess.run([sys.executable, "-m", "sjc", *args], capture_output=True, text=True, env=env)
     assert done.returncode == 2 and "Traceback" not in done.stderr
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and str(missing) in lines[0] and "--sd.model" in lines[0], done.stderr

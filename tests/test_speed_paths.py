@@ -6,11 +6,11 @@ import torch
 import torch.nn.functional as F
 
 from fields import density_test_field
-from sjc.cameras import View, camera_from_view
-from sjc.reference import render_dense
-from sjc.render import render
-from sjc.trilinear import cell_coords, trilinear
-from sjc.voxel import VoxelField
+from sjc.core.cameras import View, camera_from_view
+from sjc.core.reference import render_dense
+from sjc.core.render import render
+from sjc.core.trilinear import cell_coords, trilinear
+from sjc.core.voxel import VoxelField
 
 CAM = View(40, 25, fov=55)
 
@@ -45,7 +45,7 @@ def test_sparse_trilinear_equals_grid_sample_in_values_and_gradients(dtype):
 
 
 def test_sparse_trilinear_gradcheck_over_several_chunks(monkeypatch):
-    monkeypatch.setattr("sjc.trilinear.CHUNK", 64)  # the chunk loop and its last partial chunk
+    monkeypatch.setattr("sjc.core.trilinear.CHUNK", 64)  # the chunk loop and its last partial chunk
     gen = torch.Generator().manual_seed(1)
     grid = torch.randn(1, 2, 4, 4, 4, generator=gen, dtype=torch.float64, requires_grad=True)
     pts = torch.rand(200, 3, generator=gen, dtype=torch.float64) * 2.2 - 1.1
@@ -157,8 +157,8 @@ def test_training_with_skipping_refreshes_the_grid_on_schedule(monkeypatch):
     import dataclasses
 
     from oracle import OraclePrior, two_colour_sphere
-    from sjc.presets import preset
-    from sjc.trainer import build_field, make_generators, make_optimizer, sjc_step
+    from sjc.app.presets import preset
+    from sjc.core.fit import FitLoop, build_field, make_generators, sjc_step
 
     cfg = preset("toy", "tiny")
     cfg = dataclasses.replace(
@@ -166,13 +166,13 @@ def test_training_with_skipping_refreshes_the_grid_on_schedule(monkeypatch):
     )
     prior = OraclePrior(two_colour_sphere(16), 16)
     gens = make_generators(0, torch.device("cpu"))
-    field = build_field(cfg, prior, torch.device("cpu"), gens["init"])
+    field = build_field(prior, cfg.field, torch.device("cpu"), generator=gens["init"])
     refreshed: list[int] = []
     refresh = field.refresh_occupancy
     monkeypatch.setattr(field, "refresh_occupancy", lambda *a: refreshed.append(steps[-1]) or refresh(*a))
-    optimizer, steps = make_optimizer(field, cfg), []
+    loop, steps = FitLoop.create(field, prior, cfg.fit_settings(), steps=7, generators=gens), []
     for step in range(7):
         steps.append(step)
-        result = sjc_step(field, prior, optimizer, cfg, step, gens)
+        result = sjc_step(field, loop, step)
         assert all(torch.isfinite(torch.tensor(v)) for v in result.losses.values())
     assert refreshed == [0, 3, 6]

@@ -8,11 +8,11 @@ import pytest
 import torch
 
 from oracle import OraclePrior, two_colour_sphere
-from sjc.cameras import View, camera_from_view
-from sjc.presets import preset
-from sjc.render import render
-from sjc.run import load_run
-from sjc.trainer import NonFiniteError, build_field, fit, make_generators
+from sjc.app.presets import preset
+from sjc.app.runs import load_run, run_fit
+from sjc.core.cameras import View, camera_from_view
+from sjc.core.fit import NonFiniteError, build_field, make_generators
+from sjc.core.render import render
 
 
 def _config(steps, **train):
@@ -27,9 +27,9 @@ def oracle_run(tmp_path_factory):
     prior = OraclePrior(target, 32)
     cfg = _config(400, checkpoint_every=200, validate_every=200, log_every=50)
     gens = make_generators(cfg.train.seed, torch.device("cpu"))
-    field = build_field(cfg, prior, torch.device("cpu"), gens["init"])
+    field = build_field(prior, cfg.field, torch.device("cpu"), generator=gens["init"])
     start = time.process_time()  # CPU seconds: robust to other work on the machine
-    fit(field, prior, cfg, run_dir, gens=gens, progress=False)
+    run_fit(field, prior, cfg, run_dir, gens=gens, progress=False)
     return run_dir, field, target, time.process_time() - start
 
 
@@ -79,8 +79,8 @@ def test_same_seed_gives_the_same_field_and_other_seeds_differ():
         cfg = _config(5, seed=seed)
         cfg = dataclasses.replace(cfg, field=dataclasses.replace(cfg.field, resolution=12))
         gens = make_generators(seed, torch.device("cpu"))
-        field = build_field(cfg, prior, torch.device("cpu"), gens["init"])
-        fields.append(fit(field, prior, cfg, None, gens=gens, progress=False).grid.detach())
+        field = build_field(prior, cfg.field, torch.device("cpu"), generator=gens["init"])
+        fields.append(run_fit(field, prior, cfg, None, gens=gens, progress=False).field.grid.detach())
     assert torch.equal(fields[0], fields[1])
     assert not torch.equal(fields[0], fields[2])
 
@@ -94,8 +94,8 @@ def test_a_non_finite_score_stops_the_run_at_its_step():
     cfg = _config(3)
     cfg = dataclasses.replace(cfg, field=dataclasses.replace(cfg.field, resolution=8))
     gens = make_generators(0, torch.device("cpu"))
-    field = build_field(cfg, prior, torch.device("cpu"), gens["init"])
+    field = build_field(prior, cfg.field, torch.device("cpu"), generator=gens["init"])
     before = field.grid.detach().clone()
     with pytest.raises(NonFiniteError, match="sjc loss became nan at step 1"):
-        fit(field, prior, cfg, None, gens=gens, progress=False)
+        run_fit(field, prior, cfg, None, gens=gens, progress=False)
     assert torch.equal(field.grid, before)  # the bad update never reached the parameters

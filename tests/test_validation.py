@@ -12,7 +12,8 @@ import torch
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from sjc import cli, trainer
+from sjc.app import cli
+from sjc.core import fit as trainer
 
 PROMPT = "a red and blue cube"
 

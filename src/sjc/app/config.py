@@ -42,7 +42,6 @@ class TrainConfig:
     --resume sets it when it raises --steps, so the added steps continue at the schedules' end values."""
 
 
-
 @dataclass(frozen=True)
 class GenerateConfig:
     prompt: Annotated[str, tyro.conf.Positional, tyro.conf.arg(metavar="PROMPT")] = ""

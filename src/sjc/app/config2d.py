@@ -89,8 +89,6 @@ class SampleConfig(Config2D):
     toy-learned preset: none)."""
 
 
-
-
 def validate_2d(cfg: Config2D) -> None:
     """ConfigError naming the first bad setting of a canvas or sample configuration and what would be valid."""
     check_prior(cfg.prior, cfg.prompt)

@@ -89,8 +89,8 @@ def render_run(rc: RenderConfig, log: Log = print) -> dict[str, Path]:
     subpixels = rc.subpixels if rc.hires else 1
     rays = f", {subpixels * subpixels} rays per pixel" if subpixels > 1 else ""
     log(f"rendering {rc.frames} {rc.path} frames of step {step} at {size}x{size}{rays}")
-    video = Path(rc.video) if rc.video else run_dir / "render.mp4"
-    return video.write_video(field, views, video, size // factor, decode, subpixels, rc.fps)
+    video_path = Path(rc.video) if rc.video else run_dir / "render.mp4"
+    return video.write_video(field, views, video_path, size // factor, decode, subpixels, rc.fps)
 
 
 def _target(ec: ExportMeshConfig, run_dir: Path) -> tuple[str, Path]:

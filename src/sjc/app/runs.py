@@ -23,6 +23,7 @@ from ..core.denoisers import Prior
 from ..core.errors import UserError
 from ..core.fit import (
     CameraSampler,
+    FitResult,
     FitStep,
     RenderFn,
     SigmaSchedule,
@@ -165,25 +166,23 @@ def generate(
     gens = make_generators(cfg.train.seed, device)
     field = build_field(prior, cfg.field, device, generator=gens["init"])
     optimizer = make_optimizer(field, cfg.optim)
-    settings = cfg.fit_settings()
-    SigmaSchedule(settings.scoring, prior, cfg.train.schedule_steps or cfg.train.steps)  # ConfigError before writing
+    SigmaSchedule(cfg.scoring, prior, cfg.train.schedule_steps or cfg.train.steps)  # ConfigError before writing
     start = restore_run(run_dir, cfg, field, optimizer, gens) if cfg.resume else 0
     if not cfg.resume:
         prepare_run_dir(run_dir, cfg, cfg.overwrite)
     with catch_signals() as stop:  # Ctrl-C: checkpoint the current step, then raise Interrupted
-        recorder = RunRecorder(run_dir, cfg, prior, optimizer, gens, stop, callback)
-        result = fit(
+        result = run_fit(
             field,
             prior,
-            settings,
-            steps=cfg.train.steps,
-            start_step=start,
-            schedule_steps=cfg.train.schedule_steps,
+            cfg,
+            run_dir,
             optimizer=optimizer,
-            generators=gens,
+            gens=gens,
+            start_step=start,
+            stop=stop,
             cameras=cameras,
             render_fn=render_fn,
-            callback=recorder,
+            callback=callback,
             progress=progress,
         )
     if result.stopped:
@@ -194,6 +193,43 @@ def generate(
         files["metrics"] = run_dir / "metrics.json"
         files["metrics"].write_text(json.dumps(_json_safe(metrics), indent=2) + "\n")
     return RunResult(run_dir, field, prior, files, metrics)
+
+
+def run_fit(
+    field: VoxelField,
+    prior: Prior,
+    cfg: GenerateConfig,
+    run_dir: Path | None = None,
+    *,
+    optimizer: torch.optim.Optimizer | None = None,
+    gens: dict[str, torch.Generator] | None = None,
+    start_step: int = 0,
+    stop: StopRequest | None = None,
+    cameras: CameraSampler | None = None,
+    render_fn: RenderFn | None = None,
+    callback: Callable[[FitStep], bool | None] | None = None,
+    progress: bool = True,
+) -> FitResult:
+    """`core.fit.fit` with a run's settings; with `run_dir`, its logs, validation renders and checkpoints
+    (`RunRecorder`), and Interrupted raised once a requested `stop` is checkpointed."""
+    gens = gens or make_generators(cfg.train.seed, field.grid.device)
+    optimizer = optimizer or make_optimizer(field, cfg.optim)
+    if run_dir is not None:
+        callback = RunRecorder(Path(run_dir), cfg, prior, optimizer, gens, stop or StopRequest(), callback)
+    return fit(
+        field,
+        prior,
+        cfg.fit_settings(),
+        steps=cfg.train.steps,
+        start_step=start_step,
+        schedule_steps=cfg.train.schedule_steps,
+        optimizer=optimizer,
+        generators=gens,
+        cameras=cameras,
+        render_fn=render_fn,
+        callback=callback,
+        progress=progress,
+    )
 
 
 def evaluate(field: VoxelField, cfg: GenerateConfig) -> dict | None:

@@ -164,8 +164,8 @@ class FitResult:
 
 
 @dataclass
-class _Loop:
-    """Everything one step needs, built once by `fit`."""
+class FitLoop:
+    """Everything a step needs besides the field, built once (`FitLoop.create`)."""
 
     prior: Prior
     settings: FitSettings
@@ -176,9 +176,45 @@ class _Loop:
     render: RenderFn
     schedule_steps: int
 
+    @classmethod
+    def create(
+        cls,
+        field: VoxelField,
+        prior: Prior,
+        settings: FitSettings = FitSettings(),
+        *,
+        steps: int,
+        seed: int = 0,
+        schedule_steps: int | None = None,
+        optimizer: torch.optim.Optimizer | None = None,
+        generators: dict[str, torch.Generator] | None = None,
+        cameras: CameraSampler | None = None,
+        render_fn: RenderFn | None = None,
+    ) -> FitLoop:
+        """The loop of `fit` (see there); a ConfigError for a sigma schedule the prior cannot serve."""
+        n_schedule = schedule_steps or steps
+        return cls(
+            prior,
+            settings,
+            optimizer or make_optimizer(field, settings.optim),
+            generators or make_generators(seed, field.grid.device),
+            SigmaSchedule(settings.scoring, prior, n_schedule),
+            cameras or PerspectiveCameras(settings.camera),
+            render_fn or default_render(settings.field),
+            n_schedule,
+        )
 
-def sjc_step(field: VoxelField, loop: _Loop, step: int) -> tuple[float, dict[str, float], float, Tensor]:
-    """One Score Jacobian Chaining update of `field`: (sigma, loss values, gradient norm, render)."""
+
+@dataclass
+class StepResult:
+    sigma: float
+    losses: dict[str, float]
+    grad_norm: float
+    image: Tensor  # the training render [1, C, H, W], detached
+
+
+def sjc_step(field: VoxelField, loop: FitLoop, step: int) -> StepResult:
+    """One Score Jacobian Chaining update of `field` at 0-based `step`."""
     prior, f, c, s = loop.prior, loop.settings.field, loop.settings.losses, loop.settings.scoring
     camera, view = loop.cameras(loop.gens["camera"], prior.image_size)
     cond = prior.condition(view)
@@ -214,7 +250,7 @@ def sjc_step(field: VoxelField, loop: _Loop, step: int) -> tuple[float, dict[str
     loop.optimizer.step()
     for name, param in field.named_parameters():  # e.g. an overflowing update: stop before it is saved
         _check_finite(f"parameter {name}", param.detach(), step)
-    return sigma, values, grad_norm, out.image.detach()
+    return StepResult(sigma, values, grad_norm, out.image.detach())
 
 
 def _checked_grad_norm(field: VoxelField, losses: dict[str, float], step: int) -> float:
@@ -266,24 +302,25 @@ def fit(
     (default `steps`). `cameras` and `render_fn` default to the paper's cameras (`settings.camera`) and
     `render` (`settings.field`). `callback(FitStep)` runs after every step; a true return stops the loop
     (FitResult.stopped). A NaN or inf raises NonFiniteError before the update of its step is kept."""
-    n_schedule = schedule_steps or steps
-    loop = _Loop(
+    loop = FitLoop.create(
+        field,
         prior,
         settings,
-        optimizer or make_optimizer(field, settings.optim),
-        generators or make_generators(seed, field.grid.device),
-        SigmaSchedule(settings.scoring, prior, n_schedule),
-        cameras or PerspectiveCameras(settings.camera),
-        render_fn or default_render(settings.field),
-        n_schedule,
+        steps=steps,
+        seed=seed,
+        schedule_steps=schedule_steps,
+        optimizer=optimizer,
+        generators=generators,
+        cameras=cameras,
+        render_fn=render_fn,
     )
     desc = getattr(prior, "prompt", "") or "sjc"
     bar = tqdm(range(start_step, steps), initial=start_step, total=steps, disable=not progress, desc=desc)
     try:
         for step in bar:
-            sigma, losses, grad_norm, image = sjc_step(field, loop, step)
-            bar.set_postfix(sigma=f"{sigma:.3f}", loss=f"{sum(losses.values()):.3g}", refresh=False)
-            info = FitStep(step + 1, steps, sigma, losses, grad_norm, field, image)
+            r = sjc_step(field, loop, step)
+            bar.set_postfix(sigma=f"{r.sigma:.3f}", loss=f"{sum(r.losses.values()):.3g}", refresh=False)
+            info = FitStep(step + 1, steps, r.sigma, r.losses, r.grad_norm, field, r.image)
             if callback is not None and callback(info):
                 return FitResult(field, step + 1, stopped=step + 1 < steps)
     finally:

@@ -13,5 +13,3 @@ class ExportConfig:
     """Side of the turntable and contact-sheet renders, pixels of the prior's data space (SD latents decode 8x)."""
     mesh_threshold: float = 0.5
     """Marching-cubes level on the voxel alpha (alpha of one voxel-length step)."""
-
-

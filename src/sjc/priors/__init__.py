@@ -43,7 +43,7 @@ def check_prior(name: str, prompt: str) -> None:
             "or use --prior toy or --prior sd for text prompts"
         )
     if not is_plugin(name) and name not in UNCONDITIONAL and not prompt.strip():
-        raise ConfigError(f'the {name} prior needs a prompt, e.g. "a red and blue cube"')
+        raise ConfigError(f'give a prompt for the {name} prior, e.g. "a red and blue cube"')
 
 
 def build_prior(

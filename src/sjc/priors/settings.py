@@ -54,5 +54,3 @@ class PixelConfig:
     data_range: Literal["auto", "unit", "signed"] = "auto"
     """Pixel range the network was trained on: 'unit' [0, 1], 'signed' [-1, 1]; 'auto' is [0, 1] for score-SDE
     VE checkpoints and [-1, 1] for DDPM ones. Images are [-1, 1] here either way (sigma in those units)."""
-
-

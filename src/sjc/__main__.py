@@ -1,0 +1,7 @@
+"""`python -m sjc`: the `sjc` command."""
+
+import sys
+
+from sjc.app.cli import main
+
+sys.exit(main())
