@@ -36,28 +36,28 @@ def run_job(job: tuple) -> dict:
     import torch
 
     from sjc.app.presets import canvas_preset, sample_preset
-    from sjc.app.run2d import FRONT, build_prior_2d, sample_sigmas
+    from sjc.app.run2d import prior_2d, sample_sigmas
     from sjc.core.canvas import canvas_sigmas, optimise_canvas, sample_ode
+    from sjc.core.fit import make_generators
     from sjc.outputs.metrics import nearest_image_quality
 
     torch.set_num_threads(1)
     make = canvas_preset if kind == "canvas" else sample_preset
     cfg = dataclasses.replace(make(prior_name, "default"), prompt=prompt)
-    prior = build_prior_2d(cfg, torch.device("cpu"))
-    cond, shape = prior.condition(prompt, FRONT), (1, 3, prior.image_size, prior.image_size)
+    prior = prior_2d(cfg, torch.device("cpu"))
+    cond, shape = prior.condition(None), (1, 3, prior.image_size, prior.image_size)  # an image of any view
     start = time.perf_counter()
     images = []
     for seed in range(seeds):
-        gen = torch.Generator().manual_seed(seed)
+        gens = make_generators(seed)  # the same streams, drawn in the same order, as `sjc canvas` / `sjc sample`
         if kind == "canvas":
             scoring, schedule = method
-            x0 = cfg.init_std * torch.randn(shape, generator=gen)  # the same draws, in order, as `sjc canvas`
-            sigmas = canvas_sigmas(schedule, cfg.steps, *sigma_range, gen)
-            noise = torch.Generator().manual_seed(seed + 1_000_003)
-            x, _ = optimise_canvas(prior.denoise, x0, sigmas, cond, scoring=scoring, lr=cfg.lr, generator=noise)
+            x0 = cfg.init_std * torch.randn(shape, generator=gens["init"])
+            sigmas = canvas_sigmas(schedule, cfg.steps, *sigma_range, gens["sigma"])
+            x, _ = optimise_canvas(prior.denoise, x0, sigmas, cond, scoring=scoring, lr=cfg.lr, generator=gens["noise"])
         else:
             sigmas = sample_sigmas(cfg, prior)
-            x0 = float(sigmas[0]) * torch.randn(shape, generator=gen)
+            x0 = float(sigmas[0]) * torch.randn(shape, generator=gens["init"])
             x = sample_ode(prior.denoise, x0, sigmas, cond, method=method)
         images.append(x)
     seconds = time.perf_counter() - start

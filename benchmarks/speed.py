@@ -30,7 +30,6 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
-from unittest import mock
 
 import torch
 
@@ -213,15 +212,24 @@ def toy_step_ms(steps: int, warmup: int) -> dict[str, float]:
         c = dataclasses.replace(cfg, field=dataclasses.replace(cfg.field, skip_empty=skip))
         gens = trainer.make_generators(c.train.seed, cpu)
         field = trainer.build_field(prior, c.field, cpu, generator=gens["init"])
-        runs[name] = (c, field, trainer.make_optimizer(field, c.optim), gens)
+        loop = trainer.FitLoop.create(
+            field,
+            prior,
+            c.fit_settings(),
+            steps=c.train.steps,
+            schedule_steps=c.train.schedule_steps,
+            optimizer=trainer.make_optimizer(field, c.optim),
+            generators=gens,
+            render_fn=_reference_render if name == "reference" else None,  # None: `render` with the field settings
+        )
+        runs[name] = (field, loop)
     times: dict[str, list[float]] = {name: [] for name in runs}
     for step in range(warmup + steps):
-        for name, (c, field, optimizer, gens) in runs.items():
-            with mock.patch.object(trainer, "render", _reference_render if name == "reference" else render):
-                start = time.perf_counter()
-                trainer.sjc_step(field, prior, optimizer, c, step, gens)
-                if step >= warmup:
-                    times[name].append(time.perf_counter() - start)
+        for name, (field, loop) in runs.items():
+            start = time.perf_counter()
+            trainer.sjc_step(field, loop, step)
+            if step >= warmup:
+                times[name].append(time.perf_counter() - start)
     return {name: 1e3 * statistics.median(t) for name, t in times.items()}
 
 

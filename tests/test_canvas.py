@@ -13,6 +13,7 @@ import torch
 
 from sjc.app import cli
 from sjc.core.canvas import canvas_sigmas, karras_sigmas, optimise_canvas, sample_ode, snap_to_grid
+from sjc.core.chaining import paas_grad
 from sjc.core.denoisers import EmpiricalDenoiser, GaussianDenoiser, PointMassDenoiser
 from sjc.priors.discrete import sigmas_from_alphas_cumprod
 
@@ -90,6 +91,40 @@ def test_canvas_on_a_point_mass_follows_the_closed_form(scoring):
         [lr * s for s in sigmas]
     )
     assert records[1].update_rms == pytest.approx(lr * (1 - lr) * float((x0 - target).square().mean().sqrt()))
+
+
+@pytest.mark.parametrize("scoring", ["naive", "paas"])
+def test_each_canvas_of_a_batch_gets_its_own_update(scoring):
+    # With a point mass every score estimate is (T - x) / sigma, whatever the noise: each canvas of a batch
+    # moves lr of the way to T from where it is, not from where the batch is on average.
+    target = torch.zeros(1, 3, 4, 4)
+    x = torch.stack([torch.full((3, 4, 4), 1.0), torch.full((3, 4, 4), -3.0)])
+    out, _ = optimise_canvas(PointMassDenoiser(target), x, [0.7], scoring=scoring, lr=0.5, n_noise=3)
+    assert torch.allclose(out, x / 2, atol=1e-6)
+
+
+def test_paas_draws_its_own_noise_for_each_image_of_a_batch():
+    gauss, sigma, k = GaussianDenoiser(0.2, 0.5), 0.8, 3
+    y = torch.randn(2, 3, 4, 4, generator=torch.Generator().manual_seed(0))
+    g = paas_grad(gauss, y, sigma, n_noise=k, generator=torch.Generator().manual_seed(1))
+    noise = torch.randn(k, 2, 3, 4, 4, generator=torch.Generator().manual_seed(1))  # draw j of image b: [j, b]
+    for b in range(2):
+        z = y[b] + sigma * noise[:, b]
+        expected = ((gauss(z, torch.full((k,), sigma)) - y[b]) / sigma).mean(0)
+        assert torch.allclose(g[b], expected, atol=1e-6)
+    assert not torch.allclose(g[0], g[1])
+
+
+def test_sample_uses_the_prior_s_own_sigma_range():
+    from sjc.app.config2d import SampleConfig
+    from sjc.app.run2d import sample_sigmas
+    from sjc.priors import DenoiserPrior
+
+    prior = DenoiserPrior(GaussianDenoiser(0.0, 0.5), channels=3, image_size=4, sigma_min=0.05, sigma_max=5.0)
+    sigmas = sample_sigmas(SampleConfig(prior="python:m:f", steps=10), prior)
+    assert sigmas[0] == pytest.approx(5.0) and sigmas[-2] == pytest.approx(0.05) and sigmas[-1] == 0
+    flagged = sample_sigmas(SampleConfig(prior="python:m:f", steps=10, sigma_min=0.1, sigma_max=2.0), prior)
+    assert flagged[0] == pytest.approx(2.0) and flagged[-2] == pytest.approx(0.1)
 
 
 def test_naive_ascent_on_a_gaussian_finds_its_mode_not_a_sample():

@@ -232,9 +232,9 @@ def main(argv: list[str] | None = None) -> int:
         print(USAGE.format(commands="\n".join(f"  {k:10s} {v}" for k, v in COMMANDS.items())))
         return 0 if argv else 2
     if argv[0] in ("-V", "--version"):
-        from .. import __version__
+        from importlib.metadata import version
 
-        print(f"sjc {__version__}")
+        print(f"sjc {version('sjc')}")
         return 0
     command, rest = argv[0], argv[1:]
     if command not in HANDLERS:

@@ -50,7 +50,7 @@ def prior_2d(cfg: Config2D, device: torch.device) -> Prior:
 
 
 def default_out(cfg: Config2D) -> Path:
-    name = cfg.prompt or cfg.pixel.model
+    name = cfg.prompt or (cfg.pixel.model if cfg.prior == "pixel" else cfg.prior)
     slug = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-") or "run"
     if isinstance(cfg, CanvasConfig):
         return Path("runs") / "canvas" / f"{slug}-{cfg.scoring}-{cfg.schedule}"

@@ -160,7 +160,7 @@ def generate(
     views, mesh and metrics. `prior` replaces the one the config names (built in Python, e.g. a
     `DenoiserPrior`); `cameras`, `render_fn` and `callback` go to `core.fit.fit`."""
     device = pick_device(cfg.device)
-    run_dir = Path(cfg.out) if cfg.out else default_run_dir(cfg.prompt or cfg.pixel.model)
+    run_dir = Path(cfg.out) if cfg.out else default_run_dir(cfg.prompt or (cfg.pixel.model if cfg.prior == "pixel" else cfg.prior))
     cfg = replace(cfg, out=str(run_dir))
     prior = prior if prior is not None else prior_from_config(cfg, device)  # a bad prompt fails before any write
     gens = make_generators(cfg.train.seed, device)

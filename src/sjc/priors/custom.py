@@ -117,7 +117,12 @@ def build_plugin(spec: str, prompt: str, device: torch.device) -> Any:
         raise PluginError(f"--prior {spec}: the factory must accept (prompt, device)") from None
     except ValueError:  # no signature to inspect (a builtin): just call it
         pass
-    prior = factory(prompt, device)
+    try:
+        prior = factory(prompt, device)
+    except UserError:
+        raise
+    except Exception as err:  # a bug in the plug-in: name it in one line; Python shows where when called there
+        raise PluginError(f"--prior {spec}: the factory raised {type(err).__name__}: {err}") from err
     missing = [a for a in PRIOR_ATTRIBUTES if not hasattr(prior, a)]
     missing += [m for m in PRIOR_METHODS if not callable(getattr(prior, m, None))]
     if missing:
