@@ -89,3 +89,13 @@ def test_an_unavailable_device_is_a_user_error(capsys, tmp_path):
     assert "not available" in capsys.readouterr().err
     assert cli.main(["generate", "a red cube", "--preset", "tiny", "--device", "gpu7", "--out", str(tmp_path)]) == 2
     assert "unknown device" in capsys.readouterr().err
+
+
+def test_the_package_and_the_prior_registry_import_no_torch():
+    code = (
+        "import sys\nimport sjc, sjc.priors, sjc.app.presets\n"
+        "sjc.priors.check_prior('toy', 'a red cube')\nassert sjc.__version__\n"
+        "print('TORCH' if 'torch' in sys.modules else 'NO-TORCH')"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.stdout.strip() == "NO-TORCH", out.stderr[-500:]

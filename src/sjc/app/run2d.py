@@ -10,7 +10,6 @@ from __future__ import annotations
 import csv
 import dataclasses
 import json
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,7 +27,7 @@ from ..outputs.video import write_gif, write_mp4
 from ..priors import TOY_PRIORS, build_prior
 from .config import to_dict
 from .config2d import CanvasConfig, Config2D, SampleConfig
-from .runs import RunFolderError
+from .runs import RunFolderError, run_slug
 
 TILE_GAP = 2  # white pixels between images in grids
 MIN_TILE = 96  # small images are enlarged (nearest) to at least this many pixels a side
@@ -50,8 +49,7 @@ def prior_2d(cfg: Config2D, device: torch.device) -> Prior:
 
 
 def default_out(cfg: Config2D) -> Path:
-    name = cfg.prompt or (cfg.pixel.model if cfg.prior == "pixel" else cfg.prior)
-    slug = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-") or "run"
+    slug = run_slug(cfg)
     if isinstance(cfg, CanvasConfig):
         return Path("runs") / "canvas" / f"{slug}-{cfg.scoring}-{cfg.schedule}"
     return Path("runs") / "sample" / f"{slug}-{cfg.sampler}"

@@ -48,6 +48,7 @@ from .checkpoint import (
     save_checkpoint,
 )
 from .config import GenerateConfig, from_dict, to_json
+from .config2d import Config2D
 from .interrupt import Interrupted, StopRequest, catch_signals
 from .resume import restore_run
 
@@ -58,9 +59,10 @@ class RunFolderError(UserError, ValueError):
     """The output folder cannot be used as asked (it holds another run, or no run)."""
 
 
-def default_run_dir(prompt: str) -> Path:
-    slug = re.sub(r"[^a-z0-9]+", "-", prompt.lower()).strip("-") or "run"
-    return Path("runs") / slug
+def run_slug(cfg: GenerateConfig | Config2D) -> str:
+    """A folder name for a run: its prompt, else the pixel model's name, else the prior's."""
+    name = cfg.prompt or (cfg.pixel.model if cfg.prior == "pixel" else cfg.prior)
+    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-") or "run"
 
 
 def prior_from_config(cfg: GenerateConfig, device: torch.device | str = "cpu") -> Prior:
@@ -160,7 +162,7 @@ def generate(
     views, mesh and metrics. `prior` replaces the one the config names (built in Python, e.g. a
     `DenoiserPrior`); `cameras`, `render_fn` and `callback` go to `core.fit.fit`."""
     device = pick_device(cfg.device)
-    run_dir = Path(cfg.out) if cfg.out else default_run_dir(cfg.prompt or (cfg.pixel.model if cfg.prior == "pixel" else cfg.prior))
+    run_dir = Path(cfg.out) if cfg.out else Path("runs") / run_slug(cfg)
     cfg = replace(cfg, out=str(run_dir))
     prior = prior if prior is not None else prior_from_config(cfg, device)  # a bad prompt fails before any write
     gens = make_generators(cfg.train.seed, device)

@@ -162,13 +162,42 @@ def prepare_out(cfg: TrainPriorConfig) -> tuple[Path, bool]:
     return out, False
 
 
+def train_step(
+    model: EDMDenoiser,
+    ema: EDMDenoiser,
+    opt: torch.optim.Adam,
+    data: TrainingData,
+    cfg: TrainPriorConfig,
+    gen: torch.Generator,
+    step: int,
+) -> tuple[Tensor, Tensor]:
+    """One Adam step on the EDM-weighted denoising loss of a random batch, then the moving average; returns
+    the batch's sigmas and weighted losses [batch_size]."""
+    device = data.images.device
+    idx = torch.randint(0, data.images.shape[0], (cfg.batch_size,), generator=gen).to(device)
+    sigma = draw_sigmas(cfg.batch_size, cfg, gen).to(device)
+    y = data.images[idx]
+    noise = torch.randn(y.shape, generator=gen).to(device)
+    cls, view = drop_conditions(data.classes[idx], data.views[idx], cfg, gen)
+    per_image = (model(y + sigma[:, None, None, None] * noise, sigma, cls, view) - y).square().mean((1, 2, 3))
+    weighted = edm_loss_weight(sigma, cfg.sigma_data) * per_image
+    for group in opt.param_groups:
+        group["lr"] = cfg.lr * min(1.0, (step + 1) / max(cfg.warmup, 1))
+    opt.zero_grad(set_to_none=True)
+    weighted.mean().backward()
+    opt.step()
+    with torch.no_grad():
+        torch._foreach_lerp_(list(ema.parameters()), list(model.parameters()), 1 - cfg.ema)
+    return sigma, weighted
+
+
 def train_prior(cfg: TrainPriorConfig, device: torch.device, progress: bool = True) -> dict:
     """Train (or resume) and write out/weights.safetensors; returns a summary of the last log window."""
     for prompt in cfg.prompts:  # PromptError before anything is written
         parse_prompt(prompt)
     out, resuming = prepare_out(cfg)
     data = load_training_data(cfg)
-    images, classes, views = data.images.to(device), data.classes.to(device), data.views.to(device)
+    data = TrainingData(data.images.to(device), data.classes.to(device), data.views.to(device))
     gen = torch.Generator().manual_seed(cfg.seed)
     torch.manual_seed(cfg.seed)  # the initial weights
     model = build_model(cfg).to(device)
@@ -190,20 +219,7 @@ def train_prior(cfg: TrainPriorConfig, device: torch.device, progress: bool = Tr
     bar = tqdm(range(step, cfg.steps), initial=step, total=cfg.steps, disable=not progress, desc="train-prior")
     with catch_signals() as stop:
         for step in bar:
-            idx = torch.randint(0, images.shape[0], (cfg.batch_size,), generator=gen).to(device)
-            sigma = draw_sigmas(cfg.batch_size, cfg, gen).to(device)
-            y = images[idx]
-            noise = torch.randn(y.shape, generator=gen).to(device)
-            cls, view = drop_conditions(classes[idx], views[idx], cfg, gen)
-            per_image = (model(y + sigma[:, None, None, None] * noise, sigma, cls, view) - y).square().mean((1, 2, 3))
-            weighted = edm_loss_weight(sigma, cfg.sigma_data) * per_image
-            for group in opt.param_groups:
-                group["lr"] = cfg.lr * min(1.0, (step + 1) / max(cfg.warmup, 1))
-            opt.zero_grad(set_to_none=True)
-            weighted.mean().backward()
-            opt.step()
-            with torch.no_grad():
-                torch._foreach_lerp_(list(ema.parameters()), list(model.parameters()), 1 - cfg.ema)
+            sigma, weighted = train_step(model, ema, opt, data, cfg, gen, step)
             band = torch.bucketize(sigma.cpu(), torch.tensor(SIGMA_BANDS))
             sums.index_add_(0, band, weighted.detach().cpu())
             counts.index_add_(0, band, torch.ones_like(weighted.detach().cpu()))

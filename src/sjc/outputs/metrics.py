@@ -71,15 +71,6 @@ def rotation_ious(pred_occ: Tensor, true_occ: Tensor, angles: Iterable[float] = 
     return [iou(pred_occ, rotate_about_vertical(true_occ, a)) for a in angles]
 
 
-def best_rotation_iou(pred_occ: Tensor, true_occ: Tensor, angles: Iterable[float] = ANGLES) -> tuple[float, float]:
-    """(best IoU, angle): the prediction is closest to the truth turned by `angle` degrees, so the
-    field seen from azimuth a + angle shows what the truth shows from azimuth a."""
-    angles = list(angles)
-    scores = rotation_ious(pred_occ, true_occ, angles)
-    k = int(np.argmax(scores))
-    return scores[k], float(angles[k])
-
-
 def true_rotations(shape: str, resolution: int, angles: Iterable[float] = ANGLES) -> list[Tensor]:
     """Occupancy grids of a primitive turned by each angle, exact at the voxel centres (no
     resampling of an already voxelised grid). A shape symmetric about +y is evaluated once and

@@ -116,16 +116,6 @@ def render_frames(
     return np.stack(frames), np.stack(depths), np.stack(opacities)
 
 
-def temporal_jitter(frames: np.ndarray) -> float:
-    """Root-mean-square second difference in time of frames [N, H, W, 3], in 0-255 units: steady
-    motion (pixels changing at a constant rate) scores 0, pixels popping between frames (aliasing)
-    score high. Squaring weighs one full pop above the same change spread over several frames."""
-    f = frames.astype(np.float64)
-    if len(f) < 3:
-        raise ValueError(f"jitter needs at least 3 frames, got {len(f)}")
-    return float(np.sqrt(np.mean((f[2:] - 2 * f[1:-1] + f[:-2]) ** 2)))
-
-
 def render_views(
     field: Field, views: Sequence[View], size: int, decode: Decode | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
