@@ -99,3 +99,39 @@ def test_a_bad_plugin_is_one_line_and_exit_2(plugin_dir, spec, message):
     done = _sjc("sample", "--prior", spec, "--preset", "tiny", "--out", "out", cwd=plugin_dir)
     assert done.returncode == 2 and message in done.stderr, done.stderr[-2000:]
     assert "Traceback" not in done.stderr and len(done.stderr.strip().splitlines()) == 1
+
+
+def test_generate_takes_a_python_prior_and_cameras_and_a_stopped_run_resumes(plugin_dir):
+    import dataclasses
+
+    from gmm_prior import make_prior
+
+    import sjc
+    from sjc.core.fit import PerspectiveCameras
+
+    calls = []
+
+    def cameras(generator, size):  # the paper's cameras, counted
+        calls.append(size)
+        return PerspectiveCameras()(generator, size)
+
+    cfg = dataclasses.replace(sjc.preset("python:gmm_prior:make_prior", "tiny"), out=str(plugin_dir / "run"))
+    cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, steps=12, checkpoint_every=100))
+    first = sjc.generate(cfg, prior=make_prior(), cameras=cameras, callback=lambda s: s.step == 5, progress=False)
+    assert first.stopped and first.files == {} and len(calls) == 5
+    assert sorted(p.name for p in (plugin_dir / "run" / "checkpoints").iterdir()) == ["step_0000005.safetensors"]
+    resumed = dataclasses.replace(cfg, resume=cfg.out)
+    done = sjc.generate(resumed, prior=make_prior(), cameras=cameras, progress=False)
+    assert not done.stopped and len(calls) == 12 and {"mp4", "views"} <= set(done.files)
+    _, field, step = sjc.load_run(plugin_dir / "run")
+    assert step == 12 and sjc.load_run(plugin_dir / "run")[1].grid.equal(done.field.grid)
+
+
+def test_an_entry_point_names_a_plugin_prior(plugin_dir):
+    info = plugin_dir / "gmm_prior-1.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: gmm-prior\nVersion: 1.0\n")
+    (info / "entry_points.txt").write_text("[sjc.priors]\ngmm = gmm_prior:make_prior\n")
+    done = _sjc("sample", "--prior", "gmm", "--preset", "tiny", "--out", "out", cwd=plugin_dir)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert json.loads((plugin_dir / "out" / "summary.json").read_text())["config"]["prior"] == "gmm"
