@@ -1,17 +1,19 @@
-"""Speed of the renderer and of whole SJC steps, against the dense reference, measured in one run.
+"""Speed of the renderer and of whole SJC steps against the official algorithm, idle and beside a busy process.
 
-Times forward, backward and optimiser step (medians after warm-up; contenders interleaved step by
-step so machine load hits them alike) and the peak extra memory of a step, for the dense reference
-(`sjc.core.reference.render_dense`), the fast renderer with exact optimisations only, and with empty-space
-skipping, at the paper's setting (100^3, 64x64, C = 4) and at 160^3 / 128x128, with the field at
-initialisation and formed (an opaque sphere of radius 0.5, empty elsewhere). Before timing it checks
-that the fast renderer (skipping off) equals the reference in image, depth and gradients.
+Times forward, backward and optimiser step (medians after warm-up; contenders interleaved step by step so
+machine load hits them alike) and the peak extra memory of a step, for the official renderer as its code does
+it (`sjc.core.official.render_official`: the baseline of every speed-up), the fast renderer with exact
+optimisations only, and with empty-space skipping, at the paper's setting (100^3, 64x64, C = 4) and at
+160^3 / 128x128, with the field at initialisation and formed (an opaque sphere of radius 0.5, empty
+elsewhere). Each (threads, load) configuration runs in a fresh process, with sjc's OpenMP settings; 'busy'
+starts a competing CPU-bound process beside it (bounded in time, stopped after). Before timing it checks that
+the fast renderer (skipping off) equals the exact dense reference (`render_dense`) in image, depth and gradients.
 
-Then: one whole SJC step with the toy prior (trainer.sjc_step, default toy preset, first steps of a
-run), the throughput of rendering a turntable, and `sjc generate` with the default toy preset.
+Then: one whole SJC step with the toy prior (`core.fit.sjc_step`, default toy preset, first steps of a run),
+the throughput of rendering a turntable, and `sjc generate` with the default toy preset, idle and busy.
 
-    python benchmarks/speed.py                          # everything, one thread (~25 minutes on 2 busy cores)
-    python benchmarks/speed.py --only render --configs paper
+    python benchmarks/speed.py                          # everything (about 30 minutes on 2 cores)
+    python benchmarks/speed.py --only render --configs paper --threads 1 --load idle
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import ctypes
 import dataclasses
 import json
 import multiprocessing
+import os
 import re
 import statistics
 import subprocess
@@ -37,12 +40,14 @@ from sjc.app.presets import preset
 from sjc.core import chaining
 from sjc.core import fit as trainer
 from sjc.core.cameras import Camera, camera_from_view, sample_training_view, turntable_views
+from sjc.core.official import render_official
 from sjc.core.reference import render_dense
 from sjc.core.render import Rendering, render
 from sjc.core.settings import FieldConfig
 from sjc.core.voxel import VoxelField
 
 CONFIGS = {"paper": (100, 64), "large": (160, 128)}  # grid resolution, image side
+BASELINE = "official"
 STATES = ("init", "formed")
 CHANNELS = 4
 EMPTINESS = 1e4  # the paper's weight: the emptiness loss is part of every step
@@ -115,7 +120,7 @@ class Contender:
 
 def contenders(resolution: int, state: str) -> list[Contender]:
     return [
-        Contender("reference", make_field(resolution, state), render_dense),
+        Contender(BASELINE, make_field(resolution, state), render_official),
         Contender("fast (exact)", make_field(resolution, state), render),
         Contender(
             "fast + skipping",
@@ -197,18 +202,18 @@ def check_equal(resolution: int, size: int, state: str) -> bool:
 TOY_PROMPT = "a red and blue cube"
 
 
-def _reference_render(field, camera, **_):
-    return render_dense(field, camera)
+def _official_render(field, camera, **_):
+    return render_official(field, camera)
 
 
 def toy_step_ms(steps: int, warmup: int) -> dict[str, float]:
-    """Median milliseconds of trainer.sjc_step (toy prior, default preset) per renderer, interleaved."""
+    """Median milliseconds of core.fit.sjc_step (toy prior, default preset) per renderer, interleaved."""
     from sjc.app.runs import prior_from_config
 
     cfg = dataclasses.replace(preset("toy", "default"), prompt=TOY_PROMPT)
     prior, cpu = prior_from_config(cfg, torch.device("cpu")), torch.device("cpu")
     runs = {}
-    for name, skip in (("reference", False), ("fast (exact)", False), ("fast + skipping", True)):
+    for name, skip in ((BASELINE, False), ("fast (exact)", False), ("fast + skipping", True)):
         c = dataclasses.replace(cfg, field=dataclasses.replace(cfg.field, skip_empty=skip))
         gens = trainer.make_generators(c.train.seed, cpu)
         field = trainer.build_field(prior, c.field, cpu, generator=gens["init"])
@@ -220,7 +225,7 @@ def toy_step_ms(steps: int, warmup: int) -> dict[str, float]:
             schedule_steps=c.train.schedule_steps,
             optimizer=trainer.make_optimizer(field, c.optim),
             generators=gens,
-            render_fn=_reference_render if name == "reference" else None,  # None: `render` with the field settings
+            render_fn=_official_render if name == BASELINE else None,  # None: `render` with the field settings
         )
         runs[name] = (field, loop)
     times: dict[str, list[float]] = {name: [] for name in runs}
@@ -237,22 +242,23 @@ def toy_step_ms(steps: int, warmup: int) -> dict[str, float]:
 def turntable_fps(frames: int, size: int) -> dict[str, float]:
     """Frames per second rendering a turntable of the formed 100^3 field (no gradients), interleaved."""
     field = make_field(100, "formed")
-    seconds = {"reference": 0.0, "fast (exact)": 0.0}
+    seconds = {BASELINE: 0.0, "fast (exact)": 0.0}
     for view in turntable_views(frames):
         camera = camera_from_view(view, size)
-        for name, fn in (("reference", render_dense), ("fast (exact)", render)):
+        for name, fn in ((BASELINE, render_official), ("fast (exact)", render)):
             start = time.perf_counter()
             fn(field, camera)
             seconds[name] += time.perf_counter() - start
     return {name: frames / s for name, s in seconds.items()}
 
 
-def generate_seconds(skip: bool, threads: int) -> dict[str, float]:
-    """`sjc generate` with the default toy preset: wall seconds in all, and of its training loop."""
+def generate_seconds(threads: int | None) -> dict[str, float]:
+    """`sjc generate` with the default toy preset (and `--threads` unless None): wall seconds in all, and of
+    its training loop."""
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "run"
         command = [str(Path(sys.executable).parent / "sjc"), "generate", TOY_PROMPT, "--out", str(out)]
-        command += ["--threads", str(threads), "--field.skip-empty" if skip else "--field.no-skip-empty"]
+        command += ["--threads", str(threads)] if threads else []
         start = time.perf_counter()
         subprocess.run(command, check=True, capture_output=True)
         wall = time.perf_counter() - start
@@ -260,19 +266,51 @@ def generate_seconds(skip: bool, threads: int) -> dict[str, float]:
         return {"wall": wall, "training": last["seconds"], "steps": last["step"]}
 
 
+# --- load: a competing CPU-bound process --------------------------------------------------------
+@contextlib.contextmanager
+def competing_load(busy: bool, seconds: float = 1800.0):
+    """Within the block, with `busy`, another process spins on one core (it stops by itself after
+    `seconds`, and is stopped at the end of the block)."""
+    if not busy:
+        yield
+        return
+    spin = f"import time\nend = time.time() + {seconds}\nwhile time.time() < end:\n    pass\n"
+    proc = subprocess.Popen([sys.executable, "-c", spin])
+    try:
+        time.sleep(0.5)  # running before the first timed step
+        yield
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def _in_process(threads: int, busy: bool, job: Callable, *args):
+    """job(*args) in a fresh process with `threads` PyTorch threads (and sjc's OpenMP settings), beside a
+    competing process when `busy`."""
+    context = multiprocessing.get_context("spawn")
+    with competing_load(busy), context.Pool(1, initializer=torch.set_num_threads, initargs=(threads,)) as pool:
+        return pool.apply(job, args)
+
+
 # --- tables -----------------------------------------------------------------------------------
-def render_table(results: list[tuple[str, str, dict]]) -> str:
+def render_table(results: list[tuple[str, str, int, dict]]) -> str:
     lines = [
-        "| setting | state | renderer | forward (ms) | backward (ms) | optimiser (ms) | step (ms) | speed-up | "
-        "peak memory (MB) |",
-        "|" + "---|" * 9,
+        "| setting | state | threads | renderer | forward (ms) | backward (ms) | step idle (ms) | speed-up | "
+        "step busy (ms) | busy / idle | peak memory (MB) |",
+        "|" + "---|" * 11,
     ]
-    for setting, state, summary in results:
-        ref = summary["reference"]["total"]
-        for name, s in summary.items():
+    for setting, state, threads, by_load in results:
+        idle, busy = by_load.get("idle"), by_load.get("busy")
+        first = idle or busy
+        for name in first:
+            i, b = (idle or {}).get(name), (busy or {}).get(name)
+            speed_up = f"{idle[BASELINE]['total'] / i['total']:.2f}x" if i else "-"
+            ratio = f"{b['total'] / i['total']:.2f}" if i and b else "-"
+            s = i or b
+            step_idle, step_busy = (f"{1e3 * x['total']:.0f}" if x else "-" for x in (i, b))
             lines.append(
-                f"| {setting} | {state} | {name} | {1e3 * s['forward']:.0f} | {1e3 * s['backward']:.0f} | "
-                f"{1e3 * s['optimiser']:.0f} | {1e3 * s['total']:.0f} | {ref / s['total']:.2f}x | {s['peak_mb']:.0f} |"
+                f"| {setting} | {state} | {threads} | {name} | {1e3 * s['forward']:.0f} | {1e3 * s['backward']:.0f} | "
+                f"{step_idle} | {speed_up} | {step_busy} | {ratio} | {s.get('peak_mb', float('nan')):.0f} |"
             )
     return "\n".join(lines)
 
@@ -280,43 +318,47 @@ def render_table(results: list[tuple[str, str, dict]]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--configs", nargs="*", default=list(CONFIGS), choices=list(CONFIGS))
-    parser.add_argument("--steps", type=int, default=20, help="timed steps per contender (after warm-up)")
+    parser.add_argument("--steps", type=int, default=21, help="timed steps per contender (after warm-up)")
     parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument(
-        "--threads",
-        type=int,
-        default=1,
-        help="PyTorch threads; 0 keeps PyTorch's default (on a busy 2-core machine two threads ran every "
-        "renderer several times slower than one)",
-    )
+    parser.add_argument("--threads", type=int, nargs="+", default=[1, 2], help="PyTorch threads to measure")
+    parser.add_argument("--load", nargs="+", choices=("idle", "busy"), default=["idle", "busy"])
     parser.add_argument("--only", choices=("render", "steps"), default=None, help="the renderer table, or the rest")
     args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s)")
+    print(f"torch {torch.__version__}, {os.cpu_count()} cores, OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}")
     if args.only != "steps":
         render_tables(args)
     if args.only != "render":
         other_timings(args)
 
 
+def _other(steps: int, warmup: int) -> tuple[dict, dict]:
+    return toy_step_ms(steps, warmup), turntable_fps(24, 128)
+
+
 def other_timings(args: argparse.Namespace) -> None:
-    ms = toy_step_ms(args.steps, args.warmup)
-    print(f"\nWhole SJC step, toy prior, default preset (32^3, 32x32), first {args.steps} steps after warm-up:")
-    print(" | ".join(f"{name} {t:.1f} ms ({ms['reference'] / t:.2f}x)" for name, t in ms.items()))
-    fps = turntable_fps(24, 128)
-    print(
-        "Turntable of the formed 100^3 field at 128x128, no gradients: "
-        + " | ".join(f"{name} {f:.2f} frames/s" for name, f in fps.items())
-    )
-    for skip in (False, True):
-        g = generate_seconds(skip, torch.get_num_threads())
+    for threads in args.threads:
+        for load in args.load:
+            ms, fps = _in_process(threads, load == "busy", _other, args.steps, args.warmup)
+            print(f"\n{threads} thread(s), {load}:")
+            print(
+                f"  whole SJC step, toy prior, default preset (32^3, 32x32), {args.steps} steps after warm-up: ", end=""
+            )
+            print(" | ".join(f"{name} {t:.1f} ms ({ms[BASELINE] / t:.2f}x)" for name, t in ms.items()))
+            print("  turntable of the formed 100^3 field at 128x128, no gradients: ", end="")
+            print(" | ".join(f"{name} {f:.2f} frames/s" for name, f in fps.items()), flush=True)
+    for load in args.load:
+        with competing_load(load == "busy"):
+            g = generate_seconds(None)
         print(
-            f"sjc generate '{TOY_PROMPT}' (toy default preset, skipping {'on' if skip else 'off'}): "
-            f"{g['wall']:.0f} s in all, training loop {g['training']:.0f} s "
-            f"({1e3 * g['training'] / g['steps']:.1f} ms/step over {g['steps']} steps)",
+            f"sjc generate '{TOY_PROMPT}' (toy default preset, default threads), {load}: {g['wall']:.0f} s in all, "
+            f"training loop {g['training']:.0f} s ({1e3 * g['training'] / g['steps']:.1f} ms/step over {g['steps']} "
+            "steps)",
             flush=True,
         )
+
+
+def _timed(resolution: int, size: int, state: str, steps: int, warmup: int) -> dict:
+    return time_steps(resolution, size, state, steps, warmup)
 
 
 def render_tables(args: argparse.Namespace) -> None:
@@ -325,12 +367,18 @@ def render_tables(args: argparse.Namespace) -> None:
         resolution, size = CONFIGS[setting]
         for state in STATES:
             check_equal(resolution, size, state)
-            summary = time_steps(resolution, size, state, args.steps, args.warmup)
-            peaks = peak_memories(resolution, size, state, list(summary), torch.get_num_threads())
-            for name, peak in peaks.items():
-                summary[name]["peak_mb"] = peak
-            results.append((f"{setting} ({resolution}^3, {size}x{size})", state, summary))
-            print(render_table(results[-1:]), flush=True)
+            for threads in args.threads:
+                by_load = {}
+                for load in args.load:
+                    by_load[load] = _in_process(
+                        threads, load == "busy", _timed, resolution, size, state, args.steps, args.warmup
+                    )
+                if "idle" in by_load:
+                    names = list(by_load["idle"])
+                    for name, peak in peak_memories(resolution, size, state, names, threads).items():
+                        by_load["idle"][name]["peak_mb"] = peak
+                results.append((f"{setting} ({resolution}^3, {size}x{size})", state, threads, by_load))
+                print(render_table(results[-1:]), flush=True)
     print()
     print(render_table(results))
 

@@ -125,3 +125,27 @@ def test_fast_renderer_equals_the_dense_reference(state):
         assert torch.allclose(a, b, atol=1e-4)
     for ga, gb in zip(_grads(field, ref), _grads(field, render(field, cam, min_transmittance=0)), strict=True):
         assert torch.allclose(ga, gb, atol=1e-4)
+
+
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA"))]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("skip_empty", [False, True])
+def test_every_device_renders_as_the_dense_reference_with_its_own_lookup(device, skip_empty):
+    # The field picks its lookup per device ('auto': the sparse product on CPU, grid_sample elsewhere), and
+    # the whole training path (occupancy, early termination, skipping, compositing, backward) must agree.
+    from sjc.core.official import render_official
+    from sjc.core.reference import render_dense
+
+    field = density_test_field("empty regions").to(device)
+    field.refresh_occupancy()
+    cam = camera_from_view(View(40, 25, fov=55), 10)
+    ref, fast = render_dense(field, cam), render(field, cam, skip_empty=skip_empty)
+    assert fast.image.device.type == device
+    for a, b in zip((ref.image, ref.depth, ref.weights), (fast.image, fast.depth, fast.weights), strict=True):
+        assert torch.allclose(a, b, atol=1e-4)
+    for ga, gb in zip(_grads(field, ref), _grads(field, render(field, cam, skip_empty=skip_empty)), strict=True):
+        assert torch.allclose(ga, gb, atol=1e-4)
+    official = render_official(field, cam)  # the speed baseline runs on every device too
+    assert official.image.device.type == device and torch.isfinite(official.image).all()

@@ -10,9 +10,16 @@ imported on first use, so `import sjc` stays light (the command line's help impo
 from __future__ import annotations
 
 import importlib
+import os
 from typing import Any
 
 __version__ = "0.1.0"
+
+# OpenMP threads that wait at a barrier sleep instead of spinning (unless the user chose otherwise). Spinning
+# wins a little on an idle machine, but beside another busy process the spinning threads take the cores the
+# working ones need, and each of a step's hundreds of parallel regions waits on a descheduled thread: 2-3x
+# slower steps at two threads on two cores (docs/CONVENTIONS.md, "Threads"). Read when torch is first imported.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 # name -> module (relative to this package) that defines it
 API = {

@@ -1,9 +1,9 @@
 """A dense reference renderer: the same compositing as `render.render`, written the plain way.
 
 Every sample inside the box is evaluated, density and features by separate grid_sample lookups,
-with boolean-mask scatter into dense [rays, samples] tensors (the official implementation's
-algorithm, without its weight threshold). It is slow on purpose: tests and the speed benchmark
-check the fast renderer against it.
+with boolean-mask scatter into dense [rays, samples] tensors, in sjc's conventions (midpoint samples,
+border padding, every feature looked up). It is slow on purpose: tests and the speed benchmark check the
+fast renderer against it. The official code's own algorithm, the baseline of speed-ups, is `official`.
 """
 
 from __future__ import annotations
