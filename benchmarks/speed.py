@@ -322,13 +322,17 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2], help="PyTorch threads to measure")
     parser.add_argument("--load", nargs="+", choices=("idle", "busy"), default=["idle", "busy"])
-    parser.add_argument("--only", choices=("render", "steps"), default=None, help="the renderer table, or the rest")
+    parser.add_argument(
+        "--only", choices=("render", "steps", "generate"), default=None, help="the renderer table, or one of the rest"
+    )
     args = parser.parse_args()
     print(f"torch {torch.__version__}, {os.cpu_count()} cores, OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}")
-    if args.only != "steps":
+    if args.only in (None, "render"):
         render_tables(args)
-    if args.only != "render":
+    if args.only in (None, "steps"):
         other_timings(args)
+    if args.only in (None, "generate"):
+        generate_timings(args)
 
 
 def _other(steps: int, warmup: int) -> tuple[dict, dict]:
@@ -346,15 +350,19 @@ def other_timings(args: argparse.Namespace) -> None:
             print(" | ".join(f"{name} {t:.1f} ms ({ms[BASELINE] / t:.2f}x)" for name, t in ms.items()))
             print("  turntable of the formed 100^3 field at 128x128, no gradients: ", end="")
             print(" | ".join(f"{name} {f:.2f} frames/s" for name, f in fps.items()), flush=True)
-    for load in args.load:
-        with competing_load(load == "busy"):
-            g = generate_seconds(None)
-        print(
-            f"sjc generate '{TOY_PROMPT}' (toy default preset, default threads), {load}: {g['wall']:.0f} s in all, "
-            f"training loop {g['training']:.0f} s ({1e3 * g['training'] / g['steps']:.1f} ms/step over {g['steps']} "
-            "steps)",
-            flush=True,
-        )
+
+
+def generate_timings(args: argparse.Namespace) -> None:
+    for threads in args.threads:
+        for load in args.load:
+            with competing_load(load == "busy"):
+                g = generate_seconds(threads)
+            print(
+                f"sjc generate '{TOY_PROMPT}' (toy default preset) --threads {threads}, {load}: {g['wall']:.0f} s in "
+                f"all, training loop {g['training']:.0f} s ({1e3 * g['training'] / g['steps']:.1f} ms/step over "
+                f"{g['steps']} steps)",
+                flush=True,
+            )
 
 
 def _timed(resolution: int, size: int, state: str, steps: int, warmup: int) -> dict:

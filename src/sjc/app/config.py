@@ -23,6 +23,13 @@ from ..priors import check_prior
 from ..priors.settings import PixelConfig, SDConfig, ToyConfig
 
 
+# One PyTorch thread: the fastest for the toy presets idle or beside other work (a toy step took 18 ms at one
+# thread and 28 ms at two on 2 idle cores; 17 and 39 ms beside a busy process), and within 15% of two threads
+# at the paper's 100^3 / 64x64 setting (docs/CONVENTIONS.md, "Threads"). Several runs on one machine then
+# share it without contention. --threads raises it (e.g. for a pixel prior's network on the CPU).
+DEFAULT_THREADS = 1
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     steps: Annotated[int, tyro.conf.arg(aliases=("--steps",))] = 10000
@@ -57,8 +64,8 @@ class GenerateConfig:
     """Run folder; default runs/<prompt-slug> (runs/<model-slug> for the unconditional pixel prior)."""
     device: str = "auto"
     """'auto' (CUDA when present, else CPU), 'cpu', 'cuda', 'cuda:1', ..."""
-    threads: int | None = None
-    """CPU threads for PyTorch; None keeps PyTorch's default."""
+    threads: int | None = DEFAULT_THREADS
+    """CPU threads for PyTorch; None keeps PyTorch's default (all cores)."""
     dry_run: bool = False
     """Print the resolved configuration and exit."""
     overwrite: bool = False
@@ -108,8 +115,8 @@ class RenderConfig:
     """MP4 path; None writes RUN/render.mp4. The GIF (.gif) and the depth video (-depth.mp4) go next to it."""
     device: str = "auto"
     """'auto' (CUDA when present, else CPU), 'cpu', 'cuda', ..."""
-    threads: int | None = None
-    """CPU threads for PyTorch; None keeps PyTorch's default."""
+    threads: int | None = DEFAULT_THREADS
+    """CPU threads for PyTorch; None keeps PyTorch's default (all cores)."""
 
 
 @dataclass(frozen=True)
@@ -140,8 +147,8 @@ class ExportMeshConfig:
     the run's export.turntable_size (64 latents, decoded to 512 px, for SD)."""
     device: str = "auto"
     """'auto' (CUDA when present, else CPU), 'cpu', 'cuda', ..."""
-    threads: int | None = None
-    """CPU threads for PyTorch; None keeps PyTorch's default."""
+    threads: int | None = DEFAULT_THREADS
+    """CPU threads for PyTorch; None keeps PyTorch's default (all cores)."""
 
 
 # --- (de)serialisation -------------------------------------------------------------------

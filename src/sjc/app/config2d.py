@@ -13,7 +13,7 @@ import tyro
 from ..core.settings import PAPER_GUIDANCE_SCALE
 from ..priors import check_prior
 from ..priors.settings import PixelConfig, SDConfig, ToyConfig
-from .config import raise_first
+from .config import DEFAULT_THREADS, raise_first
 
 
 @dataclass(frozen=True)
@@ -31,8 +31,8 @@ class Config2D:
     """Output folder; default runs/<command>/<prompt-or-model-slug>-<method>."""
     device: str = "auto"
     """'auto' (CUDA when present, else CPU), 'cpu', 'cuda', 'cuda:1', ..."""
-    threads: int | None = None
-    """CPU threads for PyTorch; None keeps PyTorch's default."""
+    threads: int | None = DEFAULT_THREADS
+    """CPU threads for PyTorch; None keeps PyTorch's default (all cores)."""
     dry_run: bool = False
     """Print the resolved configuration and exit."""
     overwrite: bool = False
