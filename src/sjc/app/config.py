@@ -22,7 +22,6 @@ from ..outputs.settings import ExportConfig
 from ..priors import check_prior
 from ..priors.settings import PixelConfig, SDConfig, ToyConfig
 
-
 # One PyTorch thread: the fastest for the toy presets idle or beside other work (a toy step took 18 ms at one
 # thread and 28 ms at two on 2 idle cores; 17 and 39 ms beside a busy process), and within 15% of two threads
 # at the paper's 100^3 / 64x64 setting (docs/CONVENTIONS.md, "Threads"). Several runs on one machine then
