@@ -2,12 +2,13 @@
 
 Times forward, backward and optimiser step (medians after warm-up; contenders interleaved step by step so
 machine load hits them alike) and the peak extra memory of a step, for the official renderer as its code does
-it (`sjc.core.official.render_official`: the baseline of every speed-up), the fast renderer with exact
-optimisations only, and with empty-space skipping, at the paper's setting (100^3, 64x64, C = 4) and at
-160^3 / 128x128, with the field at initialisation and formed (an opaque sphere of radius 0.5, empty
-elsewhere). Each (threads, load) configuration runs in a fresh process, with sjc's OpenMP settings; 'busy'
-starts a competing CPU-bound process beside it (bounded in time, stopped after). Before timing it checks that
-the fast renderer (skipping off) equals the exact dense reference (`render_dense`) in image, depth and gradients.
+it (`sjc.core.official.render_official`: the baseline of every speed-up), sjc's PyTorch renderer with empty-
+space skipping, and the fused kernels (`sjc.core.fused`, the default on the CPU) exact and with skipping, at
+the paper's setting (100^3, 64x64, C = 4) and at 160^3 / 128x128, with the field at initialisation and formed
+(an opaque sphere of radius 0.5, empty elsewhere). Each (threads, load) configuration runs in a fresh process,
+with sjc's OpenMP settings; 'busy' starts a competing CPU-bound process beside it (bounded in time, stopped
+after). Before timing it checks that both fast renderers (skipping off) equal the exact dense reference
+(`render_dense`) in image, depth, gradients.
 
 Then: one whole SJC step with the toy prior (`core.fit.sjc_step`, default toy preset, first steps of a run),
 the throughput of rendering a turntable, and `sjc generate` with the default toy preset, idle and busy.
@@ -119,14 +120,21 @@ class Contender:
 
 
 def contenders(resolution: int, state: str) -> list[Contender]:
+    every = FieldConfig().occupancy_every
     return [
         Contender(BASELINE, make_field(resolution, state), render_official),
-        Contender("fast (exact)", make_field(resolution, state), render),
         Contender(
-            "fast + skipping",
+            "PyTorch + skipping",
+            make_field(resolution, state),
+            lambda f, c: render(f, c, skip_empty=True, engine="torch"),
+            refresh_every=every,
+        ),
+        Contender("fused (exact)", make_field(resolution, state), render),
+        Contender(
+            "fused + skipping",
             make_field(resolution, state),
             lambda f, c: render(f, c, skip_empty=True),
-            refresh_every=FieldConfig().occupancy_every,
+            refresh_every=every,
         ),
     ]
 
@@ -180,8 +188,11 @@ def max_differences(resolution: int, size: int, state: str, dtype: torch.dtype) 
     cam = training_cameras(1, size, seed=5)[0]
     g = torch.randn(1, CHANNELS, size, size, generator=torch.Generator().manual_seed(2)).to(dtype)
     ref = _outputs_and_grads(field, render_dense(field, cam), g)
-    fast = _outputs_and_grads(field, render(field, cam), g)
-    return {k: float((ref[k] - fast[k]).abs().max()) for k in ref}
+    diffs: dict[str, float] = {}
+    for engine in ("auto", "torch"):  # the fused kernels and the PyTorch path
+        fast = _outputs_and_grads(field, render(field, cam, engine=engine), g)
+        diffs |= {f"{engine} {k}": float((ref[k] - fast[k]).abs().max()) for k in ref}
+    return diffs
 
 
 def check_equal(resolution: int, size: int, state: str) -> bool:
@@ -191,8 +202,8 @@ def check_equal(resolution: int, size: int, state: str) -> bool:
     rounded = max_differences(resolution, size, state, torch.float32)
     ok = max(exact.values()) <= TOLERANCE
     print(
-        f"fast (exact) vs reference, {state}, max abs difference in float64 ({'OK' if ok else 'MISMATCH'}): "
-        + ", ".join(f"{k} {v:.1e}" for k, v in exact.items())
+        f"fused (auto) and PyTorch (torch) renderers vs reference, {state}, largest difference in float64 "
+        f"({'OK' if ok else 'MISMATCH'}): " + ", ".join(f"{k} {v:.1e}" for k, v in exact.items())
     )
     print("  the same in float32: " + ", ".join(f"{k} {v:.1e}" for k, v in rounded.items()))
     return ok
@@ -213,7 +224,7 @@ def toy_step_ms(steps: int, warmup: int) -> dict[str, float]:
     cfg = dataclasses.replace(preset("toy", "default"), prompt=TOY_PROMPT)
     prior, cpu = prior_from_config(cfg, torch.device("cpu")), torch.device("cpu")
     runs = {}
-    for name, skip in ((BASELINE, False), ("fast (exact)", False), ("fast + skipping", True)):
+    for name, skip in ((BASELINE, False), ("fused (exact)", False), ("fused + skipping", True)):
         c = dataclasses.replace(cfg, field=dataclasses.replace(cfg.field, skip_empty=skip))
         gens = trainer.make_generators(c.train.seed, cpu)
         field = trainer.build_field(prior, c.field, cpu, generator=gens["init"])
@@ -242,10 +253,10 @@ def toy_step_ms(steps: int, warmup: int) -> dict[str, float]:
 def turntable_fps(frames: int, size: int) -> dict[str, float]:
     """Frames per second rendering a turntable of the formed 100^3 field (no gradients), interleaved."""
     field = make_field(100, "formed")
-    seconds = {BASELINE: 0.0, "fast (exact)": 0.0}
+    seconds = {BASELINE: 0.0, "fused (exact)": 0.0}
     for view in turntable_views(frames):
         camera = camera_from_view(view, size)
-        for name, fn in ((BASELINE, render_official), ("fast (exact)", render)):
+        for name, fn in ((BASELINE, render_official), ("fused (exact)", render)):
             start = time.perf_counter()
             fn(field, camera)
             seconds[name] += time.perf_counter() - start

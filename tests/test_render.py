@@ -113,26 +113,31 @@ def _grads(field, out):
     return [p.grad.clone() for p in (field.grid, field.d_scale, field.bg)]
 
 
+@pytest.mark.parametrize("engine", ["auto", "torch"])  # 'auto' is the fused kernels on the CPU
 @pytest.mark.parametrize("state", ["random", "empty regions", "opaque"])
-def test_fast_renderer_equals_the_dense_reference(state):
+def test_fast_renderer_equals_the_dense_reference(state, engine):
     from sjc.core.reference import render_dense
 
     field = density_test_field(state)
     cam = camera_from_view(View(40, 25, fov=55), 10)
     ref = render_dense(field, cam)
-    fast = render(field, cam, min_transmittance=0)
+    fast = render(field, cam, min_transmittance=0, engine=engine)
     for a, b in zip((ref.image, ref.depth, ref.weights), (fast.image, fast.depth, fast.weights), strict=True):
         assert torch.allclose(a, b, atol=1e-4)
-    for ga, gb in zip(_grads(field, ref), _grads(field, render(field, cam, min_transmittance=0)), strict=True):
+    again = render(field, cam, min_transmittance=0, engine=engine)
+    for ga, gb in zip(_grads(field, ref), _grads(field, again), strict=True):
         assert torch.allclose(ga, gb, atol=1e-4)
+    with pytest.raises(ValueError, match="unknown render engine"):
+        render(field, cam, engine="magic")
 
 
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA"))]
 
 
 @pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("engine", ["auto", "torch"])
 @pytest.mark.parametrize("skip_empty", [False, True])
-def test_every_device_renders_as_the_dense_reference_with_its_own_lookup(device, skip_empty):
+def test_every_device_renders_as_the_dense_reference_with_its_own_lookup(device, engine, skip_empty):
     # The field picks its lookup per device ('auto': the sparse product on CPU, grid_sample elsewhere), and
     # the whole training path (occupancy, early termination, skipping, compositing, backward) must agree.
     from sjc.core.official import render_official
@@ -141,11 +146,12 @@ def test_every_device_renders_as_the_dense_reference_with_its_own_lookup(device,
     field = density_test_field("empty regions").to(device)
     field.refresh_occupancy()
     cam = camera_from_view(View(40, 25, fov=55), 10)
-    ref, fast = render_dense(field, cam), render(field, cam, skip_empty=skip_empty)
+    ref, fast = render_dense(field, cam), render(field, cam, skip_empty=skip_empty, engine=engine)
     assert fast.image.device.type == device
     for a, b in zip((ref.image, ref.depth, ref.weights), (fast.image, fast.depth, fast.weights), strict=True):
         assert torch.allclose(a, b, atol=1e-4)
-    for ga, gb in zip(_grads(field, ref), _grads(field, render(field, cam, skip_empty=skip_empty)), strict=True):
+    again = render(field, cam, skip_empty=skip_empty, engine=engine)
+    for ga, gb in zip(_grads(field, ref), _grads(field, again), strict=True):
         assert torch.allclose(ga, gb, atol=1e-4)
     official = render_official(field, cam)  # the speed baseline runs on every device too
     assert official.image.device.type == device and torch.isfinite(official.image).all()

@@ -6,13 +6,18 @@ import torch
 import torch.nn.functional as F
 
 from fields import density_test_field
+from sjc.core import render as rendering
 from sjc.core.cameras import View, camera_from_view
 from sjc.core.reference import render_dense
-from sjc.core.render import render
 from sjc.core.trilinear import cell_coords, trilinear
 from sjc.core.voxel import VoxelField
 
 CAM = View(40, 25, fov=55)
+
+
+def render(*args, **kwargs):
+    """The PyTorch path: this file checks its own shortcuts (the fused kernels are checked in test_fused.py)."""
+    return rendering.render(*args, engine="torch", **kwargs)
 
 
 def _grid_sample(grid, pts):

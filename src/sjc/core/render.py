@@ -57,6 +57,9 @@ def ray_aabb(origins: Tensor, dirs: Tensor, aabb: Tensor) -> tuple[Tensor, Tenso
     return near, far
 
 
+ENGINES = ("auto", "torch")
+
+
 def render(
     field: Field,
     camera: Camera,
@@ -64,6 +67,7 @@ def render(
     min_transmittance: float = 1e-8,
     far_depth: float = 10.0,
     skip_empty: bool = False,
+    engine: str = "auto",
 ) -> Rendering:
     """Render `field` from `camera`; differentiable in the field's parameters.
 
@@ -71,7 +75,17 @@ def render(
     (at 1e-8, images and gradients stay within 1e-4 of evaluating them all). `skip_empty` leaves out the
     samples in cells the field's occupancy grid marks empty: an approximation in training (they get no
     gradient until the grid is refreshed), exact in the image if the grid was refreshed after the density
-    last changed."""
+    last changed. `engine` 'auto' marches each ray once in the fused kernels of `fused.py` where the field
+    allows it (a VoxelField on the CPU with its automatic lookup, numba installed), else in PyTorch ('torch',
+    below: the same function, on any device)."""
+    if engine not in ENGINES:
+        raise ValueError(f"unknown render engine {engine!r}; use one of {ENGINES}")
+    if engine == "auto" and _fused_supports(field):
+        from .fused import render_fused
+
+        return render_fused(
+            field, camera, min_transmittance=min_transmittance, far_depth=far_depth, skip_empty=skip_empty
+        )
     aabb = field.aabb
     origins, dirs = camera.rays(device=aabb.device, dtype=aabb.dtype)
     near, far = ray_aabb(origins, dirs, aabb)
@@ -193,3 +207,14 @@ def _has_empty_cells(field: Field) -> bool:
     if occupancy is None or not hasattr(field, "cell_query"):
         raise ValueError(f"skip_empty needs a field with an occupancy grid; {type(field).__name__} has none")
     return not bool(occupancy.all())
+
+
+def _fused_supports(field: Field) -> bool:
+    """Whether the fused kernels can render `field` (imported on first use: numba takes a moment to load)."""
+    if getattr(field, "lookup", None) != "auto" or field.aabb.device.type != "cpu":
+        return False
+    try:
+        from . import fused
+    except ImportError:
+        return False
+    return fused.supports(field)

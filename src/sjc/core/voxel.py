@@ -59,7 +59,8 @@ class VoxelField(nn.Module):
         self.background_mode = background
         self.background_value = background_value
         # How query() interpolates: 'sparse' (trilinear.py; several times faster on CPU), 'grid_sample'
-        # (PyTorch's), or 'auto' (sparse for float32/64 on CPU, else grid_sample). A runtime choice, not saved.
+        # (PyTorch's), or 'auto' (sparse for float32/64 on CPU, else grid_sample; and `render` takes the fused
+        # kernels of fused.py on the CPU). A runtime choice, not saved.
         self.lookup = "auto"
         self.register_buffer("aabb", torch.tensor([[-half_size] * 3, [half_size] * 3]), persistent=False)
 
