@@ -219,6 +219,12 @@ def test_without_numba_it_says_so(monkeypatch):
     assert not fused.available() and not supports(field)
     with pytest.raises(ImportError, match="numba"):
         render_fused(field, camera_from_view(CAM, 4))
+    # render() then takes its PyTorch path, which evaluates samples through field.query
+    queried = []
+    query = field.query
+    field.query = lambda pts: queried.append(len(pts)) or query(pts)
+    out = render(field, camera_from_view(CAM, 4))
+    assert queried and torch.allclose(out.image, render(field, camera_from_view(CAM, 4), engine="torch").image)
 
 
 def test_fields_it_cannot_take():
