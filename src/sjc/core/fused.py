@@ -45,7 +45,7 @@ from torch.autograd.function import once_differentiable
 
 from .cameras import Camera
 from .fused_kernels import RECORD, _march, _scatter, _transpose, numba
-from .render import Rendering, _has_empty_cells, ray_aabb
+from .rays import Rendering, has_empty_cells, ray_aabb
 
 CHUNKS_PER_THREAD = 4  # forward ray chunks per thread: rays cost unequal amounts (misses cost nothing)
 
@@ -104,7 +104,7 @@ def render_fused(
     n_samples = max(1, math.ceil(span / step))
     # The sample distances from `near`, computed as render computes them (so `t < far` decides alike).
     offsets = step * (torch.arange(n_samples, dtype=dtype) + 0.5)
-    skip = skip_empty and _has_empty_cells(field)
+    skip = skip_empty and has_empty_cells(field)
     occupancy = field.occupancy.reshape(-1) if skip else torch.ones(1, dtype=torch.bool)
     n = grid.shape[-1]
     lo, hi = aabb[0].to(dtype), aabb[1].to(dtype)

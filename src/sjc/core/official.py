@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .cameras import Camera
-from .render import Rendering
+from .rays import Rendering
 from .voxel import VoxelField
 
 WEIGHT_THRESHOLD = 1e-4  # the official ray_march_weight_thres: features are looked up only above it

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from .cameras import Camera
-from .render import Field, Rendering, ray_aabb
+from .rays import Field, Rendering, ray_aabb
 
 
 class DenseField(Field, Protocol):
