@@ -77,30 +77,33 @@ def test_rays_missing_the_box_and_cameras_inside_it():
     assert torch.isfinite(inside.image).all() and inside.depth.min() > 0
 
 
-@pytest.mark.parametrize("part", ["density", "features", "background"])
-def test_gradcheck_float64(part):
+@pytest.mark.parametrize("engine", ["auto", "torch"])  # 'auto' is the fused kernels on the CPU
+@pytest.mark.parametrize("part", ["density", "features", "background", "d_scale"])
+def test_gradcheck_float64(part, engine):
     gen = torch.Generator().manual_seed(5)
     field = VoxelField(4, 2, feature_activation="sigmoid", background="texture", background_size=2, generator=gen)
     field = field.double()
     with torch.no_grad():
         field.grid[:, 0] = torch.randn(field.grid[:, 0].shape, generator=gen, dtype=torch.float64) + 1
+        field.d_scale.fill_(0.3)
     cam = camera_from_view(View(25, 15, fov=50), 3)
-    base = {"density": field.grid[:, :1], "features": field.grid[:, 1:], "background": field.bg}[part]
+    name = {"background": "bg", "d_scale": "d_scale"}.get(part, "grid")
+    base = {"density": field.grid[:, :1], "features": field.grid[:, 1:]}.get(part, field._parameters[name])
     x = base.detach().clone().requires_grad_(True)
 
     def fn(values):
-        grid, bg = field.grid, field.bg
-        if part == "background":
-            bg = values
-        else:
-            grid = torch.cat([values, grid[:, 1:]], 1) if part == "density" else torch.cat([grid[:, :1], values], 1)
-        saved = field.grid, field.bg
-        field._parameters["grid"], field._parameters["bg"] = grid, bg
+        grid = field.grid
+        if part == "density":
+            values = torch.cat([values, grid[:, 1:]], 1)
+        elif part == "features":
+            values = torch.cat([grid[:, :1], values], 1)
+        saved = field._parameters[name]
+        field._parameters[name] = values
         try:
-            out = render(field, cam, min_transmittance=0)
+            out = render(field, cam, min_transmittance=0, engine=engine)
         finally:
-            field._parameters["grid"], field._parameters["bg"] = saved
-        return out.image, out.depth, out.weights
+            field._parameters[name] = saved
+        return out.image, out.depth, out.opacity, out.weights
 
     assert torch.autograd.gradcheck(fn, (x,), eps=1e-6, atol=1e-5)
 
