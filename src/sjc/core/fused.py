@@ -45,7 +45,7 @@ from torch.autograd.function import once_differentiable
 
 from .cameras import Camera
 from .fused_kernels import RECORD, _march, _scatter, _transpose, numba
-from .rays import Rendering, has_empty_cells, ray_aabb
+from .rays import Rendering, has_empty_cells, ray_aabb, sample_offsets
 
 CHUNKS_PER_THREAD = 4  # forward ray chunks per thread: rays cost unequal amounts (misses cost nothing)
 
@@ -100,10 +100,7 @@ def render_fused(
         raise ValueError("render_fused: the camera's rays are not finite")
     near, far = ray_aabb(origins, dirs, aabb.to(dtype))
     step = field.step_size
-    span = float((far - near).clamp_min(0).max())
-    n_samples = max(1, math.ceil(span / step))
-    # The sample distances from `near`, computed as render computes them (so `t < far` decides alike).
-    offsets = step * (torch.arange(n_samples, dtype=dtype) + 0.5)
+    offsets = sample_offsets(near, far, step)  # as `render` places them, so `t < far` decides alike
     skip = skip_empty and has_empty_cells(field)
     occupancy = field.occupancy.reshape(-1) if skip else torch.ones(1, dtype=torch.bool)
     n = grid.shape[-1]

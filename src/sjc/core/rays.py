@@ -1,8 +1,9 @@
 """What every renderer shares: the Field protocol they render, the Rendering they return, where rays cross
-the field's box, and whether an occupancy grid leaves anything to skip."""
+the field's box and where along them the samples sit, and whether an occupancy grid leaves anything to skip."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -45,6 +46,13 @@ def ray_aabb(origins: Tensor, dirs: Tensor, aabb: Tensor) -> tuple[Tensor, Tenso
     near = torch.minimum(t0, t1).amax(-1).clamp_min(0.0)
     far = torch.maximum(t0, t1).amin(-1)
     return near, far
+
+
+def sample_offsets(near: Tensor, far: Tensor, step: float) -> Tensor:
+    """Distances [S] of the samples from each ray's entry: the midpoints of steps, as many as the longest
+    span [near, far) of the rays [R] needs (a ray keeps the samples with near + offset < far)."""
+    n_samples = max(1, math.ceil(float((far - near).clamp_min(0).max()) / step))
+    return step * (torch.arange(n_samples, device=near.device, dtype=near.dtype) + 0.5)
 
 
 def has_empty_cells(field: Field) -> bool:

@@ -17,7 +17,7 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from .cameras import Camera
-from .rays import Field, Rendering, has_empty_cells, ray_aabb
+from .rays import Field, Rendering, has_empty_cells, ray_aabb, sample_offsets
 
 ENGINES = ("auto", "torch")
 
@@ -52,9 +52,9 @@ def render(
     origins, dirs = camera.rays(device=aabb.device, dtype=aabb.dtype)
     near, far = ray_aabb(origins, dirs, aabb)
     step = field.step_size
-    span = float((far - near).clamp_min(0).max())
-    n_samples = max(1, math.ceil(span / step))
-    t = near[:, None] + step * (torch.arange(n_samples, device=aabb.device, dtype=aabb.dtype) + 0.5)  # [R, S]
+    offsets = sample_offsets(near, far, step)
+    n_samples = offsets.shape[0]
+    t = near[:, None] + offsets  # [R, S]
     rays = _Rays(origins.T.contiguous(), dirs.T.contiguous(), t)
     flat = _samples_to_evaluate(field, rays, t < far[:, None], step, min_transmittance, skip_empty)
     ray = torch.div(flat, n_samples, rounding_mode="floor")
