@@ -9,7 +9,7 @@ import dataclasses
 from typing import Any
 
 from ..core.errors import ConfigError
-from ..core.settings import FieldConfig, LossConfig, OptimConfig
+from ..core.settings import FieldConfig, LossConfig, OptimConfig, ScoringConfig
 from ..outputs.settings import ExportConfig
 from ..priors import TOY_PRIORS, is_plugin
 from ..priors.settings import LEARNED_GUIDANCE_SCALE, PixelConfig, SDConfig
@@ -167,8 +167,8 @@ def _preset_2d(cls: type, steps: dict[str, tuple[int, int]], prior: str, name: s
     default, tiny = steps.get(prior, steps["toy"])
     if prior in TOY_PRIORS:
         changes["sigma_max"] = _TOY_SIGMA_MAX
-    if prior == "toy-learned":
-        changes["guidance_scale"] = LEARNED_GUIDANCE_SCALE
+    if base.scoring.guidance_scale != ScoringConfig().guidance_scale:  # a prior's own scale (toy-learned: none)
+        changes["guidance_scale"] = base.scoring.guidance_scale
     steps_ = tiny if name == "tiny" else default
     return cls(prior=prior, preset=name, toy=toy, sd=base.sd, pixel=base.pixel, steps=steps_, **changes)
 
