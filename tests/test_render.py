@@ -110,7 +110,8 @@ def test_gradcheck_float64(part, engine):
 
 def _grads(field, out):
     field.zero_grad()
-    loss = (out.image * torch.linspace(-1, 1, out.image.numel()).view_as(out.image)).sum() + out.depth.mean()
+    ramp = torch.linspace(-1, 1, out.image.numel(), device=out.image.device, dtype=out.image.dtype)
+    loss = (out.image * ramp.view_as(out.image)).sum() + out.depth.mean()
     loss = loss + out.weights.square().sum()
     loss.backward()
     return [p.grad.clone() for p in (field.grid, field.d_scale, field.bg)]

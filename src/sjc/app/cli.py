@@ -25,6 +25,7 @@ COMMANDS = {
     "canvas": "optimise a 2D image with a prior's score (naive or PAAS; annealed or random sigmas)",
     "sample": "draw images from a 2D prior with the deterministic Karras/EDM sampler (Heun or Euler)",
     "train-prior": "train the learned toy prior (--prior toy-learned) on toy-world renders",
+    "serve": "a web page: type a prompt, watch the run, turn the mesh around, download it ([web] extra)",
 }
 
 USAGE = """usage: sjc COMMAND [options]
@@ -216,6 +217,43 @@ def cmd_train_prior(argv: list[str]) -> int:
     return 0
 
 
+@dataclasses.dataclass(frozen=True)
+class ServeConfig:
+    """Serve a web page to run sjc generate from a browser: type a prompt, watch the field form, turn the mesh
+    around and download it; the runs folder's gallery opens past runs. Needs the [web] extra.
+
+    By default the page is reachable from this machine only. --host 0.0.0.0 exposes it to every machine
+    that can reach this one: anyone can then start runs (using this machine's CPU/GPU), and read and download
+    every run in --runs. There is no login."""
+
+    host: str = "127.0.0.1"
+    """Address to listen on: 127.0.0.1 is this machine only; 0.0.0.0 is every network (see above)."""
+    port: int = 7860
+    """Port to listen on."""
+    runs: str = "runs"
+    """Folder of the runs: new runs are written here, the gallery lists it, and the page serves files from
+    nowhere else."""
+    concurrency: int = 1
+    """Runs at a time; more visitors wait in a queue that shows their place. One suits a CPU machine."""
+    allow_sd_on_cpu: bool = False
+    """Offer the 'sd' prior without a GPU (minutes a step)."""
+
+
+def cmd_serve(argv: list[str]) -> int:
+    cfg = tyro.cli(ServeConfig, args=argv, prog="sjc serve", description=inspect.cleandoc(ServeConfig.__doc__ or ""))
+    if cfg.concurrency < 1:
+        raise UserError(f"--concurrency must be at least 1, got {cfg.concurrency}")
+    if not 0 < cfg.port < 65536:
+        raise UserError(f"--port must be in 1..65535, got {cfg.port}")
+    from .web import serve
+
+    try:
+        serve(cfg.runs, cfg.host, cfg.port, cfg.concurrency, cfg.allow_sd_on_cpu)
+    except OSError as err:
+        raise UserError(f"cannot serve on {cfg.host}:{cfg.port}: {err.strerror or err}") from None
+    return 0
+
+
 HANDLERS = {
     "generate": cmd_generate,
     "render": cmd_render,
@@ -223,6 +261,7 @@ HANDLERS = {
     "canvas": cmd_canvas,
     "sample": cmd_sample,
     "train-prior": cmd_train_prior,
+    "serve": cmd_serve,
 }
 
 

@@ -1,0 +1,300 @@
+"""`sjc serve`: a web page (gradio) to type a prompt, watch the field form, turn the mesh around and download it.
+
+The page is a thin layer over `webruns`: the form becomes a `GenerateConfig` through the command line's own
+presets and checks, each run is a `webruns.Job` polled twice a second, and every file the page shows or
+serves comes from the runs folder (gradio's own cache is put inside it too, under .web/).
+"""
+
+import html
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from ..core.errors import UserError
+from .webruns import (
+    EXAMPLE_PROMPTS,
+    PRESETS,
+    SCORING,
+    WEB_DIR,
+    Form,
+    Job,
+    RunInfo,
+    available_priors,
+    form_config,
+    list_runs,
+    metrics_table,
+    open_run,
+    resume_config,
+    zip_run,
+)
+
+POLL = 0.5  # seconds between the page's updates of a running run
+CSS = """
+.sjc-bar { height: 14px; border-radius: 7px; background: var(--neutral-200); overflow: hidden; }
+.sjc-bar > div { height: 100%; background: var(--color-accent); transition: width 0.3s; }
+.sjc-progress-text { font-family: var(--font-mono); font-size: 0.9em; margin-top: 4px; }
+"""
+INTRO = """# sjc: text to 3D by Score Jacobian Chaining
+Type a prompt, press **Generate**, and watch a voxel field take shape under a 2D diffusion prior's score.
+The toy priors need nothing downloaded: their world has ten shapes in eight colours (try an example below),
+and since the true object is known, each finished run is measured against it."""
+
+
+def _text(message: str) -> str:
+    """Plain text inside the page's Markdown: angle brackets and ampersands shown, not taken as HTML."""
+    return html.escape(message, quote=False)
+
+
+def _gradio():
+    try:
+        import gradio
+    except ImportError:
+        raise UserError("the web page needs the [web] extra: pip install 'sjc[web]'") from None
+    return gradio
+
+
+def progress_html(step: int, steps: int, rate: float, eta: float | None, state: str) -> str:
+    """The progress bar: step, rate and time left."""
+    frac = 0.0 if steps <= 0 else min(step / steps, 1.0)
+    left = "" if eta is None or state != "running" else f" · {_clock(eta)} left"
+    speed = f" · {rate:.1f} steps/s" if rate > 0 and state == "running" else ""
+    text = html.escape(f"{state}: step {step}/{steps}{speed}{left}")
+    return (
+        f'<div class="sjc-bar" data-step="{step}" data-steps="{steps}"><div style="width:{100 * frac:.1f}%"></div></div>'
+        f'<div class="sjc-progress-text" id="sjc-progress-text">{text}</div>'
+    )
+
+
+def _clock(seconds: float) -> str:
+    seconds = int(round(seconds))
+    if seconds >= 3600:
+        return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+    return f"{seconds // 60}:{seconds % 60:02d}"
+
+
+def _enlarge(image: Any, side: int = 256) -> Any:
+    """Nearest-neighbour upscale of a small render, so a 16-pixel preview is not a blur."""
+    if image is None or image.shape[0] >= side:
+        return image
+    k = max(1, side // image.shape[0])
+    return image.repeat(k, axis=0).repeat(k, axis=1)
+
+
+def _plots(history: list[tuple[int, float, float]]) -> tuple[Any, Any]:
+    import pandas as pd
+
+    frame = pd.DataFrame(history or [(0, 0.0, 0.0)], columns=["step", "loss", "sigma"])
+    return frame[["step", "loss"]], frame[["step", "sigma"]]
+
+
+class Page:
+    """The page's state: the runs folder, the priors on offer, and each visitor's current run."""
+
+    def __init__(self, runs: Path, *, concurrency: int = 1, allow_sd_on_cpu: bool = False) -> None:
+        self.runs, self.concurrency = Path(runs).resolve(), concurrency
+        self.priors = available_priors(allow_sd_on_cpu)
+        self.jobs: dict[str, Job] = {}  # visitor (gradio session) -> their current run
+
+    # --- views ---------------------------------------------------------------------------------
+    def result_view(self, info: RunInfo | None, message: str = "") -> dict[str, Any]:
+        gr = _gradio()
+        if info is None:
+            return {"viewer": None, "video": None, "metrics": "", "files": None, "resume": gr.update(interactive=False)}
+        downloads = [info.files[k] for k in ("glb", "obj", "mp4") if k in info.files]
+        downloads.append(zip_run(self.runs, info))
+        about = f"**{_text(info.prompt or info.prior)}** ({info.name}): {info.status}"
+        return {
+            "viewer": str(info.files["glb"]) if "glb" in info.files else None,
+            "video": str(info.files["mp4"]) if "mp4" in info.files else None,
+            "metrics": about + ("\n\n" + metrics_table(info.metrics) if info.metrics else "") + message,
+            "files": [str(p) for p in downloads],
+            "resume": gr.update(interactive=info.resumable, value="Resume this run" if info.resumable else "Finished"),
+            "selected": info.name,
+        }
+
+    def gallery(self) -> list[tuple[str, str]]:
+        return [(str(i.thumbnail), f"{i.name} · {i.status}") for i in list_runs(self.runs) if i.thumbnail]
+
+    def live(self, job: Job) -> dict[str, Any]:
+        snap = job.snapshot()
+        loss, sigma = _plots(snap.history)
+        return {
+            "progress": progress_html(snap.step, snap.steps, snap.rate, snap.eta, snap.state),
+            "preview": _enlarge(snap.preview),
+            "loss": loss,
+            "sigma": sigma,
+        }
+
+    # --- events --------------------------------------------------------------------------------
+    def run(self, form: Form, session: str) -> Iterator[dict[str, Any]]:
+        """Start the form's run and stream it to the page until it ends."""
+        try:
+            cfg = form_config(form, self.runs, self.priors)
+        except (UserError, ValueError) as err:
+            yield {"status": f"**error:** {_text(str(err))}"}
+            return
+        yield from self._follow(Job(cfg), session, f"running **{_text(cfg.prompt or cfg.prior)}**")
+
+    def resume(self, name: str, threads: Any, session: str) -> Iterator[dict[str, Any]]:
+        """Continue a stopped or unfinished run from its newest checkpoint."""
+        try:
+            info = open_run(self.runs, name)
+            if info.finished:
+                raise UserError(f"{name} is finished: nothing to resume")
+            cfg = resume_config(info.path, int(threads) if threads else None)
+        except (UserError, ValueError) as err:
+            yield {"status": f"**error:** {_text(str(err))}"}
+            return
+        yield from self._follow(Job(cfg), session, f"resuming **{_text(info.name)}** from step {info.step}")
+
+    def _follow(self, job: Job, session: str, title: str) -> Iterator[dict[str, Any]]:
+        self.jobs[session] = job.start()
+        try:
+            yield {"status": title, **self.result_view(None)}
+            while job.thread.is_alive():
+                yield self.live(job)
+                time.sleep(POLL)
+            update = self.live(job)
+            if job.state == "failed":
+                yield {**update, "status": f"**error:** {_text(job.message)}"}
+                return
+            info = open_run(self.runs, job.run_dir.name)
+            yield {**update, "status": _text(job.message), "gallery": self.gallery(), **self.result_view(info)}
+        finally:
+            # The visitor left (tab closed, or the event cancelled): stop at the end of this step, checkpointed,
+            # so no run goes on with nobody watching; it stays in the gallery and can be resumed.
+            if job.thread.is_alive():
+                job.stop()
+                job.wait()
+            if self.jobs.get(session) is job:
+                del self.jobs[session]
+
+    def stop(self, session: str) -> str:
+        job = self.jobs.get(session)
+        if job is None or not job.thread.is_alive():
+            return "no run of yours is going"
+        job.stop()
+        return "stopping after this step; its checkpoint will be saved"
+
+    def open(self, name: str) -> dict[str, Any]:
+        try:
+            return {"status": "", **self.result_view(open_run(self.runs, name))}
+        except UserError as err:
+            return {"status": f"**error:** {_text(str(err))}"}
+
+    def close(self) -> None:
+        """Stop every run (checkpointed) when the server shuts down."""
+        for job in list(self.jobs.values()):
+            job.stop()
+        for job in list(self.jobs.values()):
+            job.wait()
+
+    # --- the gradio page -------------------------------------------------------------------------
+    def build(self) -> Any:  # noqa: C901 (the page's layout, then its events)
+        gr = _gradio()
+        with gr.Blocks(title="sjc: text to 3D") as demo:
+            gr.Markdown(INTRO)
+            with gr.Row():
+                with gr.Column(scale=2):
+                    prompt = gr.Textbox(label="Prompt", placeholder=EXAMPLE_PROMPTS[0], elem_id="prompt")
+                    gr.Examples([[p] for p in EXAMPLE_PROMPTS], inputs=prompt, label="Toy-world prompts")
+                    with gr.Row():
+                        prior = gr.Dropdown(self.priors, value="toy", label="Prior", elem_id="prior")
+                        preset = gr.Radio(list(PRESETS), value="default", label="Preset", elem_id="preset")
+                    with gr.Row():
+                        steps = gr.Number(None, label="Steps (blank: the preset's)", precision=0, elem_id="steps")
+                        seed = gr.Number(0, label="Seed", precision=0, elem_id="seed")
+                    scoring = gr.Radio(list(SCORING), value="paas", label="Scoring (PAAS, or the naive baseline)")
+                    with gr.Accordion("Advanced", open=False):
+                        resolution = gr.Number(None, label="Grid size (voxels a side)", precision=0)
+                        emptiness = gr.Number(None, label="Emptiness weight")
+                        guidance = gr.Number(None, label="Guidance scale (text-conditioned priors)")
+                        threads = gr.Number(None, label="CPU threads", precision=0)
+                        model = gr.Textbox(label="Model (sd / pixel: a diffusers folder or a cached model id)")
+                    with gr.Row():
+                        start = gr.Button("Generate", variant="primary", elem_id="generate")
+                        stop = gr.Button("Stop", variant="stop", elem_id="stop")
+                with gr.Column(scale=3):
+                    status = gr.Markdown(elem_id="status")
+                    progress = gr.HTML(progress_html(0, 0, 0.0, None, "idle"), elem_id="progress")
+                    with gr.Row():
+                        preview = gr.Image(label="Latest training render", interactive=False, elem_id="preview")
+                        with gr.Column():
+                            loss = gr.LinePlot(x="step", y="loss", label="Loss", height=160, elem_id="loss")
+                            sigma = gr.LinePlot(x="step", y="sigma", label="Sigma", height=160, elem_id="sigma")
+            gr.Markdown("## Result")
+            with gr.Row():
+                viewer = gr.Model3D(label="Mesh: drag to turn, scroll to zoom", height=360, elem_id="viewer")
+                video = gr.Video(label="Turntable", autoplay=True, loop=True, height=360, elem_id="video")
+            with gr.Row():
+                metrics = gr.Markdown(elem_id="metrics")
+                files = gr.File(label="Downloads: GLB, OBJ, MP4, the run folder (zip)", file_count="multiple",
+                                interactive=False, elem_id="downloads")
+            resume = gr.Button("Resume this run", interactive=False, elem_id="resume")
+            gr.Markdown(f"## Gallery\nThe runs in `{self.runs}`, from this page or `sjc generate`. Click one to open.")
+            refresh = gr.Button("Refresh the gallery", size="sm")
+            gallery = gr.Gallery(self.gallery(), columns=6, height=260, allow_preview=False, elem_id="gallery",
+                                 label="Runs")
+            selected = gr.Textbox(visible=False)
+
+            slots = {"status": status, "progress": progress, "preview": preview, "loss": loss, "sigma": sigma,
+                     "viewer": viewer, "video": video, "metrics": metrics, "files": files, "resume": resume,
+                     "gallery": gallery, "selected": selected}
+            outputs = list(slots.values())
+
+            def emit(update: dict[str, Any]) -> list[Any]:
+                return [update.get(name, gr.skip()) for name in slots]
+
+            form_inputs = [prompt, prior, preset, steps, seed, scoring, resolution, emptiness, guidance, threads, model]
+
+            def on_run(
+                prompt: str, prior: str, preset: str, steps: Any, seed: Any, scoring: str, grid_size: Any,
+                emptiness_weight: Any, guidance_scale: Any, threads: Any, model: str, request: gr.Request
+            ):
+                form = Form(prompt, prior, preset, steps, seed, scoring, grid_size, emptiness_weight, guidance_scale,
+                            threads, model or None)
+                for update in self.run(form, request.session_hash or ""):
+                    yield emit(update)
+
+            def on_resume(name: str, n_threads: Any, request: gr.Request):
+                for update in self.resume(name, n_threads, request.session_hash or ""):
+                    yield emit(update)
+
+            def on_select(event: gr.SelectData):
+                names = [i.name for i in list_runs(self.runs) if i.thumbnail]
+                return emit(self.open(names[event.index]) if event.index < len(names) else {})
+
+            queue = {"concurrency_limit": self.concurrency, "concurrency_id": "runs", "show_progress": "minimal"}
+            start.click(on_run, form_inputs, outputs, api_name="generate", **queue)
+            resume.click(on_resume, [selected, threads], outputs, api_name="resume", **queue)
+            def on_stop(request: gr.Request) -> str:
+                return self.stop(request.session_hash or "")
+
+            stop.click(on_stop, None, status, api_name="stop", queue=False)
+            gallery.select(on_select, None, outputs, api_name=False)
+            refresh.click(lambda: self.gallery(), None, gallery, api_name="gallery")
+            open_box = gr.Textbox(visible=False)
+            open_box.submit(lambda name: emit(self.open(name)), open_box, outputs, api_name="open_run")
+        demo.queue(default_concurrency_limit=self.concurrency)
+        return demo
+
+
+def serve(runs: Path, host: str = "127.0.0.1", port: int = 7860, concurrency: int = 1,
+          allow_sd_on_cpu: bool = False) -> None:
+    """Serve the page until Ctrl-C; runs still going are then stopped with a checkpoint."""
+    runs = Path(runs)
+    runs.mkdir(parents=True, exist_ok=True)
+    # gradio copies what it serves into its cache: keep that inside the runs folder too, and phone nowhere.
+    os.environ.setdefault("GRADIO_TEMP_DIR", str((runs / WEB_DIR / "cache").resolve()))
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    page = Page(runs, concurrency=concurrency, allow_sd_on_cpu=allow_sd_on_cpu)
+    demo = page.build()
+    print(f"serving the runs in {page.runs} at http://{host}:{port} (Ctrl-C stops)", flush=True)
+    try:
+        demo.launch(server_name=host, server_port=port, allowed_paths=[str(page.runs)], ssr_mode=False,
+                    show_error=False, quiet=True, css=CSS,
+                    footer_links=["api"])
+    finally:
+        page.close()

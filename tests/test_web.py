@@ -1,0 +1,173 @@
+"""`sjc serve` through gradio's own client, against a real server on loopback started by these tests."""
+
+from __future__ import annotations
+
+import html
+import json
+import time
+import urllib.parse
+import zipfile
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("gradio")
+from gradio_client import Client  # noqa: E402
+
+from sjc.app.checkpoint import list_checkpoints  # noqa: E402
+from sjc.priors.toy import PromptError, parse_prompt  # noqa: E402
+from webserver import http_get, running_server  # noqa: E402
+
+pytestmark = pytest.mark.slow
+STATUS, PROGRESS, PREVIEW, LOSS, SIGMA, VIEWER, VIDEO, METRICS, FILES, GALLERY, SELECTED = range(11)
+
+
+def form(prompt: str, steps: int | None = None, seed: int = 0, preset: str = "tiny") -> dict:
+    return {
+        "prompt": prompt, "prior": "toy", "preset": preset, "steps": steps, "seed": seed, "scoring": "paas",
+        "grid_size": None, "emptiness_weight": None, "guidance_scale": None, "threads": None, "model": "",
+    }
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    root = tmp_path_factory.mktemp("web")
+    runs = root / "runs"
+    (root / "secret.txt").write_text("not for the page")
+    with running_server(runs) as (url, proc):
+        yield url, runs, proc
+
+
+def wait_for_log(run_dir: Path, min_step: int, timeout: float = 60.0) -> int:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        log = run_dir / "log.jsonl"
+        if log.exists():
+            lines = [json.loads(x) for x in log.read_text().splitlines() if x.strip()]
+            if lines and lines[-1]["step"] >= min_step:
+                return lines[-1]["step"]
+        time.sleep(0.2)
+    raise AssertionError(f"{run_dir} logged no step {min_step} in {timeout} s")
+
+
+def test_tiny_run_end_to_end(server):
+    url, runs, _ = server
+    out = Client(url, verbose=False).predict(**form("a red and blue cube"), api_name="/generate")
+    run_dir = runs / out[SELECTED]
+    assert out[STATUS].startswith("finished 300 steps"), out[STATUS]
+    for name in ("mesh.glb", "mesh.obj", "turntable.mp4", "metrics.json", "config.json"):
+        assert (run_dir / name).is_file(), name
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert f"| 3D IoU | {metrics['iou_3d']:.3f} |" in out[METRICS]
+    assert "silhouette IoU" in out[METRICS] and "PSNR" in out[METRICS] and "| shape |" in out[METRICS]
+    assert metrics["iou_3d"] > 0.3  # a tiny run already finds the cube's bulk
+    # The viewer, the video and the downloads are the run's own files, sent back byte for byte.
+    assert Path(out[VIEWER]).read_bytes() == (run_dir / "mesh.glb").read_bytes()
+    assert Path(out[VIDEO]).read_bytes() == (run_dir / "turntable.mp4").read_bytes()
+    names = sorted(Path(p).name for p in out[FILES])
+    assert names == sorted(["mesh.glb", "mesh.obj", "turntable.mp4", f"{run_dir.name}.zip"])
+    zipped = next(Path(p) for p in out[FILES] if p.endswith(".zip"))
+    with zipfile.ZipFile(zipped) as archive:
+        listed = archive.namelist()
+    assert f"{run_dir.name}/config.json" in listed and f"{run_dir.name}/mesh.glb" in listed
+    assert any(name.startswith(f"{run_dir.name}/checkpoints/") for name in listed)
+    # The live parts ended on the last step, and the gallery lists the run.
+    assert 'data-step="300" data-steps="300"' in out[PROGRESS]
+    assert out[LOSS]["data"] and out[SIGMA]["data"][-1][0] == 300
+    assert any(run_dir.name in (item.get("caption") or "") for item in out[GALLERY])
+
+
+def test_bad_prompt_gets_the_cli_message_and_the_server_keeps_serving(server):
+    url, runs, proc = server
+    client = Client(url, verbose=False)
+    with pytest.raises(PromptError) as expected:
+        parse_prompt("a red banana")
+    before = set(runs.iterdir()) if runs.exists() else set()
+    out = client.predict(**form("a red banana"), api_name="/generate")
+    assert out[STATUS] == "**error:** " + html.escape(str(expected.value), quote=False)
+    out = client.predict(**form("a red cube", steps=0), api_name="/generate")
+    assert out[STATUS] == "**error:** --train.steps must be positive, got 0"
+    out = client.predict(**form("   "), api_name="/generate")
+    assert out[STATUS].startswith("**error:** type a prompt first")
+    assert (set(runs.iterdir()) if runs.exists() else set()) == before  # nothing written for a refused run
+    assert proc.poll() is None
+    assert isinstance(client.predict(api_name="/gallery"), list)  # still serving
+
+
+def test_stop_writes_a_checkpoint_and_the_page_resumes_it(server):
+    url, runs, _ = server
+    client = Client(url, verbose=False)
+    job = client.submit(**form("a green cone", steps=3000, seed=3), api_name="/generate")
+    run_dir = runs / "a-green-cone-s3"
+    wait_for_log(run_dir, 50)
+    assert client.predict(api_name="/stop").startswith("stopping after this step")
+    out = job.result(timeout=60)
+    assert out[STATUS].startswith("stopped at step"), out[STATUS]
+    stopped = int(out[STATUS].split()[3].rstrip(";"))
+    assert 50 <= stopped < 3000
+    assert list_checkpoints(run_dir)[-1][0] == stopped  # the step in flight was checkpointed
+    assert not (run_dir / "mesh.glb").exists()
+    assert "resumable" in out[METRICS]
+    opened = client.predict("a-green-cone-s3", api_name="/open_run")
+    assert f"stopped at step {stopped} of 3000; resumable" in opened[METRICS]
+    out = client.predict("a-green-cone-s3", None, api_name="/resume")
+    assert out[STATUS].startswith("finished 3000 steps"), out[STATUS]
+    assert list_checkpoints(run_dir)[-1][0] == 3000 and (run_dir / "mesh.glb").is_file()
+    steps = [json.loads(x)["step"] for x in (run_dir / "log.jsonl").read_text().splitlines()]
+    assert steps == sorted(set(steps)) and steps[-1] == 3000  # one continuous log, no step twice
+
+
+def test_two_visitors_queue_one_run_at_a_time(server):
+    url, runs, _ = server
+    first, second = Client(url, verbose=False), Client(url, verbose=False)
+    a = first.submit(**form("a blue sphere", steps=1500, seed=1), api_name="/generate")
+    wait_for_log(runs / "a-blue-sphere-s1", 10)
+    b = second.submit(**form("a yellow torus", seed=1), api_name="/generate")
+    seen = []
+    while not a.done():
+        status = b.status()
+        seen.append((status.code.name, status.rank))
+        if (runs / "a-yellow-torus-s1").exists():  # the second run starts only once the first has finished
+            assert (runs / "a-blue-sphere-s1" / "mesh.glb").exists()
+        time.sleep(0.2)
+    assert ("IN_QUEUE", 0) in seen  # the second visitor was told their place: first in line
+    assert a.result()[STATUS].startswith("finished 1500 steps")
+    assert b.result(timeout=120)[STATUS].startswith("finished 300 steps")
+
+
+def test_a_closed_tab_stops_its_run_with_a_checkpoint(server):
+    url, runs, _ = server
+    job = Client(url, verbose=False).submit(**form("an orange cylinder", steps=20000, seed=4), api_name="/generate")
+    run_dir = runs / "an-orange-cylinder-s4"
+    wait_for_log(run_dir, 20)
+    job.cancel()  # what the page sees when its visitor goes away
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and not [s for s, _ in list_checkpoints(run_dir) if s % 100]:
+        time.sleep(0.2)
+    stopped = list_checkpoints(run_dir)[-1][0]
+    assert 20 <= stopped < 20000 and stopped % 100, "the stop checkpoint, not a periodic one"
+    time.sleep(1.5)
+    assert list_checkpoints(run_dir)[-1][0] == stopped  # and nothing goes on afterwards
+
+
+def test_files_outside_the_runs_folder_are_refused(server):
+    url, runs, _ = server
+    Client(url, verbose=False).predict(**form("a purple cube"), api_name="/generate")
+    inside = runs / "a-purple-cube-s0" / "config.json"
+    base = url + "gradio_api/file="
+    status, body = http_get(base + urllib.parse.quote(str(inside)))
+    assert status == 200 and b'"prompt": "a purple cube"' in body  # the control: the page does serve its runs
+    repo_file = Path(__file__).resolve().parents[1] / "pyproject.toml"
+    for target in ("/etc/passwd", str(runs / ".." / "secret.txt"), str(runs.parent / "secret.txt"), str(repo_file)):
+        status, body = http_get(base + urllib.parse.quote(target))
+        assert status in (403, 404), (target, status)
+        assert b"root:" not in body and b"not for the page" not in body and b"[project]" not in body
+    client = Client(url, verbose=False)
+    for name in ("../secret.txt", "..", "/etc", "a-purple-cube-s0/../..", ".web"):
+        out = client.predict(name, api_name="/open_run")
+        assert out[STATUS].startswith("**error:** no run named"), (name, out[STATUS])
+    out = client.predict("../../etc/passwd", None, api_name="/resume")
+    assert out[STATUS].startswith("**error:** no run named")
+    out = client.predict(**form("../../etc/passwd"), api_name="/generate")
+    assert out[STATUS].startswith("**error:** ")  # not a toy prompt
+    assert sorted(p.name for p in runs.parent.iterdir() if p.is_dir()) == ["runs"]
