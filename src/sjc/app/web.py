@@ -26,6 +26,7 @@ from .webruns import (
     list_runs,
     metrics_table,
     open_run,
+    preset_values,
     resume_config,
     zip_run,
 )
@@ -62,7 +63,8 @@ def progress_html(step: int, steps: int, rate: float, eta: float | None, state: 
     speed = f" · {rate:.1f} steps/s" if rate > 0 and state == "running" else ""
     text = html.escape(f"{state}: step {step}/{steps}{speed}{left}")
     return (
-        f'<div class="sjc-bar" data-step="{step}" data-steps="{steps}"><div style="width:{100 * frac:.1f}%"></div></div>'
+        f'<div class="sjc-bar" data-step="{step}" data-steps="{steps}">'
+        f'<div style="width:{100 * frac:.1f}%"></div></div>'
         f'<div class="sjc-progress-text" id="sjc-progress-text">{text}</div>'
     )
 
@@ -101,7 +103,8 @@ class Page:
     def result_view(self, info: RunInfo | None, message: str = "") -> dict[str, Any]:
         gr = _gradio()
         if info is None:
-            return {"viewer": None, "video": None, "metrics": "", "files": None, "resume": gr.update(interactive=False)}
+            return {"viewer": None, "video": None, "metrics": "", "files": None, "resume": gr.update(interactive=False),
+                    "selected": ""}
         downloads = [info.files[k] for k in ("glb", "obj", "mp4") if k in info.files]
         downloads.append(zip_run(self.runs, info))
         about = f"**{_text(info.prompt or info.prior)}** ({info.name}): {info.status}"
@@ -198,20 +201,23 @@ class Page:
             gr.Markdown(INTRO)
             with gr.Row():
                 with gr.Column(scale=2):
+                    start_values = preset_values("toy", "default")
                     prompt = gr.Textbox(label="Prompt", placeholder=EXAMPLE_PROMPTS[0], elem_id="prompt")
                     gr.Examples([[p] for p in EXAMPLE_PROMPTS], inputs=prompt, label="Toy-world prompts")
                     with gr.Row():
                         prior = gr.Dropdown(self.priors, value="toy", label="Prior", elem_id="prior")
                         preset = gr.Radio(list(PRESETS), value="default", label="Preset", elem_id="preset")
                     with gr.Row():
-                        steps = gr.Number(None, label="Steps (blank: the preset's)", precision=0, elem_id="steps")
+                        steps = gr.Number(start_values["steps"], label="Steps", precision=0, elem_id="steps")
                         seed = gr.Number(0, label="Seed", precision=0, elem_id="seed")
                     scoring = gr.Radio(list(SCORING), value="paas", label="Scoring (PAAS, or the naive baseline)")
                     with gr.Accordion("Advanced", open=False):
-                        resolution = gr.Number(None, label="Grid size (voxels a side)", precision=0)
-                        emptiness = gr.Number(None, label="Emptiness weight")
-                        guidance = gr.Number(None, label="Guidance scale (text-conditioned priors)")
-                        threads = gr.Number(None, label="CPU threads", precision=0)
+                        resolution = gr.Number(start_values["resolution"], label="Grid size (voxels a side)",
+                                               precision=0)
+                        emptiness = gr.Number(start_values["emptiness_weight"], label="Emptiness weight")
+                        guidance = gr.Number(start_values["guidance_scale"],
+                                             label="Guidance scale (text-conditioned priors)")
+                        threads = gr.Number(start_values["threads"], label="CPU threads", precision=0)
                         model = gr.Textbox(label="Model (sd / pixel: a diffusers folder or a cached model id)")
                     with gr.Row():
                         start = gr.Button("Generate", variant="primary", elem_id="generate")
@@ -235,8 +241,8 @@ class Page:
             resume = gr.Button("Resume this run", interactive=False, elem_id="resume")
             gr.Markdown(f"## Gallery\nThe runs in `{self.runs}`, from this page or `sjc generate`. Click one to open.")
             refresh = gr.Button("Refresh the gallery", size="sm")
-            gallery = gr.Gallery(self.gallery(), columns=6, height=260, allow_preview=False, elem_id="gallery",
-                                 label="Runs")
+            gallery = gr.Gallery(self.gallery(), columns=6, height=220, allow_preview=False, object_fit="contain",
+                                 elem_id="gallery", label="Runs")
             selected = gr.Textbox(visible=False)
 
             slots = {"status": status, "progress": progress, "preview": preview, "loss": loss, "sigma": sigma,
@@ -244,8 +250,13 @@ class Page:
                      "gallery": gallery, "selected": selected}
             outputs = list(slots.values())
 
-            def emit(update: dict[str, Any]) -> list[Any]:
+            def emit(update: dict[str, Any], streaming: bool = False) -> list[Any]:
+                if streaming:  # gradio's viewer shows no mesh set by a streamed update: `show_mesh` sets it after
+                    update = {k: v for k, v in update.items() if k != "viewer"}
                 return [update.get(name, gr.skip()) for name in slots]
+
+            def show_mesh(name: str) -> Any:
+                return self.result_view(open_run(self.runs, name))["viewer"] if name else None
 
             form_inputs = [prompt, prior, preset, steps, seed, scoring, resolution, emptiness, guidance, threads, model]
 
@@ -256,19 +267,30 @@ class Page:
                 form = Form(prompt, prior, preset, steps, seed, scoring, grid_size, emptiness_weight, guidance_scale,
                             threads, model or None)
                 for update in self.run(form, request.session_hash or ""):
-                    yield emit(update)
+                    yield emit(update, streaming=True)
 
             def on_resume(name: str, n_threads: Any, request: gr.Request):
                 for update in self.resume(name, n_threads, request.session_hash or ""):
-                    yield emit(update)
+                    yield emit(update, streaming=True)
 
             def on_select(event: gr.SelectData):
                 names = [i.name for i in list_runs(self.runs) if i.thumbnail]
                 return emit(self.open(names[event.index]) if event.index < len(names) else {})
 
+            def on_preset(prior_name: str, preset_name: str) -> list[Any]:
+                values = preset_values(prior_name, preset_name)
+                return [values[k] for k in ("steps", "resolution", "emptiness_weight", "guidance_scale", "threads")]
+
+            numbers = [steps, resolution, emptiness, guidance, threads]
+            for chooser in (prior, preset):
+                chooser.change(on_preset, [prior, preset], numbers, api_name=False, queue=False)
             queue = {"concurrency_limit": self.concurrency, "concurrency_id": "runs", "show_progress": "minimal"}
-            start.click(on_run, form_inputs, outputs, api_name="generate", **queue)
-            resume.click(on_resume, [selected, threads], outputs, api_name="resume", **queue)
+            start.click(on_run, form_inputs, outputs, api_name="generate", **queue).then(
+                show_mesh, selected, viewer, api_name=False, queue=False
+            )
+            resume.click(on_resume, [selected, threads], outputs, api_name="resume", **queue).then(
+                show_mesh, selected, viewer, api_name=False, queue=False
+            )
             def on_stop(request: gr.Request) -> str:
                 return self.stop(request.session_hash or "")
 

@@ -70,6 +70,21 @@ def _has_cuda() -> bool:
     return torch.cuda.is_available()
 
 
+def preset_values(prior: str, name: str) -> dict[str, Any]:
+    """The form's numbers as a preset sets them, so the page shows what a run will use."""
+    try:
+        cfg = preset(prior, name)
+    except ConfigError:
+        cfg = preset("toy", "default")
+    return {
+        "steps": cfg.train.steps,
+        "resolution": cfg.field.resolution,
+        "emptiness_weight": cfg.losses.emptiness_weight,
+        "guidance_scale": cfg.scoring.guidance_scale,
+        "threads": cfg.threads,
+    }
+
+
 def form_config(form: Form, runs: Path, priors: list[str] | None = None) -> GenerateConfig:
     """The run a form asks for, in a new folder under `runs`: its preset with the form's values over it,
     validated with the command line's own checks (ConfigError: the same one-line messages)."""
