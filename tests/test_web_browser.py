@@ -51,7 +51,7 @@ def image_stats(png: bytes) -> tuple[float, int]:
 def test_the_page_runs_a_prompt_and_shows_the_mesh_and_the_video(browser, tmp_path):
     runs = tmp_path / "runs"
     with running_server(runs) as (url, _):
-        page = browser.new_page(viewport={"width": 1400, "height": 1500})
+        page = browser.new_page(viewport={"width": 1400, "height": 2200})
         page.goto(url, wait_until="networkidle")
         page.locator("#prompt textarea").fill("a red and blue cube")
         page.locator("#preset").get_by_text("tiny", exact=True).click()
@@ -91,6 +91,10 @@ def test_the_page_runs_a_prompt_and_shows_the_mesh_and_the_video(browser, tmp_pa
             "() => [...document.querySelectorAll('#gallery img')].some(i => i.complete && i.naturalWidth > 0)",
             timeout=30_000,
         )
+
+        page.locator("#gallery img").first.click()  # opening a run from the gallery shows the same result view
+        page.wait_for_function("() => document.querySelector('#metrics').innerText.includes('a-red-and-blue-cube-s0')")
+        assert "3D IoU" in page.locator("#metrics").inner_text()
 
         shot = tmp_path / "page.png"
         page.screenshot(path=str(shot), full_page=True)

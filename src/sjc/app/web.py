@@ -242,7 +242,7 @@ class Page:
             gr.Markdown(f"## Gallery\nThe runs in `{self.runs}`, from this page or `sjc generate`. Click one to open.")
             refresh = gr.Button("Refresh the gallery", size="sm")
             gallery = gr.Gallery(self.gallery(), columns=6, height=220, allow_preview=False, object_fit="contain",
-                                 elem_id="gallery", label="Runs")
+                                 fit_columns=False, elem_id="gallery", label="Runs")
             selected = gr.Textbox(visible=False)
 
             slots = {"status": status, "progress": progress, "preview": preview, "loss": loss, "sigma": sigma,
@@ -251,12 +251,13 @@ class Page:
             outputs = list(slots.values())
 
             def emit(update: dict[str, Any], streaming: bool = False) -> list[Any]:
-                if streaming:  # gradio's viewer shows no mesh set by a streamed update: `show_mesh` sets it after
-                    update = {k: v for k, v in update.items() if k != "viewer"}
+                if streaming:  # gradio's viewer and gallery show nothing set by a stream: `show_after` sets them
+                    update = {k: v for k, v in update.items() if k not in ("viewer", "gallery")}
                 return [update.get(name, gr.skip()) for name in slots]
 
-            def show_mesh(name: str) -> Any:
-                return self.result_view(open_run(self.runs, name))["viewer"] if name else None
+            def show_after(name: str) -> tuple[Any, Any]:
+                viewer = self.result_view(open_run(self.runs, name))["viewer"] if name else None
+                return viewer, self.gallery()
 
             form_inputs = [prompt, prior, preset, steps, seed, scoring, resolution, emptiness, guidance, threads, model]
 
@@ -286,10 +287,10 @@ class Page:
                 chooser.change(on_preset, [prior, preset], numbers, api_name=False, queue=False)
             queue = {"concurrency_limit": self.concurrency, "concurrency_id": "runs", "show_progress": "minimal"}
             start.click(on_run, form_inputs, outputs, api_name="generate", **queue).then(
-                show_mesh, selected, viewer, api_name=False, queue=False
+                show_after, selected, [viewer, gallery], api_name=False, queue=False
             )
             resume.click(on_resume, [selected, threads], outputs, api_name="resume", **queue).then(
-                show_mesh, selected, viewer, api_name=False, queue=False
+                show_after, selected, [viewer, gallery], api_name=False, queue=False
             )
             def on_stop(request: gr.Request) -> str:
                 return self.stop(request.session_hash or "")
@@ -306,6 +307,7 @@ class Page:
 def serve(runs: Path, host: str = "127.0.0.1", port: int = 7860, concurrency: int = 1,
           allow_sd_on_cpu: bool = False) -> None:
     """Serve the page until Ctrl-C; runs still going are then stopped with a checkpoint."""
+    _gradio()  # the missing extra, said before anything is written
     runs = Path(runs)
     runs.mkdir(parents=True, exist_ok=True)
     # gradio copies what it serves into its cache: keep that inside the runs folder too, and phone nowhere.
