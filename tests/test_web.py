@@ -19,7 +19,7 @@ from sjc.priors.toy import PromptError, parse_prompt  # noqa: E402
 from webserver import http_get, running_server  # noqa: E402
 
 pytestmark = pytest.mark.slow
-STATUS, PROGRESS, PREVIEW, LOSS, SIGMA, VIEWER, VIDEO, METRICS, FILES, GALLERY, SELECTED = range(11)
+STATUS, PROGRESS, PREVIEW, LOSS, SIGMA, VIEWER, VIDEO, METRICS, FILES, GALLERY, SELECTED = range(11)  # outputs
 
 
 def form(prompt: str, steps: int | None = None, seed: int = 0, preset: str = "tiny") -> dict:
@@ -76,7 +76,8 @@ def test_tiny_run_end_to_end(server):
     # The live parts ended on the last step, and the gallery lists the run.
     assert 'data-step="300" data-steps="300"' in out[PROGRESS]
     assert out[LOSS]["data"] and out[SIGMA]["data"][-1][0] == 300
-    assert any(run_dir.name in (item.get("caption") or "") for item in out[GALLERY])
+    gallery = Client(url, verbose=False).predict(api_name="/gallery")
+    assert any(item["caption"] == f"{run_dir.name} · finished, 300 steps" for item in gallery)
 
 
 def test_bad_prompt_gets_the_cli_message_and_the_server_keeps_serving(server):

@@ -66,9 +66,9 @@ def test_bad_forms_get_one_line_messages_and_write_nothing(tmp_path, form, messa
 
 def test_run_folders_never_collide_and_never_leave_the_runs_folder(tmp_path):
     first = form_config(Form("a red cube"), tmp_path, PRIORS)
-    os.makedirs(first.out)
     second = form_config(Form("a red cube"), tmp_path, PRIORS)
-    assert second.out == str(tmp_path / "a-red-cube-s0-2")
+    assert (first.out, second.out) == (str(tmp_path / "a-red-cube-s0"), str(tmp_path / "a-red-cube-s0-2"))
+    assert os.listdir(first.out) == [] and os.listdir(second.out) == []  # made empty, for generate to fill
     with pytest.raises(PromptError):  # not a toy prompt; and even its slug would stay inside
         form_config(Form("../../etc/passwd"), tmp_path, PRIORS)
 
@@ -98,6 +98,7 @@ def test_a_failing_job_reports_its_message(tmp_path):
     cfg = form_config(Form("a red and blue cube", prior="toy-learned", preset="tiny"), tmp_path, PRIORS)
     job = Job(dataclasses.replace(cfg, prompt="a red and blue and green cube")).start()
     assert job.wait(60) and job.state == "failed" and "cannot parse prompt" in job.message
+    assert not job.run_dir.exists()  # nothing left behind
 
 
 def make_run(runs, name, steps=10, done=True):

@@ -6,6 +6,7 @@ Nothing here imports gradio, so all of it is tested without a server; torch is i
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import importlib.util
 import json
@@ -136,16 +137,20 @@ def _num(value: Any, default: float) -> float:
 
 
 def new_run_dir(runs: Path, cfg: GenerateConfig) -> Path:
-    """runs/<prompt-slug>-s<seed>, with -2, -3, ... when taken. The slug keeps [a-z0-9-] alone, so no prompt
-    names a folder outside `runs`."""
+    """A new, empty runs/<prompt-slug>-s<seed> (-2, -3, ... when taken), made here so that two visitors starting
+    the same prompt at once never share one. The slug keeps [a-z0-9-] alone: no prompt names a folder outside."""
     from .runs import run_slug
 
     base = f"{run_slug(cfg)[:60]}-s{cfg.train.seed}"
-    path, n = runs / base, 1
-    while path.exists():
-        n += 1
-        path = runs / f"{base}-{n}"
-    return path
+    runs.mkdir(parents=True, exist_ok=True)
+    for n in range(1, 10_000):
+        path = runs / (base if n == 1 else f"{base}-{n}")
+        try:
+            path.mkdir()
+            return path
+        except FileExistsError:
+            continue
+    raise ConfigError(f"{runs} already holds 9999 runs named {base}; choose another seed")
 
 
 # --- one run, polled by the page ------------------------------------------------------------------
@@ -223,9 +228,11 @@ class Job:
             self.state, self.message = "stopped", str(err)
         except UserError as err:
             self.state, self.message = "failed", str(err)
+            _remove_if_empty(self.run_dir)
         except Exception as err:  # a bug, or the machine (memory): shown in the page, logged in full here
             traceback.print_exc(file=sys.stderr)
             self.state, self.message = "failed", f"{type(err).__name__}: {err}"
+            _remove_if_empty(self.run_dir)
 
     def _callback(self, info: Any) -> bool:
         now = time.perf_counter()
@@ -263,6 +270,12 @@ class Job:
             self.message,
             self.run_dir,
         )
+
+
+def _remove_if_empty(path: Path) -> None:
+    """A run that failed before writing anything leaves no folder behind."""
+    with contextlib.suppress(OSError):
+        path.rmdir()
 
 
 def resume_config(run_dir: Path, threads: int | None = None) -> GenerateConfig:
