@@ -25,6 +25,7 @@ COMMANDS = {
     "canvas": "optimise a 2D image with a prior's score (naive or PAAS; annealed or random sigmas)",
     "sample": "draw images from a 2D prior with the deterministic Karras/EDM sampler (Heun or Euler)",
     "train-prior": "train the learned toy prior (--prior toy-learned) on toy-world renders",
+    "batch": "run many generate runs (prompts x seeds) as Ray tasks, here or on a cluster; resumable",
 }
 
 USAGE = """usage: sjc COMMAND [options]
@@ -216,6 +217,21 @@ def cmd_train_prior(argv: list[str]) -> int:
     return 0
 
 
+def cmd_batch(argv: list[str]) -> int:
+    """`sjc batch`: the jobs as Ray tasks (Ray is imported inside, so the core install stays light)."""
+    from .batch_config import HELP
+
+    if "-h" in argv or "--help" in argv:
+        print(HELP)
+        return 0
+    from .batch import run_batch
+
+    try:
+        return run_batch(argv)
+    except OSError as err:
+        raise _cannot_write(err, "the batch folder") from None
+
+
 HANDLERS = {
     "generate": cmd_generate,
     "render": cmd_render,
@@ -223,6 +239,7 @@ HANDLERS = {
     "canvas": cmd_canvas,
     "sample": cmd_sample,
     "train-prior": cmd_train_prior,
+    "batch": cmd_batch,
 }
 
 
