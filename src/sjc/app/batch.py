@@ -76,9 +76,19 @@ def run_job(config: dict, stop_file: str) -> dict:
 def note_attempt(run_dir: Path, event: str, step: int) -> None:
     """attempts.jsonl: when each attempt started (with its worker's pid and the step it resumed from) and ended."""
     run_dir.mkdir(parents=True, exist_ok=True)
-    line = {"event": event, "step": step, "pid": os.getpid(), "time": time.time()}
+    line = {"event": event, "step": step, "pid": os.getpid(), "node": _node_id(), "time": time.time()}
     with open(run_dir / ATTEMPTS, "a") as f:
         f.write(json.dumps(line) + "\n")
+
+
+def _node_id() -> str | None:
+    """The Ray node running this attempt (None outside Ray)."""
+    try:
+        import ray
+
+        return ray.get_runtime_context().get_node_id() if ray.is_initialized() else None
+    except Exception:  # Ray missing or not a worker: the record is still useful without it
+        return None
 
 
 def read_attempts(run_dir: Path) -> list[dict]:
@@ -236,7 +246,8 @@ def describe(job: ResolvedJob, result: dict) -> str:
     if status == "failed":
         return f"failed   {job.name}: {result['message']}"
     if status == "stopped":
-        return f"stopped  {job.name} at step {result.get('step', 0)} (checkpointed)"
+        step = result.get("step", 0)
+        return f"stopped  {job.name} at step {step} (checkpointed)" if step else f"stopped  {job.name} before step 1"
     text = f"done     {job.name}: {result['steps']} steps in {result['seconds']:.1f} s"
     if result.get("resumed_from"):
         text += f" (resumed from step {result['resumed_from'][-1]})"

@@ -179,7 +179,10 @@ def load_jobs(options: BatchOptions) -> list[Job]:
         raise JobFileError(f"{options.jobs} holds no jobs")
     if options.seeds is None:
         return jobs
-    return [dataclasses.replace(j, seed=s) if j.seed is None else j for j in jobs for s in options.seeds]
+    seeds = options.seeds
+    return [
+        job for j in jobs for job in ([j] if j.seed is not None else [dataclasses.replace(j, seed=s) for s in seeds])
+    ]
 
 
 def read_job_file(path: Path) -> list[Job]:
@@ -262,13 +265,14 @@ def slug(prompt: str) -> str:
 def resolve_jobs(jobs: list[Job], options: BatchOptions) -> list[ResolvedJob]:
     """Each job's run folder and configuration; a job that cannot run carries its one-line message instead,
     so one bad job fails alone."""
-    check_generate_options(jobs[0], options)
+    default_seed = check_generate_options(jobs[0], options).train.seed
     out, taken, resolved = Path(options.out), set(), []
     for job in jobs:
         try:
             cfg = job_config(job, options, out / "_")
         except UserError as err:
-            name = _unique(job.name or slug(job.prompt) + ("" if job.seed is None else f"-seed{job.seed}"), taken)
+            seed = default_seed if job.seed is None else job.seed
+            name = _unique(job.name or f"{slug(job.prompt)}-seed{seed}", taken)
             resolved.append(ResolvedJob(job, name, out / name, error=str(err)))
             continue
         name = _unique(job.name or f"{slug(job.prompt)}-seed{cfg.train.seed}", taken)
@@ -281,12 +285,17 @@ def resolve_jobs(jobs: list[Job], options: BatchOptions) -> list[ResolvedJob]:
     return resolved
 
 
-def check_generate_options(job: Job, options: BatchOptions) -> None:
-    """The generate options given to every run, checked alone (with the first job's prompt): a mistake there is
-    the whole command's (status 2), not every job's."""
-    from .cli import parse_generate
+def check_generate_options(job: Job, options: BatchOptions) -> GenerateConfig:
+    """The generate options given to every run, parsed alone (with the first job's prompt, unchecked): an unknown
+    flag or preset there is the whole command's mistake (status 2), not every job's."""
+    import tyro
 
-    _quiet_tyro(parse_generate, [job.prompt, *options.generate, "--out", str(Path(options.out) / "_")])
+    from .cli import _preset_then_flags
+    from .presets import preset
+
+    argv = [job.prompt, *options.generate]
+    known = _preset_then_flags(argv)
+    return _quiet_tyro(lambda a: tyro.cli(GenerateConfig, args=a, default=preset(known.prior, known.preset)), argv)
 
 
 def _unique(name: str, taken: set[str]) -> str:
