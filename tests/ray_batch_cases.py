@@ -41,7 +41,7 @@ def start_batch(args: list[str], out: Path) -> subprocess.Popen:
     """`sjc batch ARGS --out OUT` in a new process group (Ray's own processes join it), output to files."""
     out.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, "-m", "sjc", "batch", *args, "--out", str(out)]
-    with open(out.parent / f"{out.name}.log", "a") as log:  # the child keeps its own copy of the descriptor
+    with open(out.parent / f"{out.name}.log", "w") as log:  # this invocation only; the child keeps its copy
         return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=_env(), start_new_session=True)
 
 
