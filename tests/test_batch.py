@@ -144,6 +144,9 @@ def test_jobs_resolve_to_run_folders_and_bad_jobs_carry_the_generate_message(tmp
     cfg = resolved[0].config
     assert cfg.out == str(tmp_path / "a-red-cube-seed0") and cfg.threads == 2 and cfg.train.steps == 20
     assert cfg.device == "cpu" and resolved[0].gpus == 0  # the toy prior needs no GPU
+    relative = parse_options(["--suite", "--out", "runs/b", "--toy.cache-dir", "cache"])
+    cfg = resolve_jobs([Job("a red cube")], relative)[0].config  # a worker's folder is not the driver's
+    assert cfg.out == str(Path.cwd() / "runs/b/a-red-cube-seed0") and cfg.toy.cache_dir == str(Path.cwd() / "cache")
     assert cli.main(["generate", "a pink cube", "--preset", "tiny", "--out", str(tmp_path / "g")]) == 2
     assert resolved[3].error == capsys.readouterr().err.strip().removeprefix("sjc generate: error: ")
     assert resolved[5].error == "--optim.lr must not be negative, got -1.0"

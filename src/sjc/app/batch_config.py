@@ -266,7 +266,7 @@ def resolve_jobs(jobs: list[Job], options: BatchOptions) -> list[ResolvedJob]:
     """Each job's run folder and configuration; a job that cannot run carries its one-line message instead,
     so one bad job fails alone."""
     default_seed = check_generate_options(jobs[0], options).train.seed
-    out, taken, resolved = Path(options.out), set(), []
+    out, taken, resolved = Path(options.out).absolute(), set(), []
     for job in jobs:
         try:
             cfg = job_config(job, options, out / "_")
@@ -277,7 +277,7 @@ def resolve_jobs(jobs: list[Job], options: BatchOptions) -> list[ResolvedJob]:
             continue
         name = _unique(job.name or f"{slug(job.prompt)}-seed{cfg.train.seed}", taken)
         run_dir = out / name
-        cfg = dataclasses.replace(cfg, out=str(run_dir))
+        cfg = absolute_paths(dataclasses.replace(cfg, out=str(run_dir)))
         gpus = options.gpus_per_run if options.gpus_per_run is not None else float(needs_gpu(cfg))
         if not gpus and cfg.device == "auto":
             cfg = dataclasses.replace(cfg, device="cpu")  # no GPU asked for: stay off any the node has
@@ -296,6 +296,16 @@ def check_generate_options(job: Job, options: BatchOptions) -> GenerateConfig:
     argv = [job.prompt, *options.generate]
     known = _preset_then_flags(argv)
     return _quiet_tyro(lambda a: tyro.cli(GenerateConfig, args=a, default=preset(known.prior, known.preset)), argv)
+
+
+def absolute_paths(cfg: GenerateConfig) -> GenerateConfig:
+    """A Ray worker's working folder is not the driver's: the local paths of a run are made absolute."""
+    toy = cfg.toy
+    for key in ("cache_dir", "weights"):
+        value = getattr(toy, key)
+        if value and not Path(value).is_absolute():
+            toy = dataclasses.replace(toy, **{key: str(Path(value).absolute())})
+    return dataclasses.replace(cfg, toy=toy)
 
 
 def _unique(name: str, taken: set[str]) -> str:
