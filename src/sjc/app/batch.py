@@ -187,7 +187,11 @@ def ray_session(address: str | None) -> Iterator[Any]:
     ray = import_ray()
     common = {"log_to_driver": False, "logging_level": logging.WARNING, "configure_logging": True}
     if address:
-        ray.init(address=address, **common)
+        try:
+            ray.init(address=address, **common)
+        except (ConnectionError, ValueError, RuntimeError) as err:  # no cluster there, or not a Ray address
+            reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
+            raise UserError(f"cannot join the Ray cluster at {address}: {reason}") from None
     else:
         ray.init(
             address="local",
