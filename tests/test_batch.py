@@ -149,7 +149,7 @@ def test_jobs_resolve_to_run_folders_and_bad_jobs_carry_the_generate_message(tmp
     assert cfg.out == str(Path.cwd() / "runs/b/a-red-cube-seed0") and cfg.toy.cache_dir == str(Path.cwd() / "cache")
     assert cli.main(["generate", "a pink cube", "--preset", "tiny", "--out", str(tmp_path / "g")]) == 2
     assert resolved[3].error == capsys.readouterr().err.strip().removeprefix("sjc generate: error: ")
-    assert resolved[5].error == "--optim.lr must not be negative, got -1.0"
+    assert resolved[5].error == "--optim.lr must not be negative, got -1.0" and resolved[5].seed == 0
     sd = resolve_jobs([Job("a cat")], parse_options(["--suite", "--prior", "sd", "--out", str(tmp_path)]))[0]
     assert sd.gpus == 1.0 and sd.config.device == "auto"
 

@@ -320,7 +320,7 @@ def run_on_ray(todo: list[ResolvedJob], options: Any, out: Path, total: int) -> 
 def report(jobs: list[ResolvedJob], results: dict[str, dict], out: Path) -> None:
     rows = []
     for job in jobs:
-        seed = job.config.train.seed if job.config is not None else job.job.seed
+        seed = job.seed
         record = results.get(job.name) or (read_result(job.run_dir) if job.error is None else None)
         if job.error is not None:
             rows.append(summary_row(job.name, job.job.prompt, seed, "failed", message=job.error))

@@ -19,7 +19,7 @@ import io
 import json
 import re
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -77,12 +77,7 @@ class ResolvedJob:
     config: GenerateConfig | None = None
     error: str | None = None
     gpus: float = 0.0
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def label(self) -> str:
-        seed = self.config.train.seed if self.config is not None else self.job.seed
-        return f"{self.job.prompt!r}" + (f" (seed {seed})" if seed is not None else "")
+    seed: int | None = None  # the run's seed, also for a job that cannot run (its folder name has it)
 
 
 HELP = """usage: sjc batch (JOBS | --suite) [--seeds 0,1,2] [--out DIR] [--address ADDR] [--cpus-per-run N]
@@ -273,7 +268,7 @@ def resolve_jobs(jobs: list[Job], options: BatchOptions) -> list[ResolvedJob]:
         except UserError as err:
             seed = default_seed if job.seed is None else job.seed
             name = _unique(job.name or f"{slug(job.prompt)}-seed{seed}", taken)
-            resolved.append(ResolvedJob(job, name, out / name, error=str(err)))
+            resolved.append(ResolvedJob(job, name, out / name, error=str(err), seed=seed))
             continue
         name = _unique(job.name or f"{slug(job.prompt)}-seed{cfg.train.seed}", taken)
         run_dir = out / name
@@ -281,7 +276,7 @@ def resolve_jobs(jobs: list[Job], options: BatchOptions) -> list[ResolvedJob]:
         gpus = options.gpus_per_run if options.gpus_per_run is not None else float(needs_gpu(cfg))
         if not gpus and cfg.device == "auto":
             cfg = dataclasses.replace(cfg, device="cpu")  # no GPU asked for: stay off any the node has
-        resolved.append(ResolvedJob(job, name, run_dir, cfg, gpus=gpus))
+        resolved.append(ResolvedJob(job, name, run_dir, cfg, gpus=gpus, seed=cfg.train.seed))
     return resolved
 
 
