@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from sjc.app import cli
-from sjc.app.batch import MISSING_RAY, run_seconds
+from sjc.app.batch import MISSING_RAY, check_resources, run_seconds
 from sjc.app.batch_config import (
     BatchOptions,
     Job,
@@ -29,6 +29,7 @@ from sjc.app.batch_config import (
     tyro_message,
 )
 from sjc.app.batch_report import aggregate, summary_row, write_reports
+from sjc.core.errors import UserError
 
 TESTS = Path(__file__).parent
 
@@ -178,6 +179,21 @@ def test_help_imports_neither_torch_nor_ray():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.stdout.strip().endswith("LIGHT") and "--cpus-per-run" in out.stdout
+
+
+def test_runs_asking_for_more_than_any_node_has_are_refused_before_they_wait_forever(tmp_path):
+    class FakeRay:
+        @staticmethod
+        def nodes():
+            return [{"Alive": True, "Resources": {"CPU": 2.0}}, {"Alive": False, "Resources": {"CPU": 8.0, "GPU": 1}}]
+
+    cpu_job = resolve_jobs([Job("a red cube")], parse_options(["--suite", "--out", str(tmp_path)]))
+    check_resources(FakeRay, cpu_job, 2)
+    with pytest.raises(UserError, match=r"--cpus-per-run 3 is more than any Ray node has \(2 CPUs\)"):
+        check_resources(FakeRay, cpu_job, 3)
+    gpu_job = resolve_jobs([Job("a red cube")], parse_options(["--suite", "--device", "cuda", "--out", str(tmp_path)]))
+    with pytest.raises(UserError, match="no Ray node has any; pass --gpus-per-run 0"):
+        check_resources(FakeRay, gpu_job, 1)
 
 
 # --- summaries ---------------------------------------------------------------------------------------------
