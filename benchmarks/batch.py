@@ -46,6 +46,13 @@ def common_flags(args: argparse.Namespace, cache: Path) -> list[str]:
     return flags + (["--steps", str(args.steps)] if args.steps else [])
 
 
+def quiet(cmd: list[str]) -> None:
+    """Run a command, showing its output only when it fails (the progress bars would fill the screen)."""
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    if done.returncode != 0:
+        sys.exit(f"{' '.join(cmd)} failed ({done.returncode}):\n{done.stdout[-3000:]}{done.stderr[-3000:]}")
+
+
 def run_sequential(args: argparse.Namespace, cache: Path, out: Path) -> tuple[float, dict]:
     """Each prompt by `sjc generate`, one after another; (wall seconds, metrics by prompt)."""
     start, metrics = time.perf_counter(), {}
@@ -53,7 +60,7 @@ def run_sequential(args: argparse.Namespace, cache: Path, out: Path) -> tuple[fl
         run = out / f"{slug(prompt)}-seed0"
         cmd = [sys.executable, "-m", "sjc", "generate", prompt, *common_flags(args, cache), "--seed", "0"]
         cmd += ["--threads", str(args.sequential_threads), "--out", str(run)]
-        subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+        quiet(cmd)
         metrics[prompt] = json.loads((run / "metrics.json").read_text())
     return time.perf_counter() - start, metrics
 
@@ -65,7 +72,7 @@ def run_batch(args: argparse.Namespace, cache: Path, out: Path) -> tuple[float, 
     if args.loopback_namespace:
         cmd = ["unshare", "-n", "sh", "-c", "ip link set lo up && exec " + " ".join(f"'{c}'" for c in cmd)]
     start = time.perf_counter()
-    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    quiet(cmd)
     seconds = time.perf_counter() - start
     return seconds, {p: json.loads((out / f"{slug(p)}-seed0" / "metrics.json").read_text()) for p in SUITE}
 

@@ -157,25 +157,35 @@ def test_a_bad_job_fails_alone_with_its_message(tmp_path, cache_dir):
     assert "a-pink-cube-seed0 (failed): cannot parse prompt" in summary and "| **mean** |" in summary
 
 
-def test_a_two_node_cluster_runs_the_batch(tmp_path, cache_dir):
+def test_a_cluster_runs_the_batch_and_the_run_of_a_lost_node_resumes_on_the_other(tmp_path, cache_dir):
+    """Two worker nodes of one CPU each (the head, with none, only holds the cluster together): one run on each.
+    The node running the long run is lost; Ray starts that run again on the other node, from its checkpoint."""
     from ray.cluster_utils import Cluster
 
     os.environ["RAY_TMPDIR"] = os.environ["SJC_RAY_TMP"]
-    jobs = tmp_path / "jobs.txt"
-    jobs.write_text("an orange torus\na green and red torus\n")
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
+    jobs = tmp_path / "jobs.toml"
+    jobs.write_text(
+        '[[runs]]\nprompt = "an orange torus"\noverrides = {"train.steps" = 600}\n\n'
+        '[[runs]]\nprompt = "a green and red torus"\n'
+    )
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False})
     try:
-        cluster.add_node(num_cpus=1)
+        workers = [cluster.add_node(num_cpus=1) for _ in range(2)]
         cluster.wait_for_nodes()
-        out = tmp_path / "out"
+        out, long_run = tmp_path / "out", tmp_path / "out" / "an-orange-torus-seed0"
         args = [str(jobs), *TINY, "--steps", "60", "--toy.cache-dir", cache_dir, "--address", cluster.address]
-        code, text = run_batch(args, out)
+        proc = start_batch(args, out)
+        wait_for(lambda: 40 <= newest_step(long_run) < 500, proc, "checkpoint of the long run past step 40")
+        lost = [a for a in read_attempts(long_run) if a["event"] == "start"][-1]["node"]
+        cluster.remove_node(next(n for n in workers if n.unique_id == lost), allow_graceful=False)
+        code, text = finish(proc, out)
         assert code == 0, text
-        nodes = set()
-        for name in ("an-orange-torus-seed0", "a-green-and-red-torus-seed0"):
-            assert read_result(out / name)["status"] == "done"
-            nodes |= {a["node"] for a in read_attempts(out / name)}
-        assert len(nodes) == 2 and None not in nodes  # one run on each node
-        assert json.loads((out / "an-orange-torus-seed0" / "config.json").read_text())["threads"] == 1
+        starts = [a for a in read_attempts(long_run) if a["event"] == "start"]
+        assert len(starts) == 2 and starts[0]["node"] == lost and starts[1]["node"] != lost
+        assert starts[1]["step"] >= 40 and read_result(long_run)["resumed_from"] == [starts[1]["step"]]
+        short = read_attempts(out / "a-green-and-red-torus-seed0")
+        assert read_result(out / "a-green-and-red-torus-seed0")["status"] == "done"
+        assert {a["node"] for a in short + starts} == {n.unique_id for n in workers}  # both nodes ran runs
+        assert json.loads((long_run / "config.json").read_text())["threads"] == 1
     finally:
         cluster.shutdown()
