@@ -177,7 +177,7 @@ def test_a_cluster_runs_the_batch_and_the_run_of_a_lost_node_resumes_on_the_othe
         proc = start_batch(args, out)
         wait_for(lambda: 40 <= newest_step(long_run) < 500, proc, "checkpoint of the long run past step 40")
         lost = [a for a in read_attempts(long_run) if a["event"] == "start"][-1]["node"]
-        cluster.remove_node(next(n for n in workers if n.unique_id == lost), allow_graceful=False)
+        cluster.remove_node(next(n for n in workers if n.node_id == lost), allow_graceful=False)
         code, text = finish(proc, out)
         assert code == 0, text
         starts = [a for a in read_attempts(long_run) if a["event"] == "start"]
@@ -185,7 +185,7 @@ def test_a_cluster_runs_the_batch_and_the_run_of_a_lost_node_resumes_on_the_othe
         assert starts[1]["step"] >= 40 and read_result(long_run)["resumed_from"] == [starts[1]["step"]]
         short = read_attempts(out / "a-green-and-red-torus-seed0")
         assert read_result(out / "a-green-and-red-torus-seed0")["status"] == "done"
-        assert {a["node"] for a in short + starts} == {n.unique_id for n in workers}  # both nodes ran runs
+        assert {a["node"] for a in short + starts} == {n.node_id for n in workers}  # both nodes ran runs
         assert json.loads((long_run / "config.json").read_text())["threads"] == 1
     finally:
         cluster.shutdown()
