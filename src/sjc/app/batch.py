@@ -161,7 +161,7 @@ def continue_config(job: ResolvedJob) -> None:
     the flag that differs), and a raised --steps keeps the schedules' length, as `sjc generate --resume` does."""
     from .resume import resume_config, resume_defaults
 
-    if job.config is None or not (job.run_dir / "config.json").exists():
+    if job.error is not None or job.config is None or not (job.run_dir / "config.json").exists():
         return
     requested = dataclasses.replace(job.config, resume=str(job.run_dir))
     try:
@@ -286,9 +286,8 @@ def run_batch(argv: list[str]) -> int:
     jobs = resolve_jobs(load_jobs(options), options)
     out = Path(options.out)
     out.mkdir(parents=True, exist_ok=True)
-    for job in jobs:
-        if job.error is None and not is_finished(job):
-            continue_config(job)
+    for job in jobs:  # a folder holding this run, finished or not, must hold it with the job's settings
+        continue_config(job)
     todo = [j for j in jobs if j.error is None and not is_finished(j)]
     for job in jobs:
         if job.error is not None:
