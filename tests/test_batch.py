@@ -29,6 +29,7 @@ from sjc.app.batch_config import (
     tyro_message,
 )
 from sjc.app.batch_report import aggregate, summary_row, write_reports
+from sjc.app.config import to_json
 from sjc.core.errors import UserError
 
 TESTS = Path(__file__).parent
@@ -194,6 +195,23 @@ def test_runs_asking_for_more_than_any_node_has_are_refused_before_they_wait_for
     gpu_job = resolve_jobs([Job("a red cube")], parse_options(["--suite", "--device", "cuda", "--out", str(tmp_path)]))
     with pytest.raises(UserError, match="no Ray node has any; pass --gpus-per-run 0"):
         check_resources(FakeRay, gpu_job, 1)
+
+
+def test_finished_runs_are_skipped_and_a_folder_with_other_settings_fails_its_job(tmp_path, capsys):
+    """No Ray is needed when nothing is left to run: the folders of an earlier invocation say what is done."""
+    jobs, out = tmp_path / "jobs.txt", tmp_path / "out"
+    jobs.write_text("a red cube\n")
+    args = ["batch", str(jobs), "--preset", "tiny", "--steps", "20", "--out", str(out)]
+    job = resolve_jobs(load_jobs(parse_options(args[1:])), parse_options(args[1:]))[0]
+    job.run_dir.mkdir(parents=True)
+    (job.run_dir / "config.json").write_text(to_json(job.config))
+    (job.run_dir / "result.json").write_text(json.dumps(_record(20, 3.0, 0.5, 0.6, 12.0, True)))
+    assert cli.main(args) == 0
+    assert "skipped  1 run(s) finished before" in capsys.readouterr().out
+    assert "| a red cube | 0 | done | 20 | 3.0 | 0.500 |" in (out / "summary.md").read_text()
+    assert cli.main([*args, "--optim.lr", "0.05"]) == 1
+    err = capsys.readouterr().err
+    assert f"a-red-cube-seed0: {job.run_dir} holds a run with other settings: --optim.lr is 0.1" in err
 
 
 # --- summaries ---------------------------------------------------------------------------------------------
