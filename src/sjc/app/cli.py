@@ -26,6 +26,7 @@ COMMANDS = {
     "sample": "draw images from a 2D prior with the deterministic Karras/EDM sampler (Heun or Euler)",
     "train-prior": "train the learned toy prior (--prior toy-learned) on toy-world renders",
     "serve": "a web page: type a prompt, watch the run, turn the mesh around, download it ([web] extra)",
+    "batch": "run many generate runs (prompts x seeds) as Ray tasks, here or on a cluster; resumable",
 }
 
 USAGE = """usage: sjc COMMAND [options]
@@ -254,6 +255,21 @@ def cmd_serve(argv: list[str]) -> int:
     return 0
 
 
+def cmd_batch(argv: list[str]) -> int:
+    """`sjc batch`: the jobs as Ray tasks (Ray is imported inside, so the core install stays light)."""
+    from .batch_config import HELP
+
+    if "-h" in argv or "--help" in argv:
+        print(HELP)
+        return 0
+    from .batch import run_batch
+
+    try:
+        return run_batch(argv)
+    except OSError as err:
+        raise _cannot_write(err, "the batch folder") from None
+
+
 HANDLERS = {
     "generate": cmd_generate,
     "render": cmd_render,
@@ -262,6 +278,7 @@ HANDLERS = {
     "sample": cmd_sample,
     "train-prior": cmd_train_prior,
     "serve": cmd_serve,
+    "batch": cmd_batch,
 }
 
 
