@@ -21,6 +21,7 @@ import statistics
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
+from functools import partial
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -137,6 +138,50 @@ def directions(prompt: str = FIGURE_PROMPT, draws: int = 64) -> str:
     return "\n".join(lines)
 
 
+def costs(repeats: int = 10) -> str:
+    """Median seconds of one g (one render, the prior's preset view) per method and prior, one thread; vsd
+    includes the copy's training step."""
+    import torch
+
+    from sjc.app.presets import preset
+    from sjc.core import methods
+    from sjc.core.settings import PAPER_GUIDANCE
+    from sjc.priors import build_prior
+    from sjc.priors.toy import held_out_views
+
+    torch.set_num_threads(1)
+    view = held_out_views(8)[1]
+    lines = ["| prior | method | ms per g |", "|---|---|---|"]
+    for prior_name in ("toy", "toy-learned"):
+        scale = preset(prior_name, "default").scoring.guidance_scale
+        prior = build_prior(prior_name, FIGURE_PROMPT, guidance_scale=scale)
+        y = torch.rand(1, 3, 32, 32) * 2 - 1
+        for method in METHODS if prior_name == "toy-learned" else EXACT_METHODS:
+            gen = torch.Generator().manual_seed(0)
+            scorer = None
+            if method not in ("paas", "naive"):
+                scorer = methods.Scorer(method, prior, guidance_scale=PAPER_GUIDANCE[method], sigma_range=(0.1, 1.5))
+            fn = partial(_one_g, prior, method, scorer, y, view, gen)
+            fn()
+            times = []
+            for _ in range(repeats):
+                start = time.perf_counter()
+                fn()
+                times.append(time.perf_counter() - start)
+            lines.append(f"| {prior_name} | {method} | {1000 * statistics.median(times):.1f} |")
+    return "\n".join(lines)
+
+
+def _one_g(prior, method: str, scorer, y, view, gen):
+    from sjc.core import chaining
+
+    if scorer is not None:
+        return scorer(y, 0.5, view, gen)
+    if method == "paas":
+        return chaining.paas_grad(prior.denoise, y, 0.5, prior.condition(view), generator=gen)
+    return chaining.naive_grad(prior.denoise, y, 0.5, prior.condition(view))
+
+
 # --- pictures --------------------------------------------------------------------------------
 def figure(rows: list[dict], prior: str, path: Path) -> None:
     """One row per method: the four held-out views of FIGURE_PROMPT (seed 0)."""
@@ -187,7 +232,7 @@ def main() -> None:
     parser.add_argument("--spread-prompts", nargs="*", default=list(SPREAD_PROMPTS))
     parser.add_argument("--lr", type=float, nargs="*", default=[], help="also run every method at these lrs")
     parser.add_argument("--canvas-steps", type=int, default=100)
-    parser.add_argument("--only", choices=("suite", "directions", "canvas"), default=None)
+    parser.add_argument("--only", choices=("suite", "directions", "canvas", "cost"), default=None)
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--out", type=Path, default=Path("runs/methods"))
     args = parser.parse_args()
@@ -218,6 +263,8 @@ def main() -> None:
         (args.out / "rows.json").write_text(json.dumps(rows + extra, indent=1) + "\n")
     if args.only in (None, "directions"):
         report += ["", directions()]
+    if args.only in (None, "cost"):
+        report += ["", costs()]
     if args.only in (None, "canvas"):
         for prior in args.prior:
             q = canvases(prior, IMAGES / f"methods-canvas-{prior}.png", args.canvas_steps)
