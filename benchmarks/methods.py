@@ -251,9 +251,17 @@ def main() -> None:
                     job(p, prior, method, args, seed=s) for p in args.spread_prompts for s in range(1, args.seeds)
                 ]
         start = time.perf_counter()
+        partial_rows = args.out / "rows.jsonl"  # each row as it finishes, so a cut-short run keeps its results
+        partial_rows.write_text("")
+
+        def keep(row: dict) -> dict:
+            with open(partial_rows, "a") as f:
+                f.write(json.dumps({k: v for k, v in row.items() if k != "views"}) + "\n")
+            return row
+
         with ProcessPoolExecutor(max_workers=args.jobs) as pool:
-            rows = list(pool.map(run_one, jobs))
-            extra = list(pool.map(run_one, spread_jobs))
+            rows = [keep(r) for r in pool.map(run_one, jobs)]
+            extra = [keep(r) for r in pool.map(run_one, spread_jobs)]
         for prior in args.prior:
             figure(rows, prior, IMAGES / f"methods-{prior}.png")
         for r in rows + extra:
