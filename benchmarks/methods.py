@@ -91,7 +91,8 @@ def directions(prompt: str = FIGURE_PROMPT, draws: int = 64) -> str:
     prompt's), each method's g averaged over `draws` noise draws against sigma times the exact score of the
     prompt's noised render distribution at y, at the level the method estimates (sqrt(2) sigma for paas and sds,
     sigma for the rest). The relative error divides out the method's scalar weight w(sigma) = sigma^2/(1+sigma^2)
-    (sds, csd, sdi, ism); the guided methods keep their guidance scale, which is part of their direction."""
+    (sds, csd, sdi, ism); the guided methods keep their guidance scale, which is part of their direction. The
+    inversions of sdi and ism start at the prior's smallest sigma (0.1), as in the 3D runs."""
     import torch
 
     from sjc.core import chaining, methods
@@ -122,7 +123,9 @@ def directions(prompt: str = FIGURE_PROMPT, draws: int = 64) -> str:
                     g = chaining.naive_grad(prior.denoise, y, sigma, cond)
                 scale = 1.0
             else:
-                scorer = methods.Scorer(method, prior, guidance_scale=PAPER_GUIDANCE[method], sigma_range=(0.02, 15.0))
+                scorer = methods.Scorer(
+                    method, prior, guidance_scale=PAPER_GUIDANCE[method], sigma_range=(prior.sigma_min, 15.0)
+                )
                 reps = 1 if method in ("sdi", "ism") else draws  # the inversion methods are deterministic
                 g = sum(scorer(y, sigma, view, gen) for _ in range(reps)) / reps
                 scale = 1.0 if method == "nfsd" else methods.vp_weight(sigma)
@@ -194,7 +197,7 @@ def figure(rows: list[dict], prior: str, path: Path) -> None:
     if not picks:
         return
     iio.imwrite(path, tile(torch.cat([r["views"] for r in picks]), 4))
-    path.with_suffix(".txt").write_text("rows: " + ", ".join(r["variant"] for r in picks) + "\n")
+    print(f"{path}: rows " + ", ".join(r["variant"] for r in picks))
 
 
 def canvases(prior_name: str, path: Path, steps: int) -> dict:
