@@ -245,3 +245,24 @@ def test_real_stable_diffusion_for_200_steps_on_gpu(tmp_path):
     assert records[-1]["step"] == 200 and all(math.isfinite(r["sjc"]) for r in records)
     frames = iio.imread(out / "turntable.gif")
     assert frames.shape[1] == 512 and frames.std() > 0  # 64x64 latents decoded to 512x512
+
+
+def test_branches_give_the_guided_methods_the_unguided_branches(parts):
+    from sjc.core import methods
+
+    prior = _prior(parts, guidance_scale=100.0, negative_prompt="blurry")
+    b = prior.branches(None, "ugly")
+    z, s = torch.randn(2, 4, 8, 8), float(prior.sigmas[600])
+    sigma = torch.full((2,), s)
+    d_c = prior.discrete(z, sigma, prior.embed("a hamburger").expand(2, -1, -1))
+    d_u = prior.discrete(z, sigma, prior.embed("blurry").expand(2, -1, -1))
+    assert torch.allclose(b.bind("cond")(z, s), d_c, atol=1e-5)
+    assert torch.allclose(b.bind("uncond")(z, s), d_u, atol=1e-5)  # the unconditional branch of guidance
+    assert torch.equal(b.negative, prior.embed("ugly")) and torch.equal(prior.branches(None).negative, b.uncond)
+    assert torch.allclose(b.guided(100.0)(z, s), prior.denoise(z, sigma, prior.condition(None)), rtol=1e-4, atol=1e-3)
+    y = torch.randn(1, 4, 8, 8)
+    for method in ("sds", "csd", "nfsd", "sdi", "ism"):
+        scorer = methods.Scorer(method, prior, guidance_scale=7.5, sigma_range=(prior.sigma_min, prior.sigma_max))
+        assert torch.isfinite(scorer(y, s, None, torch.Generator().manual_seed(0))).all()
+    # Its own grid sets t: the NFSD split is the grid's t = 200 of 1000.
+    assert scorer.sigma_split == pytest.approx(float(torch.sort(prior.sigmas.double()).values[round(0.2 * 999)]))

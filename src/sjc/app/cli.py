@@ -22,7 +22,7 @@ COMMANDS = {
     "generate": "optimise a 3D voxel field against a 2D diffusion prior and export it",
     "render": "render a run's field as a turntable or spiral video, at any resolution",
     "export": "write a run's field as a coloured mesh (glb, obj, ply) or its raw grids (npz)",
-    "canvas": "optimise a 2D image with a prior's score (naive or PAAS; annealed or random sigmas)",
+    "canvas": "optimise a 2D image with a prior's score (PAAS, naive, SDS, ...; annealed or random sigmas)",
     "sample": "draw images from a 2D prior with the deterministic Karras/EDM sampler (Heun or Euler)",
     "train-prior": "train the learned toy prior (--prior toy-learned) on toy-world renders",
     "serve": "a web page: type a prompt, watch the run, turn the mesh around, download it ([web] extra)",
@@ -47,6 +47,7 @@ def _preset_then_flags(argv: list[str]) -> argparse.Namespace:
     pre.add_argument("--prior", default="toy")
     pre.add_argument("--preset", default="default")
     pre.add_argument("--resume", default=None)
+    pre.add_argument("--scoring.method", "--scoring", dest="method", default="paas")
     return pre.parse_known_args(argv)[0]
 
 
@@ -56,7 +57,8 @@ def parse_generate(argv: list[str]) -> GenerateConfig:
 
     known = _preset_then_flags(argv)
     # A resume starts from the run's saved settings instead of a preset.
-    default = preset(known.prior, known.preset) if known.resume is None else resume_defaults(known.resume)
+    resumed = known.resume is not None
+    default = preset(known.prior, known.preset, known.method) if not resumed else resume_defaults(known.resume)
     about = "Optimise a voxel field so its renders look likely to a 2D diffusion prior."
     cfg = tyro.cli(GenerateConfig, args=argv, default=default, prog="sjc generate", description=about)
     if known.resume is not None:
@@ -149,7 +151,11 @@ def parse_2d(command: str, argv: list[str]) -> Any:
         "canvas": "Optimise an image directly (the renderer is the identity) with a 2D prior's score estimate.",
         "sample": "Draw images from a 2D prior with the deterministic Karras/EDM probability-flow ODE sampler.",
     }
-    default = make(known.prior, known.preset)
+    default = (
+        canvas_preset(known.prior, known.preset, known.method)
+        if command == "canvas"
+        else make(known.prior, known.preset)
+    )
     cfg = tyro.cli(cls, args=argv, default=default, prog=f"sjc {command}", description=about[command])
     validate_2d(cfg)
     return cfg

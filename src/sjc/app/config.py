@@ -197,6 +197,19 @@ def validate(cfg: GenerateConfig) -> None:
         ),
         (cfg.scoring.n_noise >= 1, f"--scoring.n-noise must be at least 1, got {cfg.scoring.n_noise}"),
         (
+            cfg.scoring.method != "vsd" or cfg.prior == "toy-learned",
+            f"--scoring.method vsd needs the learned toy prior (--prior toy-learned), not {cfg.prior!r}",
+        ),
+        (
+            cfg.scoring.inversion_steps >= 1,
+            f"--scoring.inversion-steps must be at least 1, got {cfg.scoring.inversion_steps}",
+        ),
+        (cfg.scoring.vsd_lr > 0, f"--scoring.vsd-lr must be positive, got {cfg.scoring.vsd_lr}"),
+        (
+            cfg.scoring.negative_scale >= 0,
+            f"--scoring.negative-scale must not be negative, got {cfg.scoring.negative_scale}",
+        ),
+        (
             cfg.camera.fov_min <= cfg.camera.fov_max,
             f"--camera.fov-min ({cfg.camera.fov_min}) must not exceed --camera.fov-max ({cfg.camera.fov_max})",
         ),

@@ -44,8 +44,10 @@ class Config2D:
 
 @dataclass(frozen=True)
 class CanvasConfig(Config2D):
-    scoring: Literal["naive", "paas"] = "paas"
-    """Score estimate: 'naive' (D(x; sigma) - x) / sigma on the clean image, or 'paas' (perturb, then average)."""
+    scoring: Literal["paas", "naive", "sds", "csd", "nfsd", "sdi", "ism", "vsd"] = "paas"
+    """Score estimate: 'naive' (D(x; sigma) - x) / sigma on the clean image, 'paas' (perturb, then average), or a
+    distillation method of `sjc generate --scoring.method` (docs/methods.md) on the canvas's own sigmas; choosing
+    one applies its preset guidance scale (paas and sds 100, csd 40, nfsd, sdi, ism and vsd 7.5)."""
     schedule: Literal["annealed", "random"] = "annealed"
     """Sigma per step: 'annealed' geometrically from sigma-max to sigma-min, or 'random' log-uniform between them."""
     steps: int = 100
@@ -65,7 +67,16 @@ class CanvasConfig(Config2D):
     init_std: float = 0.5
     """The canvas starts as init-std * N(0, 1) noise (a flat grey image at 0)."""
     guidance_scale: float = PAPER_GUIDANCE_SCALE
-    """Classifier-free guidance scale of text-conditioned priors (SJC's 100; the toy-learned preset: none)."""
+    """Classifier-free guidance scale of text-conditioned priors (SJC's 100; the toy-learned preset: none; the
+    other methods: their presets)."""
+    negative_prompt: str | None = None
+    """nfsd (and csd with --negative-scale): the negative prompt; None takes the prior's own (docs/methods.md)."""
+    negative_scale: float = 0.0
+    """csd: weight of the negative-prompt term (0: off)."""
+    inversion_steps: int = 4
+    """sdi and ism: DDIM inversion steps from the smallest sigma up to the step's."""
+    vsd_lr: float = 1e-3
+    """vsd: Adam learning rate of the online copy of the network."""
     frames: int = 40
     """Frames of the trajectory video."""
 
@@ -105,6 +116,13 @@ def validate_2d(cfg: Config2D) -> None:
             (cfg.n_noise >= 1, f"--n-noise must be at least 1, got {cfg.n_noise}"),
             (cfg.init_std >= 0, f"--init-std must not be negative, got {cfg.init_std}"),
             (cfg.frames >= 1, f"--frames must be at least 1, got {cfg.frames}"),
+            (cfg.inversion_steps >= 1, f"--inversion-steps must be at least 1, got {cfg.inversion_steps}"),
+            (cfg.vsd_lr > 0, f"--vsd-lr must be positive, got {cfg.vsd_lr}"),
+            (cfg.negative_scale >= 0, f"--negative-scale must not be negative, got {cfg.negative_scale}"),
+            (
+                cfg.scoring != "vsd" or cfg.prior == "toy-learned",
+                f"--scoring vsd needs the learned toy prior (--prior toy-learned), not {cfg.prior!r}",
+            ),
         ]
     if isinstance(cfg, SampleConfig):
         checks += [

@@ -9,7 +9,15 @@ import dataclasses
 from typing import Any
 
 from ..core.errors import ConfigError
-from ..core.settings import FieldConfig, LossConfig, OptimConfig, ScoringConfig
+from ..core.settings import (
+    METHODS,
+    PAPER_GUIDANCE,
+    PAPER_SCHEDULES,
+    FieldConfig,
+    LossConfig,
+    OptimConfig,
+    ScoringConfig,
+)
 from ..outputs.settings import ExportConfig
 from ..priors import TOY_PRIORS, is_plugin
 from ..priors.settings import LEARNED_GUIDANCE_SCALE, PixelConfig, SDConfig
@@ -140,12 +148,30 @@ def _table(prior: str) -> dict[str, Any]:
     raise ConfigError(f"unknown prior {prior!r}; known priors: {', '.join(PRESETS)}")
 
 
-def preset(prior: str, name: str) -> GenerateConfig:
-    """The named `sjc generate` preset of `prior`; ConfigError listing the known names otherwise."""
+def preset(prior: str, name: str, method: str = "paas") -> GenerateConfig:
+    """The named `sjc generate` preset of `prior`, with `method`'s own guidance scale and sigma schedule
+    (`method_preset`); ConfigError listing the known names otherwise."""
     table = _table(prior)
     if name not in table:
         raise ConfigError(f"unknown preset {name!r} for prior {prior!r}; known presets: {', '.join(table)}")
-    return dataclasses.replace(table[name](), prior=prior, preset=name)
+    cfg = dataclasses.replace(table[name](), prior=prior, preset=name)
+    return dataclasses.replace(cfg, scoring=method_preset(cfg.scoring, method))
+
+
+def check_method(method: str) -> None:
+    if method not in METHODS:
+        raise ConfigError(f"unknown scoring method {method!r}; known methods: {', '.join(METHODS)}")
+
+
+def method_preset(scoring: ScoringConfig, method: str) -> ScoringConfig:
+    """`scoring` with `method` and that method's paper settings: its guidance scale and its sigma schedule
+    ('auto' resolves to it). paas and naive keep the prior's preset unchanged (SJC's own settings)."""
+    check_method(method)
+    if method in ("paas", "naive"):
+        return dataclasses.replace(scoring, method=method) if method != scoring.method else scoring
+    return dataclasses.replace(
+        scoring, method=method, guidance_scale=PAPER_GUIDANCE[method], sigma_schedule=PAPER_SCHEDULES[method]
+    )
 
 
 # --- sjc canvas and sjc sample ------------------------------------------------------------------
@@ -173,10 +199,15 @@ def _preset_2d(cls: type, steps: dict[str, tuple[int, int]], prior: str, name: s
     return cls(prior=prior, preset=name, toy=toy, sd=base.sd, pixel=base.pixel, steps=steps_, **changes)
 
 
-def canvas_preset(prior: str, name: str) -> CanvasConfig:
-    """The named preset of `sjc canvas` for `prior`."""
+def canvas_preset(prior: str, name: str, method: str = "paas") -> CanvasConfig:
+    """The named preset of `sjc canvas` for `prior`, with `method`'s guidance scale (the canvas keeps its own
+    sigma schedule for every method)."""
     changes: dict = {"seeds": 2, "frames": 8} if name == "tiny" else {}
-    return _preset_2d(CanvasConfig, _CANVAS_STEPS, prior, name, **changes)
+    check_method(method)
+    cfg = _preset_2d(CanvasConfig, _CANVAS_STEPS, prior, name, **changes)
+    if method in ("paas", "naive"):
+        return dataclasses.replace(cfg, scoring=method) if method != cfg.scoring else cfg
+    return dataclasses.replace(cfg, scoring=method, guidance_scale=PAPER_GUIDANCE[method])
 
 
 def sample_preset(prior: str, name: str) -> SampleConfig:

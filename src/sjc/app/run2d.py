@@ -23,6 +23,7 @@ from torch import Tensor
 from ..core.canvas import canvas_sigmas, karras_sigmas, optimise_canvas, sample_ode, snap_to_grid
 from ..core.denoisers import Prior
 from ..core.fit import make_generators, pick_device
+from ..core.methods import Scorer
 from ..outputs.video import write_gif, write_mp4
 from ..priors import TOY_PRIORS, build_prior
 from .config import to_dict
@@ -102,8 +103,26 @@ def _one_canvas(cfg: CanvasConfig, prior: Prior, seed: int, sigma_range: tuple[f
         variance_reduced=cfg.variance_reduced,
         generator=gens["noise"],
         on_step=lambda step, image: kept.append(image) if step + 1 in keep_at else None,
+        scorer=_scorer(cfg, prior, sigma_range),
     )
     return x, kept, records
+
+
+def _scorer(cfg: CanvasConfig, prior: Prior, sigma_range: tuple[float, float]) -> Scorer | None:
+    """The canvas's distillation method bound to the prior (None for paas and naive)."""
+    if cfg.scoring in ("paas", "naive"):
+        return None
+    return Scorer(
+        cfg.scoring,
+        prior,
+        guidance_scale=cfg.guidance_scale,
+        sigma_range=sigma_range,
+        negative_prompt=cfg.negative_prompt,
+        negative_scale=cfg.negative_scale,
+        inversion_steps=cfg.inversion_steps,
+        n_noise=cfg.n_noise,
+        vsd_lr=cfg.vsd_lr,
+    )
 
 
 # --- sjc sample ---------------------------------------------------------------------------

@@ -18,6 +18,7 @@ from pathlib import Path
 import imageio.v3 as iio
 import torch
 
+from ..core import methods
 from ..core.cameras import View, camera_from_view
 from ..core.denoisers import Prior
 from ..core.errors import UserError
@@ -169,6 +170,7 @@ def generate(
     field = build_field(prior, cfg.field, device, generator=gens["init"])
     optimizer = make_optimizer(field, cfg.optim)
     SigmaSchedule(cfg.scoring, prior, cfg.train.schedule_steps or cfg.train.steps)  # ConfigError before writing
+    methods.Scorer.check(cfg.scoring.method, prior)  # a prior the method cannot use fails before writing too
     start = restore_run(run_dir, cfg, field, optimizer, gens) if cfg.resume else 0
     if not cfg.resume:
         prepare_run_dir(run_dir, cfg, cfg.overwrite)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..priors.settings import SUITE_PROMPTS
 from .config import raise_first
 
 
@@ -15,18 +16,7 @@ class TrainPriorConfig:
 
     out: str = "runs/train-prior"
     """Output folder: weights.safetensors (EMA weights), checkpoint.safetensors, log.jsonl, config.json."""
-    prompts: tuple[str, ...] = (
-        "a red and blue cube",
-        "a green cube",
-        "a yellow sphere",
-        "an orange and purple sphere",
-        "a blue cylinder",
-        "a red and green cylinder",
-        "a purple cone",
-        "a yellow and blue cone",
-        "an orange torus",
-        "a green and red torus",
-    )
+    prompts: tuple[str, ...] = SUITE_PROMPTS
     """The prompts (classes) the network learns; each is a toy-world prompt."""
     n_images: int = 5000
     """Renders per prompt (the same cached data sets the exact toy prior uses)."""

@@ -18,8 +18,9 @@ from torch import Tensor
 
 from .chaining import naive_grad, paas_grad, sigma_annealed, sigma_log_uniform
 from .denoisers import Denoiser
+from .methods import METHODS
 
-SCORINGS = ("naive", "paas")
+SCORINGS = METHODS  # naive, paas, and the distillation methods of `core.methods` (given as a `scorer`)
 SCHEDULES = ("annealed", "random")
 SAMPLERS = ("heun", "euler")
 
@@ -58,15 +59,21 @@ def optimise_canvas(
     variance_reduced: bool = True,
     generator: torch.Generator | None = None,
     on_step: Callable[[int, Tensor], None] | None = None,
+    scorer: Callable[[Tensor, float, Any, torch.Generator | None], Tensor] | None = None,
 ) -> tuple[Tensor, list[CanvasRecord]]:
     """Move the images x [B, C, H, W] up the estimated score, one step per sigma; each image gets its own
     estimate (and its own noise draws under PAAS). Returns the final images and one record per step (update
-    RMS over the batch); `on_step(step, x)` sees the images after each step (e.g. to keep frames)."""
+    RMS over the batch); `on_step(step, x)` sees the images after each step (e.g. to keep frames). Any scoring
+    other than naive and paas is computed by `scorer(x, sigma, None, generator)` (a `methods.Scorer`)."""
     if scoring not in SCORINGS:
         raise ValueError(f"unknown scoring {scoring!r}; known: {', '.join(SCORINGS)}")
+    if scoring not in ("naive", "paas") and scorer is None:
+        raise ValueError(f"scoring {scoring!r} needs its scorer (core.methods.Scorer)")
     records = []
     for step, sigma in enumerate(sigmas):
-        if scoring == "paas":
+        if scorer is not None and scoring not in ("naive", "paas"):
+            g = scorer(x, sigma, None, generator)
+        elif scoring == "paas":
             g = paas_grad(
                 denoiser, x, sigma, cond, n_noise=n_noise, variance_reduced=variance_reduced, generator=generator
             )

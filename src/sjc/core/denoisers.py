@@ -133,7 +133,14 @@ class Prior(Protocol):
 
     The prompt enters once, when the prior is built; the loop then asks only for the conditioning of a view
     (`condition`), where a text prior adds its own view prefix. `sjc.priors.DenoiserPrior` makes one from
-    any callable D(x, sigma, cond)."""
+    any callable D(x, sigma, cond).
+
+    Two optional methods serve the score-distillation methods of `core.methods` (docs/methods.md); a prior
+    without them runs paas, naive, sds and sdi only:
+      branches(view, negative_prompt=None) -> methods.Branches: its unguided denoiser and the conditions of the
+        prompt, of its unconditional branch and of a negative prompt (csd, nfsd, ism, vsd; sds and sdi guide
+        with them when present);
+      online_copy(lr) -> an object with denoise(x, sigma, view) and train_step(y, view, generator) (vsd)."""
 
     prompt: str  # what it was built for ('' for an unconditional prior)
     channels: int  # channels of the data space the field renders (3 for RGB, 4 for SD latents)

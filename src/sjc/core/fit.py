@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from . import chaining
+from . import chaining, methods
 from .cameras import Camera, View, camera_from_view, sample_training_view
 from .denoisers import Prior
 from .errors import ConfigError, DeviceError
@@ -108,10 +108,14 @@ class SigmaSchedule:
 
     def __init__(self, scoring: ScoringConfig, prior: Prior, n_steps: int) -> None:
         kind = scoring.sigma_schedule
-        if kind == "auto":  # the paper draws from the network's grid; a continuous prior has none
-            kind = "grid" if prior.sigmas is not None else "log-uniform"
+        if kind == "auto":  # the method's own; SJC draws from the network's grid, and a continuous prior has none
+            kind = methods.PAPER_SCHEDULES.get(scoring.method) or (
+                "grid" if prior.sigmas is not None else "log-uniform"
+            )
         self.kind, self.n_steps = kind, n_steps
-        if kind == "grid":
+        if kind in ("timestep", "timestep-annealed"):
+            self.timesteps = methods.Timesteps(prior.sigmas, *sigma_range(scoring, prior))
+        elif kind == "grid":
             if prior.sigmas is None:
                 raise ConfigError("this prior has no discrete sigma grid; use --scoring.sigma-schedule log-uniform")
             lo, hi, n = scoring.drop_lowest, scoring.drop_highest, len(prior.sigmas)
@@ -124,6 +128,10 @@ class SigmaSchedule:
             self.range = sigma_range(scoring, prior)
 
     def __call__(self, step: int, generator: torch.Generator) -> float:
+        if self.kind == "timestep":
+            return self.timesteps.uniform(generator)
+        if self.kind == "timestep-annealed":
+            return self.timesteps.annealed(step, self.n_steps)
         if self.kind == "log-uniform":
             return chaining.sigma_log_uniform(*self.range, generator)
         if self.kind == "annealed":
@@ -141,6 +149,24 @@ def sigma_range(scoring: ScoringConfig, prior: Prior) -> tuple[float, float]:
             f"[{prior.sigma_min}, {prior.sigma_max}]) must satisfy 0 < sigma-min < sigma-max"
         )
     return lo, hi
+
+
+def make_scorer(scoring: ScoringConfig, prior: Prior) -> methods.Scorer | None:
+    """The score estimate of `scoring.method` bound to `prior` (None for paas and naive, which the step computes
+    itself); ConfigError when the prior cannot serve the method."""
+    if scoring.method in ("paas", "naive"):
+        return None
+    return methods.Scorer(
+        scoring.method,
+        prior,
+        guidance_scale=scoring.guidance_scale,
+        sigma_range=sigma_range(scoring, prior),
+        negative_prompt=scoring.negative_prompt,
+        negative_scale=scoring.negative_scale,
+        inversion_steps=scoring.inversion_steps,
+        n_noise=scoring.n_noise,
+        vsd_lr=scoring.vsd_lr,
+    )
 
 
 @dataclass
@@ -175,6 +201,7 @@ class FitLoop:
     cameras: CameraSampler
     render: RenderFn
     schedule_steps: int
+    scorer: methods.Scorer | None = None  # the score estimate of a method other than paas and naive
 
     @classmethod
     def create(
@@ -202,6 +229,7 @@ class FitLoop:
             cameras or PerspectiveCameras(settings.camera),
             render_fn or default_render(settings.field),
             n_schedule,
+            make_scorer(settings.scoring, prior),
         )
 
 
@@ -222,7 +250,9 @@ def sjc_step(field: VoxelField, loop: FitLoop, step: int) -> StepResult:
         field.refresh_occupancy(f.occupancy_threshold, f.occupancy_dilation)
     out = loop.render(field, camera)
     sigma = loop.sigmas(step, loop.gens["sigma"])
-    if s.method == "naive":
+    if loop.scorer is not None:
+        g = loop.scorer(out.image, sigma, view, loop.gens["noise"])
+    elif s.method == "naive":
         g = chaining.naive_grad(prior.denoise, out.image.detach(), sigma, cond)
     else:
         g = chaining.paas_grad(

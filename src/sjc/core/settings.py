@@ -13,6 +13,21 @@ from typing import Literal
 
 PAPER_GUIDANCE_SCALE = 100.0  # the paper's classifier-free guidance scale for SJC
 
+# The score estimates of `core.chaining` (paas, naive) and `core.methods` (the others; docs/methods.md).
+METHODS = ("paas", "naive", "sds", "csd", "nfsd", "sdi", "ism", "vsd")
+GUIDED = ("csd", "nfsd", "ism", "vsd")  # need a prior's separate conditional and unconditional branches
+# Each method's paper: its classifier-free guidance scale and sigma schedule ('auto' of --scoring.sigma-schedule).
+# paas and naive keep the prior's preset (SJC: 100 for Stable Diffusion, none for the toy priors).
+PAPER_GUIDANCE = {"sds": 100.0, "csd": 40.0, "nfsd": 7.5, "sdi": 7.5, "ism": 7.5, "vsd": 7.5}
+PAPER_SCHEDULES = {
+    "sds": "timestep",
+    "csd": "timestep",
+    "nfsd": "timestep",
+    "sdi": "timestep-annealed",
+    "ism": "timestep",
+    "vsd": "timestep",
+}
+
 
 @dataclass(frozen=True)
 class FieldConfig:
@@ -60,10 +75,14 @@ class CameraConfig:
 
 @dataclass(frozen=True)
 class ScoringConfig:
-    sigma_schedule: Literal["auto", "log-uniform", "grid", "annealed"] = "auto"
+    sigma_schedule: Literal["auto", "log-uniform", "grid", "annealed", "timestep", "timestep-annealed"] = "auto"
     """How sigma is drawn each step: log-uniform in [sigma_min, sigma_max]; uniform over the prior's
-    discrete sigma grid minus its extremes; annealed geometrically from sigma_max to sigma_min; or 'auto':
-    'grid' for a prior with a discrete grid (the paper's choice), else 'log-uniform'."""
+    discrete sigma grid minus its extremes; annealed geometrically from sigma_max to sigma_min; 'timestep':
+    DreamFusion's t ~ U[0.02, 0.98] mapped to sigma = sqrt((1 - abar(t)) / abar(t)) through the prior's own
+    grid, or Stable Diffusion's linear-beta schedule for a prior without one, clipped to [sigma_min,
+    sigma_max]; 'timestep-annealed': t falling linearly from 0.98 to 0.02 over the run, mapped alike; or
+    'auto': the method's own schedule (paas and naive: 'grid' for a prior with a discrete grid, the paper's
+    choice, else 'log-uniform'; the other methods: docs/methods.md)."""
     sigma_min: float | None = None
     """Smallest sigma; None takes the prior's own range."""
     sigma_max: float | None = None
@@ -72,15 +91,38 @@ class ScoringConfig:
     """With the 'grid' schedule: how many of the smallest grid sigmas are never drawn."""
     drop_highest: int = 30
     """With the 'grid' schedule: how many of the largest grid sigmas are never drawn."""
-    method: Literal["paas", "naive"] = "paas"
-    """'paas' scores a perturbed render (Perturb-and-Average Scoring); 'naive' scores the clean render y as
-    (D(y; sigma) - y) / sigma, the baseline the paper shows fails on learned priors (out of distribution)."""
+    method: Literal["paas", "naive", "sds", "csd", "nfsd", "sdi", "ism", "vsd"] = "paas"
+    """The score estimate g chained into the field (docs/methods.md; z = y + sigma n, D_g = D_u + s (D_c - D_u),
+    w = sigma^2 / (1 + sigma^2)). 'paas' (SJC, the default): (D(z) - y) / sigma averaged over n-noise draws;
+    'naive': (D(y) - y) / sigma on the clean render, the baseline the paper shows fails on learned priors;
+    'sds' (DreamFusion): w (D_g(z) - y) / sigma, preset guidance 100, t ~ U[0.02, 0.98]; 'csd' (classifier score
+    distillation): s w (D_c(z) - D_u(z)) / sigma, guidance 40, t ~ U[0.02, 0.98]; 'nfsd' (noise-free score
+    distillation): s (D_c - D_u) / sigma plus (D_u - D_neg) / sigma above t = 200/1000, else (D_u(z) - z) / sigma,
+    guidance 7.5, t ~ U[0.02, 0.98]; 'sdi' (score distillation via inversion): w (D_g(z) - y) / sigma with z the
+    DDIM inversion of y, guidance 7.5, t falling from 0.98 to 0.02; 'ism' (interval score matching): w (D_g(z_t) -
+    D_u(z_s)) / sigma_t with z_s the DDIM inversion of y to t - 0.05 and z_t one DDIM step on, guidance 7.5,
+    t ~ U[0.02, 0.98]; 'vsd' (ProlificDreamer, --prior toy-learned only): w (D_g(z) - D_phi(z)) / sigma with D_phi
+    a copy of the network trained online on the renders, guidance 7.5, t ~ U[0.02, 0.98]. Choosing a method on
+    the command line applies its preset (guidance scale and schedule); flags still override it."""
     variance_reduced: bool = True
     """PAAS with (D(y + sigma n) - y) / sigma (paper Eq. 16) instead of (D - (y + sigma n)) / sigma (Eq. 15)."""
     n_noise: int = 1
     """Noise draws averaged per step (k in the paper)."""
     guidance_scale: float = PAPER_GUIDANCE_SCALE
-    """Classifier-free guidance scale for text-conditioned priors."""
+    """Classifier-free guidance scale for text-conditioned priors (the method presets: paas and sds 100, csd 40,
+    nfsd, sdi, ism and vsd 7.5; the toy-learned preset of paas: none). The exact toy prior's paas needs none;
+    the other methods guide it with its exact unconditional denoiser (all ten suite prompts' renders)."""
+    negative_prompt: str | None = None
+    """Negative prompt of nfsd (and of csd with --scoring.negative-scale): None takes the prior's own (the toy
+    priors: the empty scene for 'toy', the unconditional branch for 'toy-learned'; sd: --sd.negative-prompt).
+    For the toy priors any toy prompt (the learned one: one of its classes), or 'empty scene' for 'toy'."""
+    negative_scale: float = 0.0
+    """csd only: weight of the negative-prompt term, g -= negative_scale w (D_neg(z) - D_u(z)) / sigma (0: off)."""
+    inversion_steps: int = 4
+    """sdi and ism: DDIM (probability-flow Euler) steps inverting the render from the smallest sigma of the
+    range up to the step's noise level."""
+    vsd_lr: float = 1e-3
+    """vsd: Adam learning rate of the online copy of the network (one update on the render per step)."""
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ and the training loss weight lambda(sigma) = 1 / c_out^2 = (sigma^2 + sigma_data
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 from collections.abc import Hashable, Sequence
@@ -28,7 +29,8 @@ from torch import Tensor, nn
 from ..core.cameras import View, view_bucket
 from ..core.denoisers import ClassifierFreeGuidance, _per_sample
 from ..core.errors import UserError
-from .settings import LEARNED_GUIDANCE_SCALE
+from ..core.methods import Branches
+from .settings import EMPTY_SCENE, LEARNED_GUIDANCE_SCALE
 from .toy import BACKGROUND, SIGMA_RANGE, PromptError, parse_prompt
 
 VIEWS = ("front", "side", "back", "overhead")  # view-bucket tokens; index len(VIEWS) is "no view"
@@ -286,9 +288,28 @@ class LearnedToyPrior:
     def condition(self, view: View | None = None) -> Hashable:
         """(class, view bucket) indices, the dropped view token with no view or view conditioning off; with
         guidance, paired with the dropped tokens (the unconditional branch)."""
-        seen = view is not None and self.view_conditioning
-        cond = (self.class_id, VIEWS.index(view_bucket(view)) if seen else len(VIEWS))
+        cond = (self.class_id, self._view_id(view))
         return (cond, self.null) if self._cfg is not None else cond
+
+    def _view_id(self, view: View | None) -> int:
+        return VIEWS.index(view_bucket(view)) if view is not None and self.view_conditioning else len(VIEWS)
+
+    def branches(self, view: View | None = None, negative_prompt: str | None = None) -> Branches:
+        """For the guided methods (`core.methods`): the unguided network with the (class, view) tokens of the
+        prompt, the dropped tokens (its unconditional branch) and a negative prompt's (None or '': the dropped
+        tokens, as Stable Diffusion's empty negative prompt; else one of its classes, seen from the same view)."""
+        view_id = self._view_id(view)
+        if negative_prompt in (None, ""):
+            negative = self.null
+        elif negative_prompt == EMPTY_SCENE:
+            raise PromptError(f"the learned toy prior has no {EMPTY_SCENE!r}; give one of: {', '.join(self.prompts)}")
+        else:
+            negative = (self.prompts.index(self.resolve(negative_prompt)), view_id)
+        return Branches(self._denoise_batch, (self.class_id, view_id), self.null, negative)
+
+    def online_copy(self, lr: float = 1e-3) -> OnlineCopy:
+        """A copy of the network for variational score distillation, trained online on the field's renders."""
+        return OnlineCopy(self, lr)
 
     def _denoise_batch(self, x: Tensor, sigma: Tensor, cond) -> Tensor:
         """cond: one (class, view) pair for the whole batch, or a list of pairs, one per image."""
@@ -311,3 +332,42 @@ class LearnedToyPrior:
 
     def decode(self, x: Tensor) -> Tensor:
         return x
+
+
+class OnlineCopy:
+    """ProlificDreamer's second network, for --scoring.method vsd: a full copy of the prior's (1.3M parameters;
+    the network is small enough that no LoRA is needed), starting equal to it and conditioned on the prompt and
+    the camera's view bucket. `train_step` takes one Adam step of the EDM-weighted denoising loss on the render
+    just scored, at sigma drawn as the prior was trained (ln sigma ~ N(-0.8, 1.4^2)), so D_phi follows the
+    distribution of the field's renders."""
+
+    P_MEAN, P_STD = -0.8, 1.4  # the shipped network's training distribution of ln sigma (`sjc train-prior`)
+
+    def __init__(self, prior: LearnedToyPrior, lr: float = 1e-3) -> None:
+        self.prior = prior
+        self.model = copy.deepcopy(prior.model).requires_grad_(True).train()
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=lr)
+
+    def _ids(self, view: View | None, n: int, device: torch.device) -> tuple[Tensor, Tensor]:
+        ids = torch.tensor([self.prior.class_id, self.prior._view_id(view)], dtype=torch.long, device=device)
+        return ids[0].expand(n), ids[1].expand(n)
+
+    @torch.no_grad()
+    def denoise(self, x: Tensor, sigma: float, view: View | None) -> Tensor:
+        """D_phi(x; sigma) of the adapted copy [B, 3, S, S]."""
+        sigmas = torch.full((x.shape[0],), float(sigma), device=x.device)
+        return self.model(x.float(), sigmas, *self._ids(view, x.shape[0], x.device)).to(x.dtype)
+
+    def train_step(self, y: Tensor, view: View | None, generator: torch.Generator | None = None) -> float:
+        """One update on the renders y [B, 3, S, S]; returns the weighted loss."""
+        y = y.detach().float()
+        n = y.shape[0]
+        sigma = torch.exp(self.P_MEAN + self.P_STD * torch.randn(n, generator=generator, device=y.device))
+        noise = torch.randn(y.shape, generator=generator, device=y.device)
+        with torch.enable_grad():
+            per_image = self.model(y + sigma[:, None, None, None] * noise, sigma, *self._ids(view, n, y.device)) - y
+            loss = (edm_loss_weight(sigma, self.model.sigma_data) * per_image.square().mean((1, 2, 3))).mean()
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+        self.optimizer.step()
+        return float(loss.detach())

@@ -17,6 +17,7 @@ from torch import Tensor
 from ..core.cameras import View, view_prompt
 from ..core.denoisers import ClassifierFreeGuidance
 from ..core.errors import ConfigError
+from ..core.methods import Branches
 from ..core.settings import PAPER_GUIDANCE_SCALE
 from .discrete import DiscreteDenoiser
 from .loading import ModelKind, import_classes, locate, reading, resolve_dtype
@@ -178,6 +179,18 @@ class StableDiffusionPrior:
         ("front view of ..."); with no view (2D images) or view_prompts off, the prompt as given."""
         text = view_prompt(self.prompt, view) if view is not None and self.view_prompts else self.prompt
         return self.embed(text), self.embed(self.negative_prompt)
+
+    def branches(self, view: View | None = None, negative_prompt: str | None = None) -> Branches:
+        """For the guided methods (`core.methods`): the unguided denoiser with the view-prefixed prompt's
+        embeddings, the unconditional ones (--sd.negative-prompt, '' by default, as for guidance) and a
+        negative prompt's (None: --sd.negative-prompt)."""
+        cond, uncond = self.condition(view)
+        negative = uncond if negative_prompt is None else self.embed(negative_prompt)
+        return Branches(self._denoise_unguided, cond, uncond, negative)
+
+    @torch.no_grad()
+    def _denoise_unguided(self, x: Tensor, sigma: Tensor, embeddings: Tensor) -> Tensor:
+        return self.discrete(x, sigma, embeddings.expand(x.shape[0], -1, -1))
 
     # --- denoising -------------------------------------------------------------------------
     def _network(self, x_in: Tensor, t: Tensor, embeddings: Tensor) -> Tensor:

@@ -12,6 +12,22 @@ from typing import Literal
 # not rescue its random-sigma preset (docs/learned-prior.md). Every command's learned preset uses this.
 LEARNED_GUIDANCE_SCALE = 1.0
 
+# The toy suite: every shape, one- and two-colour. The learned prior's classes (`sjc train-prior --prompts`),
+# the quality benchmarks' prompts, and the toy world's unconditional distribution (the renders of all of them).
+SUITE_PROMPTS = (
+    "a red and blue cube",
+    "a green cube",
+    "a yellow sphere",
+    "an orange and purple sphere",
+    "a blue cylinder",
+    "a red and green cylinder",
+    "a purple cone",
+    "a yellow and blue cone",
+    "an orange torus",
+    "a green and red torus",
+)
+EMPTY_SCENE = "empty scene"  # the exact toy prior's default negative prompt: the background alone
+
 
 @dataclass(frozen=True)
 class ToyConfig:

@@ -17,8 +17,10 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from ..core.cameras import Camera, View, batch_rays, camera_from_view, sample_training_view, view_bucket
-from ..core.denoisers import ConditionalDenoiser, EmpiricalDenoiser
+from ..core.denoisers import ConditionalDenoiser, EmpiricalDenoiser, PointMassDenoiser
 from ..core.errors import ConfigError, UserError
+from ..core.methods import Branches
+from .settings import EMPTY_SCENE, SUITE_PROMPTS
 
 FORMAT_VERSION = 1  # bump when renders change, so stale caches are not reused
 BACKGROUND = 1.0  # white, in [-1, 1] units
@@ -305,12 +307,47 @@ class ToyPrior:
         self.image_size = image_size
         self.view_conditioning = view_conditioning
         self.dataset = make_dataset(self.scene, n_images, image_size, seed, cache_dir)
-        images, buckets = self.dataset.images, self.dataset.buckets
-        if view_conditioning:
+        self.data_args, self.device = (n_images, image_size, seed, cache_dir), device
+        self.denoiser = self._bucketed([self.dataset])
+        self._others: dict[str, ConditionalDenoiser | PointMassDenoiser] = {}
+
+    def _bucketed(self, datasets: Sequence[ToyDataset]) -> ConditionalDenoiser:
+        """The exact denoiser of the renders of `datasets` together, per view bucket (or all views)."""
+        images = torch.cat([d.images for d in datasets])
+        buckets = [b for d in datasets for b in d.buckets]
+        if self.view_conditioning:
             groups = {b: images[[i for i, bi in enumerate(buckets) if bi == b]] for b in sorted(set(buckets))}
         else:
             groups = {ALL_VIEWS: images}
-        self.denoiser = ConditionalDenoiser({k: EmpiricalDenoiser(v).to(device) for k, v in groups.items()})
+        return ConditionalDenoiser({k: EmpiricalDenoiser(v).to(self.device) for k, v in groups.items()})
+
+    def _other(self, name: str) -> ConditionalDenoiser | PointMassDenoiser:
+        """The unconditional denoiser ('uncond': the renders of every suite prompt), the empty scene's (the
+        background alone, a point mass) or another prompt's, built once on first use."""
+        if name not in self._others:
+            if name == "uncond":
+                datasets = [
+                    self.dataset if p == self.prompt else make_dataset(p, *self.data_args) for p in SUITE_PROMPTS
+                ]
+                self._others[name] = self._bucketed(datasets)
+            elif name == EMPTY_SCENE:
+                size = self.image_size
+                self._others[name] = PointMassDenoiser(torch.full((1, 3, size, size), BACKGROUND, device=self.device))
+            else:
+                self._others[name] = self._bucketed([make_dataset(name, *self.data_args)])
+        return self._others[name]
+
+    def branches(self, view: View | None = None, negative_prompt: str | None = None) -> Branches:
+        """For the guided methods (`core.methods`): the exact denoisers of the prompt, of the toy world's
+        unconditional distribution (the renders of all ten suite prompts, bucketed as the prompt's) and of a
+        negative prompt: 'empty scene' (the default, the background alone) or any toy prompt's renders."""
+        negative = EMPTY_SCENE if negative_prompt in (None, "", EMPTY_SCENE) else parse_prompt(negative_prompt).prompt
+        key = self.condition(view)
+        return Branches(self._denoise_branch, ("cond", key), ("uncond", key), (negative, key))
+
+    def _denoise_branch(self, x: Tensor, sigma: Tensor, cond: tuple[str, Hashable]) -> Tensor:
+        name, key = cond
+        return self.denoise(x, sigma, key) if name == "cond" else self._other(name)(x, sigma, key)
 
     def condition(self, view: View | None = None) -> Hashable:
         """The view bucket of `view`; with view conditioning off, or no view, all renders alike."""
