@@ -10,6 +10,7 @@ import contextlib
 import dataclasses
 import importlib.util
 import json
+import math
 import re
 import sys
 import threading
@@ -184,7 +185,7 @@ class Job:
         self.step, self.start_step, self.steps = 0, 0, cfg.train.steps
         self.history: list[tuple[int, float, float]] = []
         self.preview: Any = None
-        self._t0 = self._last_preview = time.perf_counter()
+        self._t0, self._last_preview = time.perf_counter(), -math.inf  # the first step always shows
         self._rates: list[tuple[float, int]] = []
         self._prior: Any = None
         self.thread = threading.Thread(target=self._run, name=f"sjc-run-{self.run_dir.name}", daemon=True)
