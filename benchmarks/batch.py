@@ -21,9 +21,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from sjc.app.train_prior_config import TrainPriorConfig
+from sjc.priors.settings import SUITE_PROMPTS as SUITE
 
-SUITE = TrainPriorConfig().prompts
 KEYS = ("iou_3d", "silhouette_iou", "psnr", "shape_accuracy")
 
 

@@ -100,7 +100,7 @@ class Page:
         self.jobs: dict[str, Job] = {}  # visitor (gradio session) -> their current run
 
     # --- views ---------------------------------------------------------------------------------
-    def result_view(self, info: RunInfo | None, message: str = "") -> dict[str, Any]:
+    def result_view(self, info: RunInfo | None) -> dict[str, Any]:
         gr = _gradio()
         if info is None:
             return {"viewer": None, "video": None, "metrics": "", "files": None, "resume": gr.update(interactive=False),
@@ -111,7 +111,7 @@ class Page:
         return {
             "viewer": str(info.files["glb"]) if "glb" in info.files else None,
             "video": str(info.files["mp4"]) if "mp4" in info.files else None,
-            "metrics": about + ("\n\n" + metrics_table(info.metrics) if info.metrics else "") + message,
+            "metrics": about + ("\n\n" + metrics_table(info.metrics) if info.metrics else ""),
             "files": [str(p) for p in downloads],
             "resume": gr.update(interactive=info.resumable, value="Resume this run" if info.resumable else "Finished"),
             "selected": info.name,
@@ -256,8 +256,8 @@ class Page:
                 return [update.get(name, gr.skip()) for name in slots]
 
             def show_after(name: str) -> tuple[Any, Any]:
-                viewer = self.result_view(open_run(self.runs, name))["viewer"] if name else None
-                return viewer, self.gallery()
+                mesh = open_run(self.runs, name).files.get("glb") if name else None
+                return (str(mesh) if mesh else None), self.gallery()
 
             form_inputs = [prompt, prior, preset, steps, seed, scoring, resolution, emptiness, guidance, threads, model]
 

@@ -7,7 +7,6 @@ Nothing here imports gradio, so all of it is tested without a server; torch is i
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import importlib.util
 import json
 import math
@@ -22,11 +21,11 @@ from pathlib import Path
 from typing import Any
 
 from ..core.errors import ConfigError, UserError
+from ..priors.settings import SUITE_PROMPTS
 from .config import GenerateConfig, from_dict, validate
 from .presets import preset
-from .train_prior_config import TrainPriorConfig
 
-EXAMPLE_PROMPTS = TrainPriorConfig().prompts  # the toy suite: every shape, one and two colours
+EXAMPLE_PROMPTS = SUITE_PROMPTS  # the toy suite: every shape, one and two colours
 PRESETS = ("tiny", "default", "paper")
 SCORING = ("paas", "naive")
 WEB_DIR = ".web"  # the page's own files under --runs (zips, gradio's cache); never listed as a run
@@ -200,10 +199,6 @@ class Job:
     def wait(self, timeout: float | None = None) -> bool:
         self.thread.join(timeout)
         return not self.thread.is_alive()
-
-    @property
-    def done(self) -> bool:
-        return self.state in ("finished", "stopped", "failed")
 
     def _run(self) -> None:
         from .interrupt import Interrupted
@@ -402,7 +397,3 @@ def metrics_table(metrics: dict | None) -> str:
         ("shape", "matched" if metrics.get("shape_accuracy") else "not matched"),
     ]
     return "| measure | value |\n|---|---|\n" + "\n".join(f"| {k} | {v} |" for k, v in rows)
-
-
-def form_fields() -> list[str]:
-    return [f.name for f in dataclasses.fields(Form)]
