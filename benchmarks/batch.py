@@ -14,20 +14,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+from sjc.app.config import slug
 from sjc.priors.settings import SUITE_PROMPTS as SUITE
 
 KEYS = ("iou_3d", "silhouette_iou", "psnr", "shape_accuracy")
-
-
-def slug(prompt: str) -> str:
-    return re.sub(r"[^a-z0-9]+", "-", prompt.lower()).strip("-")
 
 
 def warm_cache(preset_name: str, cache: Path) -> None:

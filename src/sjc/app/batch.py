@@ -29,6 +29,7 @@ from ..core.errors import UserError
 from .batch_config import ResolvedJob, load_jobs, parse_options, resolve_jobs
 from .batch_report import summary_row, write_reports
 from .config import GenerateConfig, from_dict, to_dict
+from .resume import write_atomically
 
 RESULT, ATTEMPTS, STOP_FILE = "result.json", "attempts.jsonl", ".stop"
 MISSING_RAY = "install the [batch] extra: pip install 'sjc[batch]'"
@@ -69,7 +70,7 @@ def run_job(config: dict, stop_file: str) -> dict:
         return {"status": "stopped", "step": step}
     note_attempt(run_dir, "done", cfg.train.steps)
     record = finished_record(run_dir, cfg, result.metrics)
-    _write_json(run_dir / RESULT, record)
+    write_atomically(run_dir / RESULT, json.dumps(record, indent=2) + "\n")
     return record
 
 
@@ -132,12 +133,6 @@ def finished_record(run_dir: Path, cfg: GenerateConfig, metrics: dict | None) ->
         "resumed_from": [a["step"] for a in starts if a["step"] > 0],
         "metrics": _json_safe({k: metrics[k] for k in keep if k in metrics}) if metrics else None,
     }
-
-
-def _write_json(path: Path, data: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(tmp, path)
 
 
 # --- the driver ---------------------------------------------------------------------------------------------

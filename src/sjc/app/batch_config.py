@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from ..core.errors import UserError
-from .config import GenerateConfig
+from .config import GenerateConfig, check_prompt, slug
 
 JOB_KEYS = ("prompt", "seed", "name", "overrides")
 # Flags of `sjc generate` that `sjc batch` sets itself for every run.
@@ -253,10 +253,6 @@ def _override_args(overrides: Any, where: str) -> tuple[str, ...]:
 
 
 # --- resolving jobs into run configurations ----------------------------------------------------------------
-def slug(prompt: str) -> str:
-    return re.sub(r"[^a-z0-9]+", "-", prompt.lower()).strip("-") or "run"
-
-
 def resolve_jobs(jobs: list[Job], options: BatchOptions) -> list[ResolvedJob]:
     """Each job's run folder and configuration; a job that cannot run carries its one-line message instead,
     so one bad job fails alone."""
@@ -329,16 +325,6 @@ def job_config(job: Job, options: BatchOptions, run_dir: Path) -> GenerateConfig
     cfg = _quiet_tyro(parse_generate, argv)
     check_prompt(cfg)
     return cfg
-
-
-def check_prompt(cfg: GenerateConfig) -> None:
-    """The toy priors' prompt grammar, checked here rather than in a worker after the batch started."""
-    from ..priors import TOY_PRIORS
-
-    if cfg.prior in TOY_PRIORS:
-        from ..priors.toy import parse_prompt
-
-        parse_prompt(cfg.prompt)
 
 
 def _quiet_tyro(parse: Any, argv: list[str]) -> GenerateConfig:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import re
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
@@ -176,6 +177,23 @@ def _dataclass_type(cls: type, key: str) -> type | None:
     if default is not dataclasses.MISSING and dataclasses.is_dataclass(default):
         return default
     return None
+
+
+def slug(text: str) -> str:
+    """A folder name from free text: lower case, runs of anything but [a-z0-9] as one '-' ('run' if nothing is
+    left), so no prompt names a path outside the folder it is put in."""
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-") or "run"
+
+
+def check_prompt(cfg: GenerateConfig) -> None:
+    """The toy priors' prompt grammar (PromptError names the unknown word), checked before a run is started
+    elsewhere (a Ray worker, the web page's thread). Imports torch, unlike `validate`."""
+    from ..priors import TOY_PRIORS
+
+    if cfg.prior in TOY_PRIORS:
+        from ..priors.toy import parse_prompt
+
+        parse_prompt(cfg.prompt)
 
 
 def validate(cfg: GenerateConfig) -> None:

@@ -98,7 +98,7 @@ def restore_run(run_dir: Path, cfg: GenerateConfig, field: Any, optimizer: Any, 
     for stale in (run_dir / "checkpoints").glob("*.tmp"):
         stale.unlink()
     _keep_log_until(run_dir / "log.jsonl", step)
-    _write_atomically(run_dir / "config.json", to_json(cfg) + "\n")
+    write_atomically(run_dir / "config.json", to_json(cfg) + "\n")
     where = f"step {step} ({path.name})" if path else "step 0 (no checkpoint was written yet)"
     print(f"resuming {run_dir} from {where}", file=sys.stderr)
     return step
@@ -115,10 +115,10 @@ def _keep_log_until(path: Path, step: int) -> None:
                 kept.append(line + "\n")
         except (ValueError, KeyError, TypeError):
             continue
-    _write_atomically(path, "".join(kept))
+    write_atomically(path, "".join(kept))
 
 
-def _write_atomically(path: Path, text: str) -> None:
+def write_atomically(path: Path, text: str) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(text)
     os.replace(tmp, path)

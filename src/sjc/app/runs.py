@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import math
-import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -48,7 +47,7 @@ from .checkpoint import (
     restore,
     save_checkpoint,
 )
-from .config import GenerateConfig, from_dict, to_json
+from .config import GenerateConfig, from_dict, slug, to_json
 from .config2d import Config2D
 from .interrupt import Interrupted, StopRequest, catch_signals
 from .resume import restore_run
@@ -62,8 +61,7 @@ class RunFolderError(UserError, ValueError):
 
 def run_slug(cfg: GenerateConfig | Config2D) -> str:
     """A folder name for a run: its prompt, else the pixel model's name, else the prior's."""
-    name = cfg.prompt or (cfg.pixel.model if cfg.prior == "pixel" else cfg.prior)
-    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-") or "run"
+    return slug(cfg.prompt or (cfg.pixel.model if cfg.prior == "pixel" else cfg.prior))
 
 
 def prior_from_config(cfg: GenerateConfig, device: torch.device | str = "cpu") -> Prior:

@@ -22,7 +22,7 @@ from typing import Any
 
 from ..core.errors import ConfigError, UserError
 from ..priors.settings import SUITE_PROMPTS
-from .config import GenerateConfig, from_dict, validate
+from .config import GenerateConfig, check_prompt, from_dict, validate
 from .presets import preset
 
 EXAMPLE_PROMPTS = SUITE_PROMPTS  # the toy suite: every shape, one and two colours
@@ -117,10 +117,7 @@ def form_config(form: Form, runs: Path, priors: list[str] | None = None) -> Gene
     if cfg.threads is not None and cfg.threads < 1:
         raise ConfigError(f"threads must be at least 1, got {cfg.threads}")
     validate(cfg)
-    if cfg.prior in ("toy", "toy-learned"):
-        from ..priors.toy import parse_prompt
-
-        parse_prompt(cfg.prompt)  # PromptError names the unknown word and the vocabulary
+    check_prompt(cfg)
     return replace(cfg, out=str(new_run_dir(runs, cfg)))
 
 
