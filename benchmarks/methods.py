@@ -46,11 +46,100 @@ def method_changes(prior: str, preset_name: str, method: str, lr: float | None) 
     return changes
 
 
+# Relative cost of one step per method (ms per step at the default preset, one thread, idle; exact / learned
+# prior), used only to start the slowest runs first so that a pool of workers finishes together.
+STEP_MS = {
+    "toy": {"paas": 19, "naive": 19, "sds": 42, "csd": 40, "nfsd": 40, "sdi": 50, "ism": 100},
+    "toy-learned": {"paas": 30, "naive": 29, "sds": 42, "csd": 41, "nfsd": 50, "sdi": 88, "ism": 114, "vsd": 96},
+}
+
+
 def job(prompt: str, prior: str, method: str, args, seed: int = 0, lr: float | None = None) -> tuple:
     changes = method_changes(prior, args.preset, method, lr)
     changes["train"] = {"seed": seed}
     variant = method if lr is None else f"{method} (lr {lr:g})"
     return prompt, variant, changes, args.preset, args.steps, prior
+
+
+def key(job_or_row) -> tuple:
+    """(prior, variant, prompt, seed) of a job or of a finished row."""
+    if isinstance(job_or_row, dict):
+        r = job_or_row
+        return r["prior"], r["variant"], r["prompt"], r["seed"]
+    prompt, variant, changes, _, _, prior = job_or_row
+    return prior, variant, prompt, changes["train"]["seed"]
+
+
+def run_job(job: tuple, views_dir: Path) -> dict:
+    """run_one plus the seed; the held-out views of the figure prompt at seed 0 are kept for the figures."""
+    import torch
+
+    row = run_one(job)
+    row["seed"] = key(job)[3]
+    views = row.pop("views")
+    if row["prompt"] == FIGURE_PROMPT and row["seed"] == 0:
+        torch.save(views, views_dir / f"{row['prior']}--{row['variant']}.pt")
+    return row
+
+
+def run_suite(jobs: list[tuple], args) -> list[dict]:
+    """Run `jobs` in `args.jobs` processes, slowest first, appending each row to rows.jsonl as it finishes (so a
+    cut-short run keeps what it did); with --resume, jobs whose row is already there are skipped."""
+    from concurrent.futures import as_completed
+
+    rows_file, views_dir = args.out / "rows.jsonl", args.out / "views"
+    views_dir.mkdir(exist_ok=True)
+    done = read_rows([rows_file]) if args.resume and rows_file.exists() else []
+    if not args.resume:
+        rows_file.write_text("")
+    finished = {key(r) for r in done}
+    todo = [j for j in jobs if key(j) not in finished]
+    todo.sort(key=lambda j: (key(j)[3] != 0, -STEP_MS[j[5]].get(key(j)[1].split()[0], 50)))  # seed 0 first
+    print(f"{len(todo)} runs to do, {len(jobs) - len(todo)} already in {rows_file}", flush=True)
+    with ProcessPoolExecutor(max_workers=args.jobs) as pool:
+        futures = [pool.submit(run_job, j, views_dir) for j in todo]
+        for n, future in enumerate(as_completed(futures), 1):
+            row = future.result()
+            with open(rows_file, "a") as f:
+                f.write(json.dumps(row) + "\n")
+            print(
+                f"[{n}/{len(todo)}] {row['prior']} {row['variant']} seed {row['seed']} {row['prompt']}: "
+                f"3D IoU {row['iou_3d']:.3f} ({row['seconds']:.0f} s)",
+                flush=True,
+            )
+    wanted = {key(j) for j in jobs}
+    return [r for r in read_rows([rows_file]) if key(r) in wanted]
+
+
+def read_rows(paths: list[Path]) -> list[dict]:
+    """The rows of one or more rows.jsonl files, the last row of each (prior, variant, prompt, seed) kept."""
+    rows = {}
+    for path in paths:
+        for line in Path(path).read_text().splitlines():
+            if line.strip():
+                row = json.loads(line)
+                rows[key(row)] = row
+    return list(rows.values())
+
+
+def suite_report(rows: list[dict], args) -> list[str]:
+    """Table 1 (seed 0 over the prompts), table 2 (every seed on the spread prompts) and the figures."""
+    priors, prompts = ("toy", "toy-learned"), list(SUITE)
+    rows = sorted(rows, key=lambda r: (
+        priors.index(r["prior"]), METHODS.index(r["variant"].split()[0]), r["variant"],
+        prompts.index(r["prompt"]) if r["prompt"] in prompts else len(prompts), r["prompt"], r["seed"],
+    ))  # fmt: skip
+    first = [r for r in rows if r["seed"] == 0]
+    seeded = [r for r in rows if r["prompt"] in args.spread_prompts and "lr" not in r["variant"]]
+    for prior in dict.fromkeys(r["prior"] for r in rows):
+        figure(
+            args.out / "views",
+            prior,
+            [r["variant"] for r in first if r["prior"] == prior],
+            args.figures / f"methods-{prior}.png",
+        )
+    steps = sorted({r["steps"] for r in rows})
+    return [f"steps per run: {steps}", "", summarise(first), "", spread(seeded)]
 
 
 def summarise(rows: list[dict]) -> str:
@@ -186,18 +275,19 @@ def _one_g(prior, method: str, scorer, y, view, gen):
 
 
 # --- pictures --------------------------------------------------------------------------------
-def figure(rows: list[dict], prior: str, path: Path) -> None:
-    """One row per method: the four held-out views of FIGURE_PROMPT (seed 0)."""
+def figure(views_dir: Path, prior: str, variants: list[str], path: Path) -> None:
+    """One row per method: the four held-out views of FIGURE_PROMPT (seed 0), as saved by run_job."""
     import imageio.v3 as iio
     import torch
 
     from sjc.app.run2d import tile
 
-    picks = [r for r in rows if r["prior"] == prior and r["prompt"] == FIGURE_PROMPT and "views" in r]
-    if not picks:
+    files = [views_dir / f"{prior}--{v}.pt" for v in dict.fromkeys(variants)]
+    files = [f for f in files if f.exists()]
+    if not files:
         return
-    iio.imwrite(path, tile(torch.cat([r["views"] for r in picks]), 4))
-    print(f"{path}: rows " + ", ".join(r["variant"] for r in picks))
+    iio.imwrite(path, tile(torch.cat([torch.load(f) for f in files]), 4))
+    print(f"{path}: rows " + ", ".join(f.stem.split("--")[1] for f in files))
 
 
 def canvases(prior_name: str, path: Path, steps: int) -> dict:
@@ -237,48 +327,40 @@ def main() -> None:
     parser.add_argument("--canvas-steps", type=int, default=100)
     parser.add_argument("--only", choices=("suite", "directions", "canvas", "cost"), default=None)
     parser.add_argument("--jobs", type=int, default=2)
+    parser.add_argument("--figures", type=Path, default=IMAGES, help="where the PNG figures go")
+    parser.add_argument("--resume", action="store_true", help="skip the runs already in OUT/rows.jsonl")
+    parser.add_argument(
+        "--report-from", nargs="+", type=Path, default=None, help="make the suite tables from these rows.jsonl files"
+    )
     parser.add_argument("--out", type=Path, default=Path("runs/methods"))
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
+    if args.report_from and args.only is None:
+        args.only = "suite"
     report = [f"command: {' '.join(sys.argv)}"]
 
-    if args.only in (None, "suite"):
-        jobs, spread_jobs = [], []
+    if args.report_from:
+        report += suite_report(read_rows(args.report_from), args)
+    elif args.only in (None, "suite"):
+        jobs = []
         for prior in args.prior:
             for method in args.methods:
                 if method == "vsd" and prior != "toy-learned":
                     continue
                 for lr in [None, *args.lr]:
                     jobs += [job(p, prior, method, args, lr=lr) for p in args.prompts]
-                spread_jobs += [
-                    job(p, prior, method, args, seed=s) for p in args.spread_prompts for s in range(1, args.seeds)
-                ]
+                jobs += [job(p, prior, method, args, seed=s) for p in args.spread_prompts for s in range(1, args.seeds)]
         start = time.perf_counter()
-        partial_rows = args.out / "rows.jsonl"  # each row as it finishes, so a cut-short run keeps its results
-        partial_rows.write_text("")
-
-        def keep(row: dict) -> dict:
-            with open(partial_rows, "a") as f:
-                f.write(json.dumps({k: v for k, v in row.items() if k != "views"}) + "\n")
-            return row
-
-        with ProcessPoolExecutor(max_workers=args.jobs) as pool:
-            rows = [keep(r) for r in pool.map(run_one, jobs)]
-            extra = [keep(r) for r in pool.map(run_one, spread_jobs)]
-        for prior in args.prior:
-            figure(rows, prior, IMAGES / f"methods-{prior}.png")
-        for r in rows + extra:
-            r.pop("views", None)
-        seeded = [r for r in rows if r["prompt"] in args.spread_prompts and "lr" not in r["variant"]] + extra
-        report += ["", summarise(rows), "", spread(seeded), "", f"wall time {time.perf_counter() - start:.0f} s"]
-        (args.out / "rows.json").write_text(json.dumps(rows + extra, indent=1) + "\n")
+        rows = run_suite(jobs, args)
+        report += suite_report(rows, args) + ["", f"wall time {time.perf_counter() - start:.0f} s"]
+        (args.out / "rows.json").write_text(json.dumps(rows, indent=1) + "\n")
     if args.only in (None, "directions"):
         report += ["", directions()]
     if args.only in (None, "cost"):
         report += ["", costs()]
     if args.only in (None, "canvas"):
         for prior in args.prior:
-            q = canvases(prior, IMAGES / f"methods-canvas-{prior}.png", args.canvas_steps)
+            q = canvases(prior, args.figures / f"methods-canvas-{prior}.png", args.canvas_steps)
             report += ["", f"canvas {prior}: " + json.dumps(q)]
     text = "\n".join(report)
     print(text)

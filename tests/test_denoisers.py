@@ -60,6 +60,27 @@ def test_empirical_denoiser_is_exact_in_any_chunking(sigma):
         assert torch.allclose(got.double(), expected, atol=1e-5)
 
 
+@pytest.mark.parametrize("sigma", [0.01, 0.1, 0.5, 1.5, 20.0])
+def test_screened_empirical_denoiser_equals_the_full_sum(sigma):
+    # Clusters of near-duplicates (the hard case for float32 distances) in 768 dimensions: the screened sum
+    # equals the full float64 one to rounding, for a batch whose samples sit near different clusters.
+    gen = torch.Generator().manual_seed(2)
+    centres = torch.rand(60, 3, 16, 16, generator=gen, dtype=torch.float64) * 2 - 1
+    images = centres.repeat(80, 1, 1, 1) + 1e-3 * torch.randn(4800, 3, 16, 16, generator=gen, dtype=torch.float64)
+    x = images[[0, 61, 4799]] + sigma * torch.randn(3, 3, 16, 16, generator=gen, dtype=torch.float64)
+    sig = torch.full((3,), sigma, dtype=torch.float64)
+    screened = EmpiricalDenoiser(images, screen_from=1)
+    full = EmpiricalDenoiser(images, screen_from=10**9)
+    assert screened.screen and not full.screen
+    got, expected = screened(x, sig), full(x, sig)
+    assert torch.allclose(got, expected, rtol=0, atol=1e-12)
+    keep = screened._screened(x.reshape(3, -1), 1 / (2 * sig[:, None] ** 2))
+    if sigma <= 0.1:  # the posterior sits on the samples' own clusters: only those are summed in float64
+        assert keep is not None and set((keep % 60).tolist()) == {0, 1, 59}
+    if sigma >= 20.0:  # everything counts: the full sum is used
+        assert keep is None
+
+
 def test_empirical_denoiser_at_tiny_sigma_returns_the_nearest_image():
     images = torch.tensor([0.0, 1.0, 5.0]).view(3, 1, 1, 1)
     x = torch.tensor([0.9, 4.0]).view(2, 1, 1, 1)

@@ -46,7 +46,15 @@ def test_sd_schedule_and_dreamfusion_weight():
     gen = torch.Generator().manual_seed(0)
     draws = [methods.Timesteps(None, 0.0, math.inf).uniform(gen) for _ in range(500)]
     assert min(draws) >= float(sig[round(0.02 * 999)]) and max(draws) <= float(sig[round(0.98 * 999)])
-    assert ts.annealed(0, 10) == ts.sigma(0.98) and ts.annealed(9, 10) == ts.sigma(0.02)
+    assert ts.annealed(0, 10) == ts.sigma(0.98) and ts.annealed(9, 10) == ts.sigma(0.25)  # SDI's 980 -> 250
+    # ISM's warm-up: t ~ U[0.02, hi], hi from 0.98 at step 0 to 0.5 at 30% of the run, then held.
+    wide = methods.Timesteps(None, 0.0, math.inf)
+    t_of = lambda sigmas: [wide.t(x) for x in sigmas]  # noqa: E731
+    early = t_of(wide.warmed_up(0, 1000, gen) for _ in range(400))
+    late = t_of(wide.warmed_up(step, 1000, gen) for step in range(300, 1000, 2) for _ in range(2))
+    assert min(early) >= 0.02 - 2e-3 and max(early) > 0.9 and max(late) <= 0.5 + 2e-3 and max(late) > 0.45
+    mid = t_of(wide.warmed_up(150, 1000, gen) for _ in range(400))  # halfway through the warm-up: hi = 0.74
+    assert 0.7 < max(mid) <= 0.74 + 2e-3
 
 
 # --- SDS --------------------------------------------------------------------------------------
@@ -145,9 +153,37 @@ def test_sdi_and_ism_with_point_masses():
     w = methods.vp_weight(sigma)
     sdi = methods.sdi_grad(d_g, d_c, y, sigma, 0.05, 3)
     assert torch.allclose(sdi, w * (b + s * (a - b) - y) / sigma, atol=1e-10)
-    # ISM: z_s from D_u, x0_s = D_u(z_s) = b, so g = w (D_g(z_t) - b) / sigma = w s (a - b) / sigma.
+    # ISM: z_s from D_u, x0_s = D_u(z_s) = b, so g = w (D_g(z_t) - b) / sigma = s (a - b) with ISM's w = sigma.
     ism = methods.ism_grad(d_g, d_u, y, sigma, 0.6, 0.05, 3)
-    assert torch.allclose(ism, w * s * (a - b) / sigma, atol=1e-10)
+    assert methods.ism_weight(sigma) == sigma
+    assert torch.allclose(ism, s * (a - b), atol=1e-10)
+
+
+def test_sdi_scorer_inverts_under_the_reversed_guidance():
+    # Gaussian branches (the inversion is not exact for them, so the inverting denoiser shows in g): the Scorer's
+    # sdi equals sdi_grad with D_inv = D_u - s (D_c - D_u), and differs from inverting with D_c alone.
+    _, m_c, m_u = _images(15)
+    den = {"c": GaussianDenoiser(m_c[:1], 0.7), "u": GaussianDenoiser(m_u[:1], 0.4)}
+
+    class GaussianBranches:
+        sigmas, sigma_min, sigma_max, image_size, channels = None, 0.1, 1.5, 5, 3
+
+        def condition(self, view=None):
+            return "c"
+
+        def denoise(self, x, sigma, cond):
+            return den[cond](x, sigma)
+
+        def branches(self, view=None, negative_prompt=None):
+            return Branches(self.denoise, "c", "u", "u")
+
+    s, sigma, y = 7.5, 0.8, _images(16)[0][:1]
+    d_c, d_u = _bound(den["c"]), _bound(den["u"])
+    guided = lambda k: lambda x, sig: d_u(x, sig) + k * (d_c(x, sig) - d_u(x, sig))  # noqa: E731
+    scorer = Scorer("sdi", GaussianBranches(), guidance_scale=s, sigma_range=(0.1, 1.5), inversion_steps=3)
+    got = scorer(y, sigma, None)
+    assert torch.allclose(got, methods.sdi_grad(guided(s), guided(-s), y, sigma, 0.1, 3), atol=1e-12)
+    assert not torch.allclose(got, methods.sdi_grad(guided(s), d_c, y, sigma, 0.1, 3), atol=1e-3)
 
 
 def test_ism_takes_one_ddim_step_from_the_inverted_level():
@@ -160,7 +196,7 @@ def test_ism_takes_one_ddim_step_from_the_inverted_level():
     x0 = d_u(z_s, 0.5)
     z_t = x0 + 1.0 * (z_s - x0) / 0.5
     assert torch.allclose(seen[0], z_t, atol=1e-12)
-    assert torch.allclose(g, methods.vp_weight(1.0) * (d_u(z_t, 1.0) - x0) / 1.0, atol=1e-12)
+    assert torch.allclose(g, methods.ism_weight(1.0) * (d_u(z_t, 1.0) - x0) / 1.0, atol=1e-12)
 
 
 # --- VSD ----------------------------------------------------------------------------------------

@@ -113,7 +113,7 @@ class SigmaSchedule:
                 "grid" if prior.sigmas is not None else "log-uniform"
             )
         self.kind, self.n_steps = kind, n_steps
-        if kind in ("timestep", "timestep-annealed"):
+        if kind in ("timestep", "timestep-annealed", "timestep-warmup"):
             self.timesteps = methods.Timesteps(prior.sigmas, *sigma_range(scoring, prior))
         elif kind == "grid":
             if prior.sigmas is None:
@@ -132,6 +132,8 @@ class SigmaSchedule:
             return self.timesteps.uniform(generator)
         if self.kind == "timestep-annealed":
             return self.timesteps.annealed(step, self.n_steps)
+        if self.kind == "timestep-warmup":
+            return self.timesteps.warmed_up(step, self.n_steps, generator)
         if self.kind == "log-uniform":
             return chaining.sigma_log_uniform(*self.range, generator)
         if self.kind == "annealed":

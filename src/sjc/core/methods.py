@@ -29,7 +29,9 @@ from .settings import GUIDED, METHODS, PAPER_SCHEDULES  # noqa: F401 (re-exporte
 
 T_RANGE = (0.02, 0.98)  # DreamFusion's timestep range, as a fraction of the T = 1000 training steps
 NFSD_T_SPLIT = 0.2  # NFSD: below t = 200 of 1000 the unconditional term, above it unconditional minus negative
-ISM_INTERVAL = 0.05  # ISM's delta_T = 50 of 1000 steps between the inverted level s and t
+SDI_T_END = 0.25  # SDI's t falls linearly from 0.98 to 250 of 1000 over the run (its official code's setting)
+ISM_INTERVAL = 0.08  # ISM's delta_T = 80 of 1000 steps between the inverted level s and t (LucidDreamer's default)
+ISM_T_MAX, ISM_WARMUP = 0.5, 0.3  # ISM's t ~ U[0.02, hi], hi falling from 0.98 to 0.5 over the first 30% of the run
 
 # A denoiser bound to its condition: D(x [B, C, H, W], sigma) -> E[y | x].
 Branch = Callable[[Tensor, float], Tensor]
@@ -93,15 +95,27 @@ class Timesteps:
         u = float(torch.rand((), generator=generator, dtype=torch.float64))
         return self.sigma(T_RANGE[0] + u * (T_RANGE[1] - T_RANGE[0]))
 
-    def annealed(self, step: int, n_steps: int) -> float:
-        """t falling linearly from 0.98 at step 0 to 0.02 at the last step."""
+    def annealed(self, step: int, n_steps: int, end: float = SDI_T_END) -> float:
+        """SDI's schedule: t falling linearly from 0.98 at step 0 to `end` at the last step."""
         frac = step / max(n_steps - 1, 1)
-        return self.sigma(T_RANGE[1] + frac * (T_RANGE[0] - T_RANGE[1]))
+        return self.sigma(T_RANGE[1] + frac * (end - T_RANGE[1]))
+
+    def warmed_up(self, step: int, n_steps: int, generator: torch.Generator) -> float:
+        """ISM's schedule: t ~ U[0.02, hi], hi falling linearly from 0.98 to 0.5 over the first 30% of the run."""
+        frac = min(step / max(ISM_WARMUP * n_steps, 1), 1.0)
+        hi = T_RANGE[1] + frac * (ISM_T_MAX - T_RANGE[1])
+        u = float(torch.rand((), generator=generator, dtype=torch.float64))
+        return self.sigma(T_RANGE[0] + u * (hi - T_RANGE[0]))
 
 
 def vp_weight(sigma: float) -> float:
     """DreamFusion's w(t) = 1 - abar(t) in VE terms: sigma^2 / (1 + sigma^2)."""
     return sigma**2 / (1 + sigma**2)
+
+
+def ism_weight(sigma: float) -> float:
+    """LucidDreamer's w(t) = sqrt((1 - abar(t)) / abar(t)) in VE terms: sigma itself."""
+    return sigma
 
 
 # --- the methods --------------------------------------------------------------------------
@@ -204,13 +218,13 @@ def ism_grad(
     d_g: Branch, d_u: Branch, y: Tensor, sigma: float, sigma_s: float, sigma_start: float, steps: int
 ) -> Tensor:
     """Interval score matching: invert y to z_s at sigma_s < sigma with D_u, take one DDIM step on to
-    z_t = D_u(z_s) + sigma (z_s - D_u(z_s)) / sigma_s; the loss gradient w (eps_g(z_t) - eps_u(z_s)) becomes
-    g = w (D_g(z_t) - D_u(z_s)) / sigma (both eps forms share z_t)."""
+    z_t = D_u(z_s) + sigma (z_s - D_u(z_s)) / sigma_s; the loss gradient w (eps_g(z_t) - eps_u(z_s)) with ISM's
+    w = sigma becomes g = D_g(z_t) - D_u(z_s) (both eps forms share z_t)."""
     sigma_s = min(max(sigma_s, sigma_start), sigma)
     z_s = ddim_invert(d_u, y, inversion_levels(sigma_start, sigma_s, steps))
     x0_s = d_u(z_s, sigma_s)
     z_t = x0_s + sigma * (z_s - x0_s) / sigma_s
-    return vp_weight(sigma) * (d_g(z_t, sigma) - x0_s) / sigma
+    return ism_weight(sigma) * (d_g(z_t, sigma) - x0_s) / sigma
 
 
 @torch.no_grad()
@@ -239,7 +253,7 @@ class Scorer:
         negative_scale: float = 0.0,
         inversion_steps: int = 4,
         n_noise: int = 1,
-        vsd_lr: float = 1e-3,
+        vsd_lr: float = 1e-4,
     ) -> None:
         if method in ("paas", "naive"):
             raise ConfigError(f"{method} is computed by core.chaining, not a Scorer")
@@ -288,8 +302,9 @@ class Scorer:
             return nfsd_grad(
                 d_c, d_u, b.bind("negative"), y, sigma, self.scale, self.sigma_split, n_noise=k, generator=generator
             )
-        if m == "sdi":
-            return sdi_grad(d_g, d_c, y, sigma, self.sigma_start, self.steps)
+        if m == "sdi":  # SDI inverts with the guidance reversed, D_u - s (D_c - D_u), where it has both branches
+            d_inv = b.guided(-self.scale) if self.has_branches else d_c
+            return sdi_grad(d_g, d_inv, y, sigma, self.sigma_start, self.steps)
         if m == "ism":
             sigma_s = self.timesteps.sigma(self.timesteps.t(sigma) - ISM_INTERVAL)
             return ism_grad(d_g, d_u, y, sigma, sigma_s, self.sigma_start, self.steps)

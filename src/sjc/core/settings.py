@@ -24,7 +24,7 @@ PAPER_SCHEDULES = {
     "csd": "timestep",
     "nfsd": "timestep",
     "sdi": "timestep-annealed",
-    "ism": "timestep",
+    "ism": "timestep-warmup",
     "vsd": "timestep",
 }
 
@@ -75,12 +75,15 @@ class CameraConfig:
 
 @dataclass(frozen=True)
 class ScoringConfig:
-    sigma_schedule: Literal["auto", "log-uniform", "grid", "annealed", "timestep", "timestep-annealed"] = "auto"
+    sigma_schedule: Literal[
+        "auto", "log-uniform", "grid", "annealed", "timestep", "timestep-annealed", "timestep-warmup"
+    ] = "auto"
     """How sigma is drawn each step: log-uniform in [sigma_min, sigma_max]; uniform over the prior's
     discrete sigma grid minus its extremes; annealed geometrically from sigma_max to sigma_min; 'timestep':
     DreamFusion's t ~ U[0.02, 0.98] mapped to sigma = sqrt((1 - abar(t)) / abar(t)) through the prior's own
     grid, or Stable Diffusion's linear-beta schedule for a prior without one, clipped to [sigma_min,
-    sigma_max]; 'timestep-annealed': t falling linearly from 0.98 to 0.02 over the run, mapped alike; or
+    sigma_max]; 'timestep-annealed' (SDI's): t falling linearly from 0.98 to 0.25 over the run, mapped alike;
+    'timestep-warmup' (ISM's): t ~ U[0.02, hi] with hi falling from 0.98 to 0.5 over the first 30% of the run; or
     'auto': the method's own schedule (paas and naive: 'grid' for a prior with a discrete grid, the paper's
     choice, else 'log-uniform'; the other methods: docs/methods.md)."""
     sigma_min: float | None = None
@@ -99,11 +102,13 @@ class ScoringConfig:
     distillation): s w (D_c(z) - D_u(z)) / sigma, guidance 40, t ~ U[0.02, 0.98]; 'nfsd' (noise-free score
     distillation): s (D_c - D_u) / sigma plus (D_u - D_neg) / sigma above t = 200/1000, else (D_u(z) - z) / sigma,
     guidance 7.5, t ~ U[0.02, 0.98]; 'sdi' (score distillation via inversion): w (D_g(z) - y) / sigma with z the
-    DDIM inversion of y, guidance 7.5, t falling from 0.98 to 0.02; 'ism' (interval score matching): w (D_g(z_t) -
-    D_u(z_s)) / sigma_t with z_s the DDIM inversion of y to t - 0.05 and z_t one DDIM step on, guidance 7.5,
-    t ~ U[0.02, 0.98]; 'vsd' (ProlificDreamer, --prior toy-learned only): w (D_g(z) - D_phi(z)) / sigma with D_phi
-    a copy of the network trained online on the renders, guidance 7.5, t ~ U[0.02, 0.98]. Choosing a method on
-    the command line applies its preset (guidance scale and schedule); flags still override it."""
+    DDIM inversion of y under the reversed guidance D_u - s (D_c - D_u), guidance 7.5, t falling from 0.98 to 0.25;
+    'ism' (interval score matching): D_g(z_t) - D_u(z_s) (its weight sqrt((1 - abar) / abar) = sigma) with z_s the
+    DDIM inversion of y to t - 0.08 and z_t one DDIM step on, guidance 7.5, t ~ U[0.02, hi] with hi from 0.98 to
+    0.5 over the first 30% of the run; 'vsd' (ProlificDreamer, --prior toy-learned only): w (D_g(z) - D_phi(z)) /
+    sigma with D_phi a copy of the network trained online on the renders (Adam, lr 1e-4), guidance 7.5,
+    t ~ U[0.02, 0.98]. Choosing a method on the command line applies its preset (guidance scale and schedule);
+    flags still override it."""
     variance_reduced: bool = True
     """PAAS with (D(y + sigma n) - y) / sigma (paper Eq. 16) instead of (D - (y + sigma n)) / sigma (Eq. 15)."""
     n_noise: int = 1
@@ -121,7 +126,7 @@ class ScoringConfig:
     inversion_steps: int = 4
     """sdi and ism: DDIM (probability-flow Euler) steps inverting the render from the smallest sigma of the
     range up to the step's noise level."""
-    vsd_lr: float = 1e-3
+    vsd_lr: float = 1e-4
     """vsd: Adam learning rate of the online copy of the network (one update on the render per step)."""
 
 

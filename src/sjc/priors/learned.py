@@ -307,7 +307,7 @@ class LearnedToyPrior:
             negative = (self.prompts.index(self.resolve(negative_prompt)), view_id)
         return Branches(self._denoise_batch, (self.class_id, view_id), self.null, negative)
 
-    def online_copy(self, lr: float = 1e-3) -> OnlineCopy:
+    def online_copy(self, lr: float = 1e-4) -> OnlineCopy:
         """A copy of the network for variational score distillation, trained online on the field's renders."""
         return OnlineCopy(self, lr)
 
@@ -343,7 +343,7 @@ class OnlineCopy:
 
     P_MEAN, P_STD = -0.8, 1.4  # the shipped network's training distribution of ln sigma (`sjc train-prior`)
 
-    def __init__(self, prior: LearnedToyPrior, lr: float = 1e-3) -> None:
+    def __init__(self, prior: LearnedToyPrior, lr: float = 1e-4) -> None:
         self.prior = prior
         self.model = copy.deepcopy(prior.model).requires_grad_(True).train()
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=lr)
