@@ -49,8 +49,8 @@ def method_changes(prior: str, preset_name: str, method: str, lr: float | None) 
 # Relative cost of one step per method (ms per step at the default preset, one thread, idle; exact / learned
 # prior), used only to start the slowest runs first so that a pool of workers finishes together.
 STEP_MS = {
-    "toy": {"paas": 19, "naive": 19, "sds": 42, "csd": 40, "nfsd": 40, "sdi": 50, "ism": 100},
-    "toy-learned": {"paas": 30, "naive": 29, "sds": 42, "csd": 41, "nfsd": 50, "sdi": 88, "ism": 114, "vsd": 96},
+    "toy": {"paas": 19, "naive": 19, "sds": 42, "csd": 40, "nfsd": 40, "sdi": 125, "ism": 90},
+    "toy-learned": {"paas": 30, "naive": 29, "sds": 42, "csd": 41, "nfsd": 50, "sdi": 130, "ism": 114, "vsd": 96},
 }
 
 
@@ -179,8 +179,8 @@ def directions(prompt: str = FIGURE_PROMPT, draws: int = 64) -> str:
     """At a degraded render y (0.7 of the prompt's ground-truth render of a held-out view, 0.3 of another suite
     prompt's), each method's g averaged over `draws` noise draws against sigma times the exact score of the
     prompt's noised render distribution at y, at the level the method estimates (sqrt(2) sigma for paas and sds,
-    sigma for the rest). The relative error divides out the method's scalar weight w(sigma) = sigma^2/(1+sigma^2)
-    (sds, csd, sdi, ism); the guided methods keep their guidance scale, which is part of their direction. The
+    sigma for the rest). The relative error divides out the method's scalar weight (sigma^2/(1+sigma^2) for sds,
+    csd and sdi, sigma for ism); the guided methods keep their guidance scale, part of their direction. The
     inversions of sdi and ism start at the prior's smallest sigma (0.1), as in the 3D runs."""
     import torch
 
@@ -217,7 +217,8 @@ def directions(prompt: str = FIGURE_PROMPT, draws: int = 64) -> str:
                 )
                 reps = 1 if method in ("sdi", "ism") else draws  # the inversion methods are deterministic
                 g = sum(scorer(y, sigma, view, gen) for _ in range(reps)) / reps
-                scale = 1.0 if method == "nfsd" else methods.vp_weight(sigma)
+                weight = {"nfsd": lambda _: 1.0, "ism": methods.ism_weight}.get(method, methods.vp_weight)
+                scale = weight(sigma)
             # PAAS's relation: (E_n[D(y + sigma n; sigma)] - y) / sigma = 2 sigma grad log p_{sqrt(2) sigma}(y), exact
             # for a point mass; the other methods claim sigma grad log p_sigma(y).
             level, factor = (sigma * 2**0.5, 2.0) if method in ("paas", "sds") else (sigma, 1.0)
