@@ -94,7 +94,10 @@ def run_suite(jobs: list[tuple], args) -> list[dict]:
         rows_file.write_text("")
     finished = {key(r) for r in done}
     todo = [j for j in jobs if key(j) not in finished]
-    todo.sort(key=lambda j: (key(j)[3] != 0, -STEP_MS[j[5]].get(key(j)[1].split()[0], 50)))  # seed 0 first
+    if args.order == "cost":  # seed 0 first, the slowest first
+        todo.sort(key=lambda j: (key(j)[3] != 0, -STEP_MS[j[5]].get(key(j)[1].split()[0], 50)))
+    else:  # seed 0 first, in the order of --methods
+        todo.sort(key=lambda j: (key(j)[3] != 0, args.methods.index(key(j)[1].split()[0])))
     print(f"{len(todo)} runs to do, {len(jobs) - len(todo)} already in {rows_file}", flush=True)
     with ProcessPoolExecutor(max_workers=args.jobs) as pool:
         futures = [pool.submit(run_job, j, views_dir) for j in todo]
@@ -329,6 +332,9 @@ def main() -> None:
     parser.add_argument("--only", choices=("suite", "directions", "canvas", "cost"), default=None)
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--figures", type=Path, default=IMAGES, help="where the PNG figures go")
+    parser.add_argument(
+        "--order", choices=("cost", "methods"), default="cost", help="start the slowest runs first, or --methods' order"
+    )
     parser.add_argument("--resume", action="store_true", help="skip the runs already in OUT/rows.jsonl")
     parser.add_argument(
         "--report-from", nargs="+", type=Path, default=None, help="make the suite tables from these rows.jsonl files"
