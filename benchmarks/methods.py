@@ -287,8 +287,9 @@ def figure(views_dir: Path, prior: str, variants: list[str], path: Path) -> None
     from sjc.app.run2d import tile
 
     files = [views_dir / f"{prior}--{v}.pt" for v in dict.fromkeys(variants)]
-    files = [f for f in files if f.exists()]
-    if not files:
+    missing = [f.name for f in files if not f.exists()]
+    if missing:  # never overwrite a figure with fewer rows than its table
+        print(f"{path}: not written, no views of {', '.join(missing)} in {views_dir}")
         return
     iio.imwrite(path, tile(torch.cat([torch.load(f) for f in files]), 4))
     print(f"{path}: rows " + ", ".join(f.stem.split("--")[1] for f in files))
