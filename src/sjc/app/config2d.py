@@ -10,7 +10,7 @@ from typing import Annotated, Literal
 
 import tyro
 
-from ..core.settings import PAPER_GUIDANCE_SCALE
+from ..core.settings import PAPER_GUIDANCE_SCALE, VSD_LR
 from ..priors import check_prior
 from ..priors.settings import PixelConfig, SDConfig, ToyConfig
 from .config import DEFAULT_THREADS, raise_first
@@ -75,7 +75,7 @@ class CanvasConfig(Config2D):
     """csd: weight of the negative-prompt term (0: off)."""
     inversion_steps: int = 4
     """sdi and ism: DDIM inversion steps from the smallest sigma up to the step's."""
-    vsd_lr: float = 1e-4
+    vsd_lr: float = VSD_LR
     """vsd: Adam learning rate of the online copy of the network."""
     frames: int = 40
     """Frames of the trajectory video."""

@@ -78,12 +78,14 @@ class EmpiricalDenoiser:
         self.sq_norms = self.images.square().sum(-1)
         self.chunk = chunk
         self.screen = self.images.shape[0] >= screen_from
-        self.images32 = self.images.float() if self.screen else None
+        self.images32 = self.images.float() if self.screen else None  # and the norms, for the screen
+        self.sq_norms32, self.max_sq_norm = self.sq_norms.float(), self.sq_norms.max()
 
     def to(self, device: torch.device | str) -> EmpiricalDenoiser:
         self.images, self.sq_norms = self.images.to(device), self.sq_norms.to(device)
         if self.images32 is not None:
             self.images32 = self.images32.to(device)
+        self.sq_norms32, self.max_sq_norm = self.sq_norms32.to(device), self.max_sq_norm.to(device)
         return self
 
     def __call__(self, x: Tensor, sigma: Tensor, cond: Any = None) -> Tensor:
@@ -101,12 +103,12 @@ class EmpiricalDenoiser:
         """Indices of the images that can weigh more than e^-SCREEN_NATS of the largest for some sample
         of the batch, or None when that is a quarter of the set or more (then the full sum is cheaper)."""
         x32 = flat_x.float()
-        d2 = x32.square().sum(-1, keepdim=True) - 2 * x32 @ self.images32.T + self.sq_norms.float()  # [B, N]
+        d2 = x32.square().sum(-1, keepdim=True) - 2 * x32 @ self.images32.T + self.sq_norms32  # [B, N]
         # float32 rounding of |x|^2 - 2 x.y + |y|^2 is at most 2 gamma_d (|x|^2 + |y|^2) (gamma_d = d u / (1 - d u)
         # for d-term sums); a difference of two such distances at most twice that.
         d, unit = flat_x.shape[1], torch.finfo(torch.float32).eps / 2
         gamma = d * unit / (1 - d * unit)
-        slack = 4 * gamma * (flat_x.square().sum(-1, keepdim=True) + self.sq_norms.max())
+        slack = 4 * gamma * (flat_x.square().sum(-1, keepdim=True) + self.max_sq_norm)
         reach = d2.amin(dim=1, keepdim=True) + self.SCREEN_NATS / inv_two_var + slack
         keep = (d2 <= reach).any(dim=0).nonzero().squeeze(1)
         return None if 4 * keep.numel() >= d2.shape[1] else keep

@@ -25,7 +25,7 @@ from torch import Tensor
 from .cameras import View
 from .chaining import paas_grad
 from .errors import ConfigError
-from .settings import GUIDED, METHODS, PAPER_SCHEDULES  # noqa: F401 (re-exported)
+from .settings import GUIDED, METHODS, PAPER_SCHEDULES, VSD_LR  # noqa: F401 (re-exported)
 
 T_RANGE = (0.02, 0.98)  # DreamFusion's timestep range, as a fraction of the T = 1000 training steps
 NFSD_T_SPLIT = 0.2  # NFSD: below t = 200 of 1000 the unconditional term, above it unconditional minus negative
@@ -90,10 +90,10 @@ class Timesteps:
             len(self.table) - 1
         )
 
-    def uniform(self, generator: torch.Generator) -> float:
-        """DreamFusion's draw: t ~ U[0.02, 0.98]."""
+    def uniform(self, generator: torch.Generator, hi: float = T_RANGE[1]) -> float:
+        """DreamFusion's draw: t ~ U[0.02, hi], hi 0.98."""
         u = float(torch.rand((), generator=generator, dtype=torch.float64))
-        return self.sigma(T_RANGE[0] + u * (T_RANGE[1] - T_RANGE[0]))
+        return self.sigma(T_RANGE[0] + u * (hi - T_RANGE[0]))
 
     def annealed(self, step: int, n_steps: int, end: float = SDI_T_END) -> float:
         """SDI's schedule: t falling linearly from 0.98 at step 0 to `end` at the last step."""
@@ -103,9 +103,7 @@ class Timesteps:
     def warmed_up(self, step: int, n_steps: int, generator: torch.Generator) -> float:
         """ISM's schedule: t ~ U[0.02, hi], hi falling linearly from 0.98 to 0.5 over the first 30% of the run."""
         frac = min(step / max(ISM_WARMUP * n_steps, 1), 1.0)
-        hi = T_RANGE[1] + frac * (ISM_T_MAX - T_RANGE[1])
-        u = float(torch.rand((), generator=generator, dtype=torch.float64))
-        return self.sigma(T_RANGE[0] + u * (hi - T_RANGE[0]))
+        return self.uniform(generator, hi=T_RANGE[1] + frac * (ISM_T_MAX - T_RANGE[1]))
 
 
 def vp_weight(sigma: float) -> float:
@@ -253,7 +251,7 @@ class Scorer:
         negative_scale: float = 0.0,
         inversion_steps: int = 4,
         n_noise: int = 1,
-        vsd_lr: float = 1e-4,
+        vsd_lr: float = VSD_LR,
     ) -> None:
         if method in ("paas", "naive"):
             raise ConfigError(f"{method} is computed by core.chaining, not a Scorer")

@@ -19,6 +19,7 @@ GUIDED = ("csd", "nfsd", "ism", "vsd")  # need a prior's separate conditional an
 # Each method's paper: its classifier-free guidance scale and sigma schedule ('auto' of --scoring.sigma-schedule).
 # paas and naive keep the prior's preset (SJC: 100 for Stable Diffusion, none for the toy priors).
 PAPER_GUIDANCE = {"sds": 100.0, "csd": 40.0, "nfsd": 7.5, "sdi": 7.5, "ism": 7.5, "vsd": 7.5}
+VSD_LR = 1e-4  # ProlificDreamer's LoRA learning rate, used for vsd's online copy of the network
 PAPER_SCHEDULES = {
     "sds": "timestep",
     "csd": "timestep",
@@ -126,7 +127,7 @@ class ScoringConfig:
     inversion_steps: int = 4
     """sdi and ism: DDIM (probability-flow Euler) steps inverting the render from the smallest sigma of the
     range up to the step's noise level."""
-    vsd_lr: float = 1e-4
+    vsd_lr: float = VSD_LR
     """vsd: Adam learning rate of the online copy of the network (one update on the render per step)."""
 
 

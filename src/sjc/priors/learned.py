@@ -30,6 +30,7 @@ from ..core.cameras import View, view_bucket
 from ..core.denoisers import ClassifierFreeGuidance, _per_sample
 from ..core.errors import UserError
 from ..core.methods import Branches
+from ..core.settings import VSD_LR
 from .settings import EMPTY_SCENE, LEARNED_GUIDANCE_SCALE
 from .toy import BACKGROUND, SIGMA_RANGE, PromptError, parse_prompt
 
@@ -307,7 +308,7 @@ class LearnedToyPrior:
             negative = (self.prompts.index(self.resolve(negative_prompt)), view_id)
         return Branches(self._denoise_batch, (self.class_id, view_id), self.null, negative)
 
-    def online_copy(self, lr: float = 1e-4) -> OnlineCopy:
+    def online_copy(self, lr: float = VSD_LR) -> OnlineCopy:
         """A copy of the network for variational score distillation, trained online on the field's renders."""
         return OnlineCopy(self, lr)
 
@@ -343,7 +344,7 @@ class OnlineCopy:
 
     P_MEAN, P_STD = -0.8, 1.4  # the shipped network's training distribution of ln sigma (`sjc train-prior`)
 
-    def __init__(self, prior: LearnedToyPrior, lr: float = 1e-4) -> None:
+    def __init__(self, prior: LearnedToyPrior, lr: float = VSD_LR) -> None:
         self.prior = prior
         self.model = copy.deepcopy(prior.model).requires_grad_(True).train()
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=lr)
