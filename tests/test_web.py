@@ -24,8 +24,17 @@ STATUS, PROGRESS, PREVIEW, LOSS, SIGMA, VIEWER, VIDEO, METRICS, FILES, GALLERY, 
 
 def form(prompt: str, steps: int | None = None, seed: int = 0, preset: str = "tiny") -> dict:
     return {
-        "prompt": prompt, "prior": "toy", "preset": preset, "steps": steps, "seed": seed, "scoring": "paas",
-        "grid_size": None, "emptiness_weight": None, "guidance_scale": None, "threads": None, "model": "",
+        "prompt": prompt,
+        "prior": "toy",
+        "preset": preset,
+        "steps": steps,
+        "seed": seed,
+        "scoring": "paas",
+        "grid_size": None,
+        "emptiness_weight": None,
+        "guidance_scale": None,
+        "threads": None,
+        "model": "",
     }
 
 

@@ -23,9 +23,16 @@ pytestmark = pytest.mark.slow
 CHROMIUM = os.environ.get("SJC_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
 # Headless and offline: no GPU (WebGL through SwiftShader), no background calls home, a fresh profile.
 ARGS = [
-    "--no-sandbox", "--disable-gpu", "--use-angle=swiftshader", "--enable-unsafe-swiftshader",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync", "--no-first-run",
-    "--disable-quic", "--disable-dev-shm-usage",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--use-angle=swiftshader",
+    "--enable-unsafe-swiftshader",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--disable-quic",
+    "--disable-dev-shm-usage",
 ]
 
 

@@ -103,8 +103,14 @@ class Page:
     def result_view(self, info: RunInfo | None) -> dict[str, Any]:
         gr = _gradio()
         if info is None:
-            return {"viewer": None, "video": None, "metrics": "", "files": None, "resume": gr.update(interactive=False),
-                    "selected": ""}
+            return {
+                "viewer": None,
+                "video": None,
+                "metrics": "",
+                "files": None,
+                "resume": gr.update(interactive=False),
+                "selected": "",
+            }
         downloads = [info.files[k] for k in ("glb", "obj", "mp4") if k in info.files]
         downloads.append(zip_run(self.runs, info))
         about = f"**{_text(info.prompt or info.prior)}** ({info.name}): {info.status}"
@@ -212,11 +218,13 @@ class Page:
                         seed = gr.Number(0, label="Seed", precision=0, elem_id="seed")
                     scoring = gr.Radio(list(SCORING), value="paas", label="Scoring (PAAS, or the naive baseline)")
                     with gr.Accordion("Advanced", open=False):
-                        resolution = gr.Number(start_values["resolution"], label="Grid size (voxels a side)",
-                                               precision=0)
+                        resolution = gr.Number(
+                            start_values["resolution"], label="Grid size (voxels a side)", precision=0
+                        )
                         emptiness = gr.Number(start_values["emptiness_weight"], label="Emptiness weight")
-                        guidance = gr.Number(start_values["guidance_scale"],
-                                             label="Guidance scale (text-conditioned priors)")
+                        guidance = gr.Number(
+                            start_values["guidance_scale"], label="Guidance scale (text-conditioned priors)"
+                        )
                         threads = gr.Number(start_values["threads"], label="CPU threads", precision=0)
                         model = gr.Textbox(label="Model (sd / pixel: a diffusers folder or a cached model id)")
                     with gr.Row():
@@ -236,18 +244,41 @@ class Page:
                 video = gr.Video(label="Turntable", autoplay=True, loop=True, height=360, elem_id="video")
             with gr.Row():
                 metrics = gr.Markdown(elem_id="metrics")
-                files = gr.File(label="Downloads: GLB, OBJ, MP4, the run folder (zip)", file_count="multiple",
-                                interactive=False, elem_id="downloads")
+                files = gr.File(
+                    label="Downloads: GLB, OBJ, MP4, the run folder (zip)",
+                    file_count="multiple",
+                    interactive=False,
+                    elem_id="downloads",
+                )
             resume = gr.Button("Resume this run", interactive=False, elem_id="resume")
             gr.Markdown(f"## Gallery\nThe runs in `{self.runs}`, from this page or `sjc generate`. Click one to open.")
             refresh = gr.Button("Refresh the gallery", size="sm")
-            gallery = gr.Gallery(self.gallery(), columns=6, height=220, allow_preview=False, object_fit="contain",
-                                 fit_columns=False, elem_id="gallery", label="Runs")
+            gallery = gr.Gallery(
+                self.gallery(),
+                columns=6,
+                height=220,
+                allow_preview=False,
+                object_fit="contain",
+                fit_columns=False,
+                elem_id="gallery",
+                label="Runs",
+            )
             selected = gr.Textbox(visible=False)
 
-            slots = {"status": status, "progress": progress, "preview": preview, "loss": loss, "sigma": sigma,
-                     "viewer": viewer, "video": video, "metrics": metrics, "files": files, "resume": resume,
-                     "gallery": gallery, "selected": selected}
+            slots = {
+                "status": status,
+                "progress": progress,
+                "preview": preview,
+                "loss": loss,
+                "sigma": sigma,
+                "viewer": viewer,
+                "video": video,
+                "metrics": metrics,
+                "files": files,
+                "resume": resume,
+                "gallery": gallery,
+                "selected": selected,
+            }
             outputs = list(slots.values())
 
             def emit(update: dict[str, Any], streaming: bool = False) -> list[Any]:
@@ -262,11 +293,32 @@ class Page:
             form_inputs = [prompt, prior, preset, steps, seed, scoring, resolution, emptiness, guidance, threads, model]
 
             def on_run(
-                prompt: str, prior: str, preset: str, steps: Any, seed: Any, scoring: str, grid_size: Any,
-                emptiness_weight: Any, guidance_scale: Any, threads: Any, model: str, request: gr.Request
+                prompt: str,
+                prior: str,
+                preset: str,
+                steps: Any,
+                seed: Any,
+                scoring: str,
+                grid_size: Any,
+                emptiness_weight: Any,
+                guidance_scale: Any,
+                threads: Any,
+                model: str,
+                request: gr.Request,
             ):
-                form = Form(prompt, prior, preset, steps, seed, scoring, grid_size, emptiness_weight, guidance_scale,
-                            threads, model or None)
+                form = Form(
+                    prompt,
+                    prior,
+                    preset,
+                    steps,
+                    seed,
+                    scoring,
+                    grid_size,
+                    emptiness_weight,
+                    guidance_scale,
+                    threads,
+                    model or None,
+                )
                 for update in self.run(form, request.session_hash or ""):
                     yield emit(update, streaming=True)
 
@@ -292,6 +344,7 @@ class Page:
             resume.click(on_resume, [selected, threads], outputs, api_name="resume", **queue).then(
                 show_after, selected, [viewer, gallery], api_name=False, queue=False
             )
+
             def on_stop(request: gr.Request) -> str:
                 return self.stop(request.session_hash or "")
 
@@ -304,8 +357,9 @@ class Page:
         return demo
 
 
-def serve(runs: Path, host: str = "127.0.0.1", port: int = 7860, concurrency: int = 1,
-          allow_sd_on_cpu: bool = False) -> None:
+def serve(
+    runs: Path, host: str = "127.0.0.1", port: int = 7860, concurrency: int = 1, allow_sd_on_cpu: bool = False
+) -> None:
     """Serve the page until Ctrl-C; runs still going are then stopped with a checkpoint."""
     _gradio()  # the missing extra, said before anything is written
     runs = Path(runs)
@@ -317,8 +371,15 @@ def serve(runs: Path, host: str = "127.0.0.1", port: int = 7860, concurrency: in
     demo = page.build()
     print(f"serving the runs in {page.runs} at http://{host}:{port} (Ctrl-C stops)", flush=True)
     try:
-        demo.launch(server_name=host, server_port=port, allowed_paths=[str(page.runs)], ssr_mode=False,
-                    show_error=False, quiet=True, css=CSS,
-                    footer_links=["api"])
+        demo.launch(
+            server_name=host,
+            server_port=port,
+            allowed_paths=[str(page.runs)],
+            ssr_mode=False,
+            show_error=False,
+            quiet=True,
+            css=CSS,
+            footer_links=["api"],
+        )
     finally:
         page.close()
