@@ -94,10 +94,13 @@ def run_suite(jobs: list[tuple], args) -> list[dict]:
         rows_file.write_text("")
     finished = {key(r) for r in done}
     todo = [j for j in jobs if key(j) not in finished]
-    if args.order == "cost":  # seed 0 first, the slowest first
-        todo.sort(key=lambda j: (key(j)[3] != 0, -STEP_MS[j[5]].get(key(j)[1].split()[0], 50)))
-    else:  # seed 0 first, in the order of --methods
-        todo.sort(key=lambda j: (key(j)[3] != 0, args.methods.index(key(j)[1].split()[0])))
+
+    def order(j: tuple) -> tuple:  # seed 0 first; then the slowest first, or in the order of --methods
+        prior, variant, _, seed = key(j)
+        method = variant.split()[0]  # a variant is its method, or the method and its lr
+        return seed != 0, -STEP_MS[prior].get(method, 50) if args.order == "cost" else args.methods.index(method)
+
+    todo.sort(key=order)
     print(f"{len(todo)} runs to do, {len(jobs) - len(todo)} already in {rows_file}", flush=True)
     with ProcessPoolExecutor(max_workers=args.jobs) as pool:
         futures = [pool.submit(run_job, j, views_dir) for j in todo]

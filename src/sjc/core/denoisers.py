@@ -78,14 +78,15 @@ class EmpiricalDenoiser:
         self.sq_norms = self.images.square().sum(-1)
         self.chunk = chunk
         self.screen = self.images.shape[0] >= screen_from
-        self.images32 = self.images.float() if self.screen else None  # and the norms, for the screen
-        self.sq_norms32, self.max_sq_norm = self.sq_norms.float(), self.sq_norms.max()
+        if self.screen:  # the screen's float32 copy of the set and its norms; the largest norm bounds its rounding
+            self.images32, self.sq_norms32 = self.images.float(), self.sq_norms.float()
+            self.max_sq_norm = self.sq_norms.max()
 
     def to(self, device: torch.device | str) -> EmpiricalDenoiser:
         self.images, self.sq_norms = self.images.to(device), self.sq_norms.to(device)
-        if self.images32 is not None:
-            self.images32 = self.images32.to(device)
-        self.sq_norms32, self.max_sq_norm = self.sq_norms32.to(device), self.max_sq_norm.to(device)
+        if self.screen:
+            self.images32, self.sq_norms32 = self.images32.to(device), self.sq_norms32.to(device)
+            self.max_sq_norm = self.max_sq_norm.to(device)
         return self
 
     def __call__(self, x: Tensor, sigma: Tensor, cond: Any = None) -> Tensor:
