@@ -2,12 +2,24 @@
 
 Runs a fixed suite of toy prompts (every shape, one- and two-colour) with a preset, plus the
 ablations (view-bucket conditioning off, emptiness loss off, Eq. 15 instead of Eq. 16, naive scoring
-instead of PAAS) on the two-colour prompts, and prints a table of 3D IoU, silhouette IoU, PSNR, shape
-match, steps and wall time. Independent runs go to separate processes (one PyTorch thread each).
+instead of PAAS) on the two-colour prompts, and prints a table of 3D IoU, 3D IoU with the space no
+training camera sees closed (docs/CONVENTIONS.md), silhouette IoU, PSNR, shape match, steps and wall time.
+Independent runs go to separate processes (one PyTorch thread each).
+
+'oracle' fits the same field (grid, render size, cameras, steps, optimiser, coarse-to-fine and learning-rate
+schedule) directly to the true renders of the prompt, with an L2 loss on the image and the opacity and no
+prior: its figures are the ceiling of each prompt, what the representation and the cameras allow. With
+`--only oracle suite` the table puts ceiling, SJC and the gap side by side.
+
+'levers' runs the suite once per named variant of the preset (`LEVERS`: grid size, coarse-to-fine, sigma
+schedule, learning-rate decay, render size, PAAS draws, opacity and total-variation regularisers, ...), for
+docs/quality.md; `--set section.key=value` changes the preset of every job.
 
     python benchmarks/quality.py                 # the whole suite and the ablations, 2 processes
     python benchmarks/quality.py --prior toy-learned   # the same with the learned toy prior
     python benchmarks/quality.py --only suite    # just the suite
+    python benchmarks/quality.py --only oracle suite   # ceiling, SJC and gap per prompt, on both figures
+    python benchmarks/quality.py --only levers --levers "grid 48" "opacity 300" --rows runs/levers.jsonl
     python benchmarks/quality.py --prompts "a red cube" --steps 500
     python benchmarks/quality.py --only suite --skipping both   # empty-space skipping off vs on
 """
@@ -15,10 +27,11 @@ match, steps and wall time. Independent runs go to separate processes (one PyTor
 from __future__ import annotations
 
 import argparse
+import ast
 import dataclasses
 import json
 import time
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
 from sjc.app.train_prior_config import TrainPriorConfig
@@ -32,6 +45,24 @@ ABLATIONS = {
     "naive scoring (no PAAS)": {"scoring": {"method": "naive"}},
 }
 ABLATION_PROMPTS = ("a red and blue cube", "an orange and purple sphere", "a red and green cylinder")
+# The levers of docs/quality.md, each a change of the preset (section -> values).
+LEVERS = {
+    "grid 48": {"field": {"resolution": 48}},
+    "grid 64": {"field": {"resolution": 64}},
+    "coarse-to-fine 16-32": {"field": {"coarse_resolution": 16, "upsample_at": (0.25,)}},
+    "coarse-to-fine 16-48": {"field": {"resolution": 48, "coarse_resolution": 16, "upsample_at": (0.2, 0.5)}},
+    "coarse-to-fine 16-64": {"field": {"resolution": 64, "coarse_resolution": 16, "upsample_at": (0.2, 0.5)}},
+    "sigma annealed": {"scoring": {"sigma_schedule": "annealed"}},
+    "sigma annealed-random": {"scoring": {"sigma_schedule": "annealed-random"}},
+    "lr decay 0.1": {"optim": {"lr_decay": 0.1}},
+    "fov 50-60": {"camera": {"fov_min": 50.0, "fov_max": 60.0}},
+    "render 48 px": {"toy": {"image_size": 48}},
+    "PAAS k=2": {"scoring": {"n_noise": 2}},
+    "opacity 30": {"losses": {"opacity_weight": 30.0}},
+    "opacity 300": {"losses": {"opacity_weight": 300.0}},
+    "tv 1000": {"losses": {"tv_weight": 1000.0}},
+    "no emptiness loss": {"losses": {"emptiness_weight": 0.0}},
+}
 
 
 def _override(cfg, changes: dict):
@@ -39,12 +70,58 @@ def _override(cfg, changes: dict):
     return dataclasses.replace(cfg, **parts)
 
 
-def run_one(job: tuple[str, str, dict, str, int | None, str]) -> dict:
+def _merge(*changes: dict) -> dict:
+    out: dict = {}
+    for change in changes:
+        for section, values in change.items():
+            out[section] = {**out.get(section, {}), **values}
+    return out
+
+
+def job_config(job: dict):
+    """The GenerateConfig of a job: the prior's preset, the prompt, the step count and seed, then the changes."""
+    from sjc.app.presets import preset
+
+    cfg = dataclasses.replace(preset(job["prior"], job["preset"]), prompt=job["prompt"])
+    train = {"seed": job.get("seed", 0)}
+    if job.get("steps"):
+        train["steps"] = job["steps"]
+    return _override(cfg, _merge({"train": train}, job["changes"]))
+
+
+def fit_true_renders(field, cfg, scene, progress: bool = False):
+    """The oracle: fit `field` to true renders of `scene` from the run's training cameras (image and opacity
+    L2, no prior), with the run's steps, optimiser, learning-rate decay, coarse-to-fine and skipping."""
+    from sjc.core.fit import PerspectiveCameras, decay_learning_rates, default_render, make_generators, make_optimizer
+    from sjc.priors.toy import render_scene
+
+    gens = make_generators(cfg.train.seed)
+    cameras, render_fn = PerspectiveCameras(cfg.camera), default_render(cfg.field)
+    optimizer = make_optimizer(field, cfg.optim)
+    f, steps = cfg.field, cfg.train.steps
+    for step in range(steps):
+        camera, _ = cameras(gens["camera"], cfg.toy.image_size)
+        image, mask, _ = render_scene(scene, camera)
+        resolution = f.resolution_at(step, steps)
+        upsampled = resolution != field.resolution
+        if upsampled:
+            field.upsample(resolution, optimizer)
+        if f.skip_empty and (upsampled or step % f.occupancy_every == 0):
+            field.refresh_occupancy(f.occupancy_threshold, f.occupancy_dilation)
+        if cfg.optim.lr_decay != 1.0:
+            decay_learning_rates(optimizer, cfg.optim.lr_decay, step, steps)
+        out = render_fn(field, camera)
+        loss = (out.image[0] - image).square().mean() + (out.opacity - mask.to(out.opacity.dtype)).square().mean()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    return field
+
+
+def run_one(job: dict) -> dict:
     """Fit one prompt under one variant and evaluate it (runs in a worker process)."""
-    prompt, variant, changes, preset_name, steps, prior_name = job
     import torch
 
-    from sjc.app.presets import preset
     from sjc.app.runs import prior_from_config, run_fit
     from sjc.core.cameras import camera_from_view
     from sjc.core.fit import build_field, make_generators
@@ -53,53 +130,132 @@ def run_one(job: tuple[str, str, dict, str, int | None, str]) -> dict:
     from sjc.priors.toy import held_out_views, parse_prompt
 
     torch.set_num_threads(1)
-    cfg = dataclasses.replace(preset(prior_name, preset_name), prompt=prompt)
-    if steps:
-        cfg = _override(cfg, {"train": {"steps": steps}})
-    cfg = _override(cfg, changes)
+    cfg = job_config(job)
+    scene = parse_prompt(job["prompt"])
     start = time.perf_counter()
-    prior = prior_from_config(cfg, torch.device("cpu"))
     gens = make_generators(cfg.train.seed, torch.device("cpu"))
-    field = build_field(prior, cfg.field, torch.device("cpu"), generator=gens["init"])
-    run_fit(field, prior, cfg, None, gens=gens, progress=False)
+    if job.get("oracle"):
+
+        class _RGB:  # the toy priors' field: RGB through a sigmoid
+            channels, feature_activation = 3, "sigmoid"
+
+        field = build_field(_RGB(), cfg.field, torch.device("cpu"), generator=gens["init"])
+        fit_true_renders(field, cfg, scene)
+    else:
+        prior = prior_from_config(cfg, torch.device("cpu"))
+        field = build_field(prior, cfg.field, torch.device("cpu"), generator=gens["init"])
+        run_fit(field, prior, cfg, None, gens=gens, progress=False)
     seconds = time.perf_counter() - start
-    m = evaluate_field(field, parse_prompt(prompt))
+    m = evaluate_field(field, scene)
     with torch.no_grad():  # a picture of the result: four held-out views, [4, 3, 64, 64] in [-1, 1]
         views = torch.cat([render(field, camera_from_view(v, 64)).image for v in held_out_views(4)])
     return {
-        "prompt": prompt,
-        "prior": prior_name,
-        "variant": variant,
+        "prompt": job["prompt"],
+        "prior": "oracle" if job.get("oracle") else job["prior"],
+        "variant": job["variant"],
+        "seed": cfg.train.seed,
         "iou_3d": m["iou_3d"],
+        "iou_3d_closed": m["iou_3d_closed"],
         "silhouette_iou": m["silhouette_iou"],
         "psnr": m["psnr"],
         "shape_match": m["shape_accuracy"],
         "steps": cfg.train.steps,
+        "resolution": field.resolution,
         "seconds": seconds,
         "skipping": cfg.field.skip_empty,
         "views": views.clamp(-1, 1),
     }
 
 
-def _with_skipping(job: tuple, skip: bool | None) -> tuple:
+def _with_skipping(job: dict, skip: bool | None) -> dict:
     """The job with empty-space skipping set (None keeps the preset's)."""
-    prompt, variant, changes, preset_name, steps, prior_name = job
-    if skip is not None:
-        changes = {**changes, "field": {**changes.get("field", {}), "skip_empty": skip}}
-    return prompt, variant, changes, preset_name, steps, prior_name
+    if skip is None:
+        return job
+    return {**job, "changes": _merge(job["changes"], {"field": {"skip_empty": skip}})}
 
 
 def table(rows: list[dict]) -> str:
-    head = "| prompt | prior | variant | 3D IoU | silhouette IoU | PSNR (dB) | shape | steps | time (s) |"
-    lines = [head, "|" + "---|" * 9]
+    head = (
+        "| prompt | prior | variant | 3D IoU | closed 3D IoU | silhouette IoU | PSNR (dB) | shape | steps | time (s) |"
+    )
+    lines = [head, "|" + "---|" * 10]
     for r in rows:
-        variant = r["variant"] + (", skipping" if r["skipping"] else "")
+        variant = r["variant"] + (", skipping" if r["skipping"] else "") + (f", seed {r['seed']}" if r["seed"] else "")
         lines.append(
-            f"| {r['prompt']} | {r['prior']} | {variant} | {r['iou_3d']:.3f} | {r['silhouette_iou']:.3f} | "
-            f"{r['psnr']:.2f} | "
+            f"| {r['prompt']} | {r['prior']} | {variant} | {r['iou_3d']:.3f} | {r['iou_3d_closed']:.3f} | "
+            f"{r['silhouette_iou']:.3f} | {r['psnr']:.2f} | "
             f"{'yes' if r['shape_match'] else 'NO'} | {r['steps']} | {r['seconds']:.0f} |"
         )
     return "\n".join(lines)
+
+
+def gap_table(rows: list[dict], prior: str) -> str:
+    """Ceiling (oracle), SJC and their gap per prompt on both figures, with mean and worst rows."""
+    oracle = {r["prompt"]: r for r in rows if r["prior"] == "oracle" and r["variant"] == "default"}
+    sjc = {r["prompt"]: r for r in rows if r["prior"] == prior and r["variant"] == "default"}
+    prompts = [p for p in oracle if p in sjc]
+    if not prompts:
+        return ""
+    lines = [
+        f"| prompt | ceiling 3D IoU | {prior} 3D IoU | gap | ceiling closed | {prior} closed | gap |",
+        "|" + "---|" * 7,
+    ]
+    cols: list[list[float]] = [[] for _ in range(6)]
+    for p in prompts:
+        o, s = oracle[p], sjc[p]
+        values = [o["iou_3d"], s["iou_3d"], o["iou_3d"] - s["iou_3d"]]
+        values += [o["iou_3d_closed"], s["iou_3d_closed"], o["iou_3d_closed"] - s["iou_3d_closed"]]
+        for c, v in zip(cols, values, strict=True):
+            c.append(v)
+        lines.append(f"| {p} | " + " | ".join(f"{v:.3f}" for v in values) + " |")
+    lines.append("| **mean** | " + " | ".join(f"{sum(c) / len(c):.3f}" for c in cols) + " |")
+    worst = [min(c) if k % 3 != 2 else max(c) for k, c in enumerate(cols)]  # the largest gap is the worst
+    lines.append("| **worst** | " + " | ".join(f"{v:.3f}" for v in worst) + " |")
+    return "\n".join(lines)
+
+
+def summary(rows: list[dict]) -> list[str]:
+    """A line per (prior, variant, skipping, seed) over the suite: mean and worst of each figure, seconds per prompt."""
+    lines = []
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        groups.setdefault((r["prior"], r["variant"], r["skipping"], r["seed"]), []).append(r)
+    for (prior, variant, skip, seed), group in groups.items():
+        n = len(group)
+
+        def stat(key, group=group, n=n):
+            values = [g[key] for g in group]
+            return f"{sum(values) / n:.3f} / {min(values):.3f}"
+
+        lines.append(
+            f"| {prior} | {variant}{', skipping' if skip else ''} | {seed} | {n} | {stat('iou_3d')} | "
+            f"{stat('iou_3d_closed')} | {stat('silhouette_iou')} | {sum(g['psnr'] for g in group) / n:.2f} | "
+            f"{sum(g['shape_match'] for g in group)}/{n} | {sum(g['seconds'] for g in group) / n:.0f} |"
+        )
+    head = (
+        "| prior | variant | seed | prompts | 3D IoU mean / worst | closed mean / worst | silhouette IoU mean / worst "
+        "| PSNR (dB) | shape | s per prompt |"
+    )
+    return [head, "|" + "---|" * 10, *lines]
+
+
+def _parse_set(items: list[str]) -> dict:
+    """`section.key=value` strings as changes; values are Python literals (numbers, tuples, True) or text."""
+    changes: dict = {}
+    for item in items:
+        key, _, text = item.partition("=")
+        section, _, name = key.replace("-", "_").partition(".")
+        try:
+            value = ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            value = text
+        changes.setdefault(section, {})[name] = value
+    return changes
+
+
+def _key(row_or_job: dict) -> tuple:
+    prior = "oracle" if row_or_job.get("oracle") else row_or_job["prior"]
+    return (prior, row_or_job["prompt"], row_or_job["variant"], row_or_job.get("seed", 0), row_or_job.get("skipping"))
 
 
 def main() -> None:
@@ -107,10 +263,18 @@ def main() -> None:
     parser.add_argument("--prior", nargs="+", choices=TOY_PRIORS, default=["toy"])
     parser.add_argument("--preset", default="default")
     parser.add_argument("--steps", type=int, default=None, help="override the preset's step count")
-    parser.add_argument("--only", choices=("suite", "ablations"), default=None)
+    parser.add_argument(
+        "--only", nargs="+", choices=("suite", "ablations", "oracle", "levers"), default=None,
+        help="what to run (default: suite and ablations)",
+    )  # fmt: skip
+    parser.add_argument("--levers", nargs="*", default=None, help=f"which levers (default all): {', '.join(LEVERS)}")
+    parser.add_argument("--set", nargs="*", default=[], metavar="SECTION.KEY=VALUE", help="change every job's preset")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--prompts", nargs="*", default=None, help="replace the suite's prompts")
     parser.add_argument("--jobs", type=int, default=2, help="worker processes")
     parser.add_argument("--json", type=Path, default=None, help="also write the rows to this file")
+    parser.add_argument("--rows", type=Path, default=None, help="append each row here as it finishes; skip rows in it")
+    parser.add_argument("--report-from", type=Path, nargs="*", default=None, help="only print tables from row files")
     parser.add_argument(
         "--skipping",
         choices=("on", "off", "both"),
@@ -119,43 +283,81 @@ def main() -> None:
     )
     args = parser.parse_args()
 
+    if args.report_from is not None:
+        rows = [json.loads(line) for path in args.report_from for line in path.read_text().splitlines() if line]
+        report(rows, args)
+        return
+    only = set(args.only or ("suite", "ablations"))
     suite = tuple(args.prompts) if args.prompts else SUITE
     ablation_prompts = tuple(args.prompts) if args.prompts else ABLATION_PROMPTS
+    base = _parse_set(args.set)
     jobs = []
     for prior in args.prior:
-        common = (args.preset, args.steps, prior)
-        if args.only != "ablations":
-            jobs += [(p, "default", {}, *common) for p in suite]
-        if args.only != "suite":
-            jobs += [(p, name, ch, *common) for name, ch in ABLATIONS.items() for p in ablation_prompts]
-            if args.only == "ablations":  # the baseline each ablation is compared with
-                jobs += [(p, "default", {}, *common) for p in ablation_prompts]
+        for seed in args.seeds:
+            common = {"preset": args.preset, "steps": args.steps, "prior": prior, "seed": seed}
+            if "suite" in only or "oracle" in only and "levers" not in only:
+                kinds = [{}] * ("suite" in only) + [{"oracle": True}] * ("oracle" in only)
+                jobs += [
+                    {"prompt": p, "variant": "default", "changes": base, **common, **k} for k in kinds for p in suite
+                ]
+            if "levers" in only:
+                names = args.levers if args.levers is not None else list(LEVERS)
+                kinds = [{}] + [{"oracle": True}] * ("oracle" in only)
+                jobs += [
+                    {"prompt": p, "variant": name, "changes": _merge(base, LEVERS[name]), **common, **k}
+                    for k in kinds
+                    for name in names
+                    for p in suite
+                ]
+            if "ablations" in only:
+                jobs += [
+                    {"prompt": p, "variant": name, "changes": _merge(base, ch), **common}
+                    for name, ch in ABLATIONS.items()
+                    for p in ablation_prompts
+                ]
+                if "suite" not in only:  # the baseline each ablation is compared with
+                    jobs += [{"prompt": p, "variant": "default", "changes": base, **common} for p in ablation_prompts]
     settings = {"on": [True], "off": [False], "both": [False, True], None: [None]}[args.skipping]
     jobs = [_with_skipping(job, skip) for skip in settings for job in jobs]
+    for job in jobs:
+        job["skipping"] = job_config(job).field.skip_empty
+    rows = []
+    if args.rows and args.rows.exists():
+        rows = [json.loads(line) for line in args.rows.read_text().splitlines() if line]
+        done = {_key(r) for r in rows}
+        jobs = [j for j in jobs if _key(j) not in done]
+        print(f"{len(jobs)} runs to do, {len(rows)} already in {args.rows}", flush=True)
     with ProcessPoolExecutor(max_workers=args.jobs) as pool:
-        rows = list(pool.map(run_one, jobs))
-    for row in rows:
-        del row["views"]
-    order = {name: i for i, name in enumerate(["default", *ABLATIONS])}
-    rows.sort(key=lambda r: (r["prior"], r["skipping"], order[r["variant"]], r["prompt"]))
-    print(table(rows))
-    means = {}
-    for prior, skip in sorted({(r["prior"], r["skipping"]) for r in rows}):
-        base = [r for r in rows if r["variant"] == "default" and r["prompt"] in suite and r["skipping"] == skip]
-        base = [r for r in base if r["prior"] == prior]
-        if base:
-            means[prior, skip] = sum(r["iou_3d"] for r in base) / len(base)
+        futures = [pool.submit(run_one, job) for job in jobs]
+        for future in as_completed(futures):
+            row = future.result()
+            del row["views"]
+            rows.append(row)
             print(
-                f"\n{prior} suite{' (skipping on)' if skip else ''}: mean 3D IoU {means[prior, skip]:.3f}, "
-                f"min {min(r['iou_3d'] for r in base):.3f}, shape accuracy "
-                f"{sum(r['shape_match'] for r in base)}/{len(base)}, "
-                f"{sum(r['seconds'] for r in base):.0f} s in all"
+                f"{row['prior']:11s} {row['variant']:24s} seed {row['seed']} {row['prompt']:28s} "
+                f"IoU {row['iou_3d']:.3f} closed {row['iou_3d_closed']:.3f} {row['seconds']:.0f} s",
+                flush=True,
             )
-    for prior in args.prior:
-        if (prior, True) in means and (prior, False) in means:
-            print(f"{prior}: skipping on minus off: mean 3D IoU {means[prior, True] - means[prior, False]:+.3f}")
+            if args.rows:
+                args.rows.parent.mkdir(parents=True, exist_ok=True)
+                with open(args.rows, "a") as f:
+                    f.write(json.dumps(row) + "\n")
+    report(rows, args)
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2) + "\n")
+
+
+def report(rows: list[dict], args: argparse.Namespace) -> None:
+    variants = ["default", *ABLATIONS, *LEVERS]
+    order = {name: i for i, name in enumerate(dict.fromkeys(variants))}
+    rows.sort(key=lambda r: (r["prior"], r["skipping"], r["seed"], order.get(r["variant"], 99), r["prompt"]))
+    print(table(rows))
+    print()
+    print("\n".join(summary(rows)))
+    for prior in sorted({r["prior"] for r in rows} - {"oracle"}):
+        gaps = gap_table([r for r in rows if r["seed"] == 0], prior)
+        if gaps:
+            print(f"\nceiling (oracle), {prior} and gap, seed 0:\n{gaps}")
 
 
 if __name__ == "__main__":

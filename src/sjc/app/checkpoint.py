@@ -108,6 +108,8 @@ def restore(
     """Load a checkpoint's state into `field` (and optimiser, generators); returns its step."""
     device = next(field.parameters()).device
     field_state = {k[len("field.") :]: v for k, v in tensors.items() if k.startswith("field.")}
+    if "grid" in field_state and hasattr(field, "resize"):  # a coarse-to-fine run saved after an upsampling
+        field.resize(field_state["grid"].shape[-1])
     field.load_state_dict({k: v.to(device) for k, v in field_state.items()})
     if optimizer is not None and "param_groups" in meta:
         state: dict[int, dict[str, Tensor]] = {}

@@ -106,7 +106,8 @@ def cmd_generate(argv: list[str]) -> int:
     if result.metrics:
         m = result.metrics
         print(
-            f"quality: 3D IoU {m['iou_3d']:.3f}, silhouette IoU {m['silhouette_iou']:.3f}, "
+            f"quality: 3D IoU {m['iou_3d']:.3f} (closed {m['iou_3d_closed']:.3f}), "
+            f"silhouette IoU {m['silhouette_iou']:.3f}, "
             f"PSNR {m['psnr']:.2f} dB, shape {'matched' if m['shape_accuracy'] else 'NOT matched'}"
         )
     return 0

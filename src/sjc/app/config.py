@@ -168,7 +168,11 @@ def from_dict(cls: type, data: dict) -> Any:
         if key not in hints:
             raise ConfigError(f"unknown configuration key {key!r} for {cls.__name__}")
         sub = _dataclass_type(cls, key)
-        kwargs[key] = from_dict(sub, value) if sub is not None and isinstance(value, dict) else value
+        if sub is not None and isinstance(value, dict):
+            value = from_dict(sub, value)
+        elif isinstance(value, list):  # JSON has no tuples (e.g. --field.upsample-at)
+            value = tuple(value)
+        kwargs[key] = value
     return cls(**kwargs)
 
 
@@ -213,6 +217,16 @@ def validate(cfg: GenerateConfig) -> None:
             cfg.losses.center_depth_weight >= 0,
             f"--losses.center-depth-weight must not be negative, got {cfg.losses.center_depth_weight}",
         ),
+        (
+            cfg.losses.opacity_weight >= 0,
+            f"--losses.opacity-weight must not be negative, got {cfg.losses.opacity_weight}",
+        ),
+        (cfg.losses.tv_weight >= 0, f"--losses.tv-weight must not be negative, got {cfg.losses.tv_weight}"),
+        (
+            0 < cfg.optim.lr_decay <= 1,
+            f"--optim.lr-decay is the fraction of the rate left at the end: in (0, 1], got {cfg.optim.lr_decay}",
+        ),
+        *_coarse_to_fine_checks(cfg.field),
         (cfg.scoring.n_noise >= 1, f"--scoring.n-noise must be at least 1, got {cfg.scoring.n_noise}"),
         (
             cfg.scoring.method != "vsd" or cfg.prior == "toy-learned",
@@ -251,6 +265,29 @@ def validate(cfg: GenerateConfig) -> None:
     if lo is not None and hi is not None:
         checks.append((lo < hi, f"--scoring.sigma-min ({lo}) must be below --scoring.sigma-max ({hi})"))
     raise_first(*_finite_checks(cfg), *checks, *_run_checks(cfg))
+
+
+def _coarse_to_fine_checks(field) -> list[tuple[bool, str]]:
+    coarse, at = field.coarse_resolution, field.upsample_at
+    if coarse is None and not at:
+        return []
+    fractions = ", ".join(f"{f:g}" for f in at)
+    return [
+        (
+            coarse is not None and bool(at),
+            "coarse-to-fine needs both --field.coarse-resolution and --field.upsample-at (fractions of the run), "
+            f"got {coarse} and ({fractions})",
+        ),
+        (
+            coarse is None or 2 <= coarse < field.resolution,
+            f"--field.coarse-resolution must be at least 2 and below --field.resolution ({field.resolution}), "
+            f"got {coarse}",
+        ),
+        (
+            all(0 < f < 1 for f in at) and list(at) == sorted(set(at)),
+            f"--field.upsample-at takes increasing fractions of the run between 0 and 1, got ({fractions})",
+        ),
+    ]
 
 
 def raise_first(*checks: tuple[bool, str]) -> None:

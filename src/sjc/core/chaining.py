@@ -44,6 +44,14 @@ def sigma_annealed(step: int, n_steps: int, sigma_min: float, sigma_max: float) 
     return sigma_max * (sigma_min / sigma_max) ** frac
 
 
+def sigma_annealed_random(
+    step: int, n_steps: int, sigma_min: float, sigma_max: float, generator: torch.Generator
+) -> float:
+    """Log-uniform in [sigma_min, hi], hi annealed geometrically from sigma_max to sqrt(sigma_min * sigma_max)."""
+    hi = sigma_annealed(step, n_steps, math.sqrt(sigma_min * sigma_max), sigma_max)
+    return sigma_log_uniform(sigma_min, hi, generator)
+
+
 # --- PAAS ---------------------------------------------------------------------------------
 @torch.no_grad()
 def paas_grad(
@@ -109,3 +117,16 @@ def center_depth_loss(depth: Tensor, border: float = 7 / 64) -> Tensor:
     n_border = depth.numel() - center.numel()
     border_mean = (depth.sum() - center.sum()) / n_border
     return F.softplus(-(border_mean - center.mean()))
+
+
+def opacity_entropy(opacity: Tensor, eps: float = 1e-4) -> Tensor:
+    """Mean binary entropy -(o log o + (1 - o) log(1 - o)) of per-pixel opacities o (clamped to [eps, 1 - eps]):
+    zero for empty or opaque pixels, largest at 0.5; its gradient log((1 - o) / o) / N pushes each pixel to the
+    nearer of 0 and 1."""
+    o = opacity.clamp(eps, 1 - eps)
+    return -(o * torch.log(o) + (1 - o) * torch.log1p(-o)).mean()
+
+
+def total_variation(volume: Tensor) -> Tensor:
+    """Sum over the three axes of the mean squared difference of neighbouring voxels of a [n, n, n] volume."""
+    return sum((volume.diff(dim=d) ** 2).mean() for d in range(3))

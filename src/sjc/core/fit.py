@@ -67,9 +67,10 @@ def build_field(
     generator: torch.Generator | None = None,
 ) -> VoxelField:
     """A voxel field holding the prior's data space (its channels and feature activation), initialised from
-    `generator`, by default the 'init' stream of `seed`."""
+    `generator`, by default the 'init' stream of `seed`, at the resolution of step 0 (the coarse one of a
+    coarse-to-fine run)."""
     return VoxelField(
-        settings.resolution,
+        settings.start_resolution,
         prior.channels,
         feature_activation=prior.feature_activation,
         density_shift=settings.density_shift,
@@ -138,6 +139,8 @@ class SigmaSchedule:
             return chaining.sigma_log_uniform(*self.range, generator)
         if self.kind == "annealed":
             return chaining.sigma_annealed(step, self.n_steps, *self.range)
+        if self.kind == "annealed-random":
+            return chaining.sigma_annealed_random(step, self.n_steps, *self.range, generator)
         return chaining.sigma_from_grid(self.grid, *self.drop, generator)
 
 
@@ -248,8 +251,14 @@ def sjc_step(field: VoxelField, loop: FitLoop, step: int) -> StepResult:
     prior, f, c, s = loop.prior, loop.settings.field, loop.settings.losses, loop.settings.scoring
     camera, view = loop.cameras(loop.gens["camera"], prior.image_size)
     cond = prior.condition(view)
-    if f.skip_empty and step % f.occupancy_every == 0:  # the grid is saved with the field: resumes skip alike
+    resolution = f.resolution_at(step, loop.schedule_steps)
+    upsampled = resolution != field.resolution
+    if upsampled:  # coarse-to-fine: a function of the step alone, so a resumed run grows at the same step
+        field.upsample(resolution, loop.optimizer)
+    if f.skip_empty and (upsampled or step % f.occupancy_every == 0):  # saved with the field: resumes skip alike
         field.refresh_occupancy(f.occupancy_threshold, f.occupancy_dilation)
+    if loop.settings.optim.lr_decay != 1.0:
+        decay_learning_rates(loop.optimizer, loop.settings.optim.lr_decay, step, loop.schedule_steps)
     out = loop.render(field, camera)
     sigma = loop.sigmas(step, loop.gens["sigma"])
     if loop.scorer is not None:
@@ -274,6 +283,10 @@ def sjc_step(field: VoxelField, loop: FitLoop, step: int) -> StepResult:
         losses["emptiness"] = w_empty * chaining.emptiness_loss(out.weights, c.emptiness_scale)
     if c.center_depth_weight > 0:
         losses["center_depth"] = c.center_depth_weight * chaining.center_depth_loss(out.depth)
+    if c.opacity_weight > 0:
+        losses["opacity"] = c.opacity_weight * chaining.opacity_entropy(out.opacity)
+    if c.tv_weight > 0:
+        losses["tv"] = c.tv_weight * chaining.total_variation(field.grid[0, 0])
     total = sum(losses.values())
     loop.optimizer.zero_grad(set_to_none=True)
     total.backward()
@@ -283,6 +296,14 @@ def sjc_step(field: VoxelField, loop: FitLoop, step: int) -> StepResult:
     for name, param in field.named_parameters():  # e.g. an overflowing update: stop before it is saved
         _check_finite(f"parameter {name}", param.detach(), step)
     return StepResult(sigma, values, grad_norm, out.image.detach())
+
+
+def decay_learning_rates(optimizer: torch.optim.Optimizer, final: float, step: int, n_steps: int) -> None:
+    """Set every group's rate to its initial one times final^(step / n_steps): exponential decay to `final` of
+    it at the end of the schedule (the initial rate is kept in the group, so checkpoints carry it)."""
+    factor = final ** (min(step, n_steps) / max(n_steps, 1))
+    for group in optimizer.param_groups:
+        group["lr"] = group.setdefault("initial_lr", group["lr"]) * factor
 
 
 def _checked_grad_norm(field: VoxelField, losses: dict[str, float], step: int) -> float:

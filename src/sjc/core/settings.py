@@ -58,6 +58,27 @@ class FieldConfig:
     step) above this; low, so faint density still counts."""
     occupancy_dilation: int = 2
     """With skip_empty: marked cells grow by this many cells each way, where the surface may grow."""
+    coarse_resolution: int | None = None
+    """Coarse-to-fine: the grid starts at this resolution and is resampled (trilinearly, the optimiser state
+    with it) at each fraction of the run in `upsample_at`, up to `resolution`; None keeps one resolution."""
+    upsample_at: tuple[float, ...] = ()
+    """Coarse-to-fine: fractions of the run (0 to 1, increasing) at which the grid grows; the resolutions in
+    between are geometric from `coarse_resolution` to `resolution`, e.g. 16 -> 28 -> 48 for two fractions."""
+
+    @property
+    def start_resolution(self) -> int:
+        """The grid's resolution at step 0."""
+        return self.coarse_resolution if self.coarse_resolution is not None and self.upsample_at else self.resolution
+
+    def resolution_at(self, step: int, n_steps: int) -> int:
+        """The grid's resolution during 0-based `step` of a run whose schedules span `n_steps` steps."""
+        if self.coarse_resolution is None or not self.upsample_at:
+            return self.resolution
+        done = sum(step >= round(f * n_steps) for f in self.upsample_at)
+        if done == len(self.upsample_at):
+            return self.resolution
+        ratio = self.resolution / self.coarse_resolution
+        return round(self.coarse_resolution * ratio ** (done / len(self.upsample_at)))
 
 
 @dataclass(frozen=True)
@@ -77,10 +98,19 @@ class CameraConfig:
 @dataclass(frozen=True)
 class ScoringConfig:
     sigma_schedule: Literal[
-        "auto", "log-uniform", "grid", "annealed", "timestep", "timestep-annealed", "timestep-warmup"
+        "auto",
+        "log-uniform",
+        "grid",
+        "annealed",
+        "annealed-random",
+        "timestep",
+        "timestep-annealed",
+        "timestep-warmup",
     ] = "auto"
     """How sigma is drawn each step: log-uniform in [sigma_min, sigma_max]; uniform over the prior's
-    discrete sigma grid minus its extremes; annealed geometrically from sigma_max to sigma_min; 'timestep':
+    discrete sigma grid minus its extremes; annealed geometrically from sigma_max to sigma_min; 'annealed-random':
+    log-uniform in [sigma_min, hi] with hi annealed geometrically from sigma_max to the range's geometric middle
+    (a random draw under an annealed ceiling); 'timestep':
     DreamFusion's t ~ U[0.02, 0.98] mapped to sigma = sqrt((1 - abar(t)) / abar(t)) through the prior's own
     grid, or Stable Diffusion's linear-beta schedule for a prior without one, clipped to [sigma_min,
     sigma_max]; 'timestep-annealed' (SDI's): t falling linearly from 0.98 to 0.25 over the run, mapped alike;
@@ -143,6 +173,12 @@ class LossConfig:
     """Fraction of the steps after which the emptiness multiplier applies."""
     center_depth_weight: float = 0.0
     """Weight of the loss that keeps the image centre nearer than its border (0 turns it off)."""
+    opacity_weight: float = 0.0
+    """Weight of the opacity regulariser: the mean binary entropy of each pixel's opacity, which pushes every
+    ray to be either empty or opaque (0 turns it off)."""
+    tv_weight: float = 0.0
+    """Weight of a total-variation term on the raw density: the mean squared difference of neighbouring voxels
+    (0 turns it off)."""
 
 
 @dataclass(frozen=True)
@@ -151,6 +187,9 @@ class OptimConfig:
     """Adamax learning rate of the voxel grid."""
     background_lr: float = 1e-4
     """Adamax learning rate of the background texture."""
+    lr_decay: float = 1.0
+    """Learning-rate decay: every rate falls exponentially to this fraction of itself by the end of the run
+    (1 keeps them constant)."""
 
 
 @dataclass(frozen=True)

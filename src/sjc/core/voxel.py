@@ -209,11 +209,25 @@ class VoxelField(nn.Module):
         return torch.stack([xx, yy, zz], dim=-1)
 
     @torch.no_grad()
-    def upsample(self, resolution: int) -> None:
-        """Resample the grid to `resolution`^3 (coarse-to-fine); rebuild the optimiser after."""
-        size = (resolution,) * 3
-        self.grid = nn.Parameter(F.interpolate(self.grid.data, size=size, mode="trilinear", align_corners=False))
-        self.occupancy = torch.ones(size, dtype=torch.bool, device=self.grid.device)
+    def upsample(self, resolution: int, optimizer: torch.optim.Optimizer | None = None) -> None:
+        """Resample the grid to `resolution`^3 (coarse-to-fine): trilinear at the new voxel centres, so the
+        new grid holds the old field's lookups there. The grid stays the same Parameter object; `optimizer`'s
+        state of it (Adam-style moments, the grid's shape) is resampled alike. Marks every cell occupied."""
+        self.grid.data = resample_grid(self.grid.data, resolution)
+        if optimizer is not None:
+            state = optimizer.state.get(self.grid, {})
+            for key, value in state.items():
+                if torch.is_tensor(value) and value.dim() == 5:
+                    state[key] = resample_grid(value, resolution)
+        self.occupancy = torch.ones((resolution,) * 3, dtype=torch.bool, device=self.grid.device)
+
+    @torch.no_grad()
+    def resize(self, resolution: int) -> None:
+        """Give the grid and occupancy buffer the shape of a `resolution`^3 field (values undefined), so a
+        state dict of that resolution loads into this field (a checkpoint taken after an upsampling)."""
+        if resolution != self.resolution:
+            self.grid.data = self.grid.data.new_zeros(1, 1 + self.channels, resolution, resolution, resolution)
+            self.occupancy = torch.ones((resolution,) * 3, dtype=torch.bool, device=self.grid.device)
 
     def param_groups(self, lr: float, background_lr: float) -> list[dict]:
         """Optimiser groups: grid and density scale at `lr`, background texture at `background_lr`."""
@@ -221,3 +235,9 @@ class VoxelField(nn.Module):
         if self.bg.requires_grad:
             groups.append({"params": [self.bg], "lr": background_lr})
         return groups
+
+
+def resample_grid(grid: Tensor, resolution: int) -> Tensor:
+    """A [1, C, n, n, n] grid of values at voxel centres resampled trilinearly to `resolution`^3 (border values
+    held outside the outer centres, as the field's lookups do)."""
+    return F.interpolate(grid, size=(resolution,) * 3, mode="trilinear", align_corners=False)

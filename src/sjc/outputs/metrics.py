@@ -19,6 +19,7 @@ from ..core.cameras import View, camera_from_view
 from ..core.render import render
 from ..core.voxel import VoxelField
 from ..priors import toy as toyworld
+from .visibility import closed_occupancy
 
 ANGLES = tuple(range(0, 360, 5))
 THRESHOLDS = (0.1, 0.3, 0.5, 0.7, 0.9)
@@ -148,8 +149,10 @@ def _occupancy_metrics(field: VoxelField, scene: toyworld.Scene, threshold: floa
     errors = _colour_errors(field, scene, near_best)
     angle = near_best[int(np.argmin(errors))]
     shapes = {s: max(_ious(occ, r)) for s, r in rotations.items()}
+    truth = rotated[ANGLES.index(angle)]
     return {
         "iou_3d": best,
+        "iou_3d_closed": iou(closed_occupancy(alpha > threshold), closed_occupancy(truth)),
         "angle": float(angle),
         "iou_3d_at_angle": scores[ANGLES.index(angle)],
         "iou_sweep": sweep,
@@ -169,8 +172,10 @@ def evaluate_field(
 ) -> dict:
     """All metrics of a VoxelField against the scene's ground truth.
 
-    iou_3d: best-rotation IoU of the filled occupancy (voxel alpha > threshold). angle: the
-    rotation used for the image metrics, chosen among angles within `tie_tolerance` of the best
+    iou_3d: best-rotation IoU of the filled occupancy (voxel alpha > threshold). iou_3d_closed: the IoU at
+    `angle` of the occupancy and the truth each closed over the space no training camera can see
+    (`visibility.closed_occupancy`; docs/CONVENTIONS.md). angle: the rotation used for the image metrics,
+    chosen among angles within `tie_tolerance` of the best
     IoU by the colour match on the true surface. silhouette_iou / psnr: means over held-out
     views of the field rendered at azimuth + angle against the truth at azimuth.
     """

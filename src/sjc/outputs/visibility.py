@@ -1,0 +1,121 @@
+"""What the training cameras can see of an occupancy grid, and the grid closed over what they cannot.
+
+The training cameras sit on a sphere of radius 1.5 around the origin, from the top down to an elevation of
+-6.4 degrees (`core.cameras.sample_training_view`). No camera looks at an object from below, so the underside
+of a flat-bottomed object is never rendered: a field whose renders match every training view exactly may be
+an open shell there, and the space under its lid is then empty or full as chance leaves it. `hidden_space`
+finds the empty voxels that no camera position can see (every straight path from the voxel to a camera
+crosses an occupied voxel); `closed_occupancy` adds them to the occupied ones. An enclosed cavity is hidden
+from every camera, so the closure also fills what `metrics.fill_interior` fills.
+
+Paths are traced voxel by voxel (Amanatides and Woo's traversal), so each path is a chain of face-adjacent
+voxels: empty space sees out exactly where a 6-connected flood fill of the empty voxels would reach.
+Grids are [n, n, n] indexed [z, y, x] over [-1, 1]^3 with voxel centres at -1 + (i + 0.5) 2/n, as VoxelField.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numba
+import numpy as np
+import torch
+from torch import Tensor
+
+from ..core.settings import CameraConfig
+
+
+def lowest_training_elevation(max_polar_param: float = CameraConfig().max_polar_param) -> float:
+    """The lowest elevation (degrees) of the training cameras: polar = arccos(1 - 2 v / pi) at v = the parameter."""
+    return 90.0 - math.degrees(math.acos(1.0 - 2.0 * math.radians(max_polar_param) / math.pi))
+
+
+def training_camera_positions(
+    radius: float = CameraConfig().radius,
+    lowest_elevation: float | None = None,
+    rings: int = 9,
+    per_ring: int = 36,
+) -> np.ndarray:
+    """World positions [K, 3] (x, y, z) covering the training cameras' cap: `rings` elevations evenly from the
+    lowest training elevation to the top (one camera there), `per_ring` azimuths each (10 degrees apart)."""
+    low = lowest_training_elevation() if lowest_elevation is None else lowest_elevation
+    positions = []
+    for elevation in np.linspace(low, 90.0, rings):
+        el = math.radians(elevation)
+        count = 1 if elevation >= 90.0 - 1e-9 else per_ring
+        for k in range(count):
+            az = 2 * math.pi * k / count
+            positions.append(
+                [radius * math.cos(el) * math.sin(az), radius * math.sin(el), radius * math.cos(el) * math.cos(az)]
+            )
+    return np.asarray(positions, dtype=np.float64)
+
+
+@numba.njit(cache=True)
+def _path_is_clear(occ: np.ndarray, x: int, y: int, z: int, target: np.ndarray) -> bool:
+    """Whether the segment from the centre of voxel (x, y, z) to `target` (grid units, a voxel spans [i, i + 1])
+    leaves the grid, or reaches the target, without entering an occupied voxel."""
+    n = occ.shape[0]
+    p = (x + 0.5, y + 0.5, z + 0.5)
+    d = (target[0] - p[0], target[1] - p[1], target[2] - p[2])
+    cell = [x, y, z]
+    step = [0, 0, 0]
+    t_next = [np.inf, np.inf, np.inf]
+    t_delta = [np.inf, np.inf, np.inf]
+    for a in range(3):
+        if d[a] > 1e-12:
+            step[a] = 1
+            t_delta[a] = 1.0 / d[a]
+            t_next[a] = (cell[a] + 1 - p[a]) / d[a]
+        elif d[a] < -1e-12:
+            step[a] = -1
+            t_delta[a] = -1.0 / d[a]
+            t_next[a] = (cell[a] - p[a]) / d[a]
+    while True:
+        a = 0
+        if t_next[1] < t_next[a]:
+            a = 1
+        if t_next[2] < t_next[a]:
+            a = 2
+        if t_next[a] >= 1.0:  # the target lies in this voxel's stretch of the segment
+            return True
+        cell[a] += step[a]
+        if cell[a] < 0 or cell[a] >= n:
+            return True
+        if occ[cell[2], cell[1], cell[0]]:
+            return False
+        t_next[a] += t_delta[a]
+
+
+@numba.njit(cache=True)
+def _hidden(occ: np.ndarray, cameras: np.ndarray) -> np.ndarray:
+    n = occ.shape[0]
+    hidden = np.zeros_like(occ)
+    for z in range(n):
+        for y in range(n):
+            for x in range(n):
+                if occ[z, y, x]:
+                    continue
+                seen = False
+                for k in range(cameras.shape[0]):
+                    if _path_is_clear(occ, x, y, z, cameras[k]):
+                        seen = True
+                        break
+                hidden[z, y, x] = not seen
+    return hidden
+
+
+def hidden_space(occ: Tensor, cameras: np.ndarray | None = None) -> Tensor:
+    """Empty voxels of a boolean grid [n, n, n] (z, y, x) that no camera position [K, 3] (world units; default
+    `training_camera_positions()`) can see: every path from the voxel's centre to each camera crosses an
+    occupied voxel."""
+    n = occ.shape[-1]
+    cams = training_camera_positions() if cameras is None else np.asarray(cameras, dtype=np.float64)
+    grid_cams = np.ascontiguousarray((cams + 1.0) / 2.0 * n)  # world [-1, 1] -> grid units [0, n]
+    grid = np.ascontiguousarray(occ.cpu().numpy().astype(np.bool_))
+    return torch.from_numpy(_hidden(grid, grid_cams)).to(occ.device)
+
+
+def closed_occupancy(occ: Tensor, cameras: np.ndarray | None = None) -> Tensor:
+    """The occupied voxels together with the empty ones no training camera can see (`hidden_space`)."""
+    return occ.bool() | hidden_space(occ, cameras)
