@@ -54,14 +54,17 @@ LEVERS = {
     "coarse-to-fine 16-64": {"field": {"resolution": 64, "coarse_resolution": 16, "upsample_at": (0.2, 0.5)}},
     "sigma annealed": {"scoring": {"sigma_schedule": "annealed"}},
     "sigma annealed-random": {"scoring": {"sigma_schedule": "annealed-random"}},
+    "sigma 0.1-0.5": {"scoring": {"sigma_max": 0.5}},
     "lr decay 0.1": {"optim": {"lr_decay": 0.1}},
     "fov 50-60": {"camera": {"fov_min": 50.0, "fov_max": 60.0}},
+    "fov ends 40/70": {"camera": {"fov_ends": True}},
     "render 48 px": {"toy": {"image_size": 48}},
     "PAAS k=2": {"scoring": {"n_noise": 2}},
     "opacity 30": {"losses": {"opacity_weight": 30.0}},
     "opacity 300": {"losses": {"opacity_weight": 300.0}},
     "tv 1000": {"losses": {"tv_weight": 1000.0}},
     "no emptiness loss": {"losses": {"emptiness_weight": 0.0}},
+    "toy data 20000": {"toy": {"n_images": 20000}},
 }
 
 
@@ -146,6 +149,13 @@ def run_one(job: dict) -> dict:
         field = build_field(prior, cfg.field, torch.device("cpu"), generator=gens["init"])
         run_fit(field, prior, cfg, None, gens=gens, progress=False)
     seconds = time.perf_counter() - start
+    if job.get("fields"):  # the field itself, for benchmarks/meshes.py and pictures
+        from safetensors.torch import save_file
+
+        path = Path(job["fields"]) / f"{_slug(job)}.safetensors"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        spec = json.dumps({**field.spec(), "prompt": job["prompt"], "variant": job["variant"]})
+        save_file({k: v.contiguous() for k, v in field.state_dict().items()}, str(path), metadata={"spec": spec})
     m = evaluate_field(field, scene)
     with torch.no_grad():  # a picture of the result: four held-out views, [4, 3, 64, 64] in [-1, 1]
         views = torch.cat([render(field, camera_from_view(v, 64)).image for v in held_out_views(4)])
@@ -165,6 +175,13 @@ def run_one(job: dict) -> dict:
         "skipping": cfg.field.skip_empty,
         "views": views.clamp(-1, 1),
     }
+
+
+def _slug(job: dict) -> str:
+    from sjc.app.config import slug
+
+    prior = "oracle" if job.get("oracle") else job["prior"]
+    return slug(f"{prior} {job['variant']} seed {job.get('seed', 0)} {job['prompt']}")
 
 
 def _with_skipping(job: dict, skip: bool | None) -> dict:
@@ -274,6 +291,7 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=2, help="worker processes")
     parser.add_argument("--json", type=Path, default=None, help="also write the rows to this file")
     parser.add_argument("--rows", type=Path, default=None, help="append each row here as it finishes; skip rows in it")
+    parser.add_argument("--fields", type=Path, default=None, help="save each fitted field here (safetensors)")
     parser.add_argument("--report-from", type=Path, nargs="*", default=None, help="only print tables from row files")
     parser.add_argument(
         "--skipping",
@@ -321,6 +339,7 @@ def main() -> None:
     jobs = [_with_skipping(job, skip) for skip in settings for job in jobs]
     for job in jobs:
         job["skipping"] = job_config(job).field.skip_empty
+        job["fields"] = str(args.fields) if args.fields else None
     rows = []
     if args.rows and args.rows.exists():
         rows = [json.loads(line) for line in args.rows.read_text().splitlines() if line]

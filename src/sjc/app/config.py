@@ -135,7 +135,11 @@ class ExportMeshConfig:
     """Marching-cubes level on the voxel alpha (opacity of one voxel-length step); None takes the run's
     export.mesh_threshold (0.5 by default: the metrics' occupancy). Lower gives a fatter mesh of a soft field."""
     resolution: int | None = None
-    """Grid the density is resampled to before marching cubes (and for npz); None keeps the field's own."""
+    """Grid the density is resampled to before marching cubes (and for npz); None: the field's own times the
+    run's export.mesh_upsample (2 by default) for meshes, the field's own for npz."""
+    smoothing: int | None = None
+    """Passes of Taubin's volume-keeping smoothing (0 keeps marching cubes' staircase); None takes the run's
+    export.mesh_smoothing (10 by default)."""
     largest_only: bool = True
     """Keep only the largest connected part; --no-largest-only keeps every part but the floaters."""
     min_part: float = 0.01
@@ -330,6 +334,8 @@ def _run_checks(cfg: GenerateConfig) -> list[tuple[bool, str]]:
         ("--toy.image-size", cfg.toy.image_size, 4),
         ("--export.turntable-frames", e.turntable_frames, 1),
         ("--export.turntable-size", e.turntable_size, 1),
+        ("--export.mesh-upsample", e.mesh_upsample, 1),
+        ("--export.mesh-smoothing", e.mesh_smoothing, 0),
     ]
     # (flag, value, low, high, ends): "(" and ")" exclude a bound, "[" and "]" include it.
     within = [

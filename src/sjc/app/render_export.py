@@ -113,6 +113,7 @@ def export_run(ec: ExportMeshConfig, log: Log = print) -> dict[str, Path]:
     """The whole `sjc export`: returns {'mesh' or 'grids'} -> path."""
     _check(ec.threshold is None or 0 < ec.threshold < 1, f"--threshold is an alpha in (0, 1), got {ec.threshold}")
     _check(ec.resolution is None or ec.resolution >= 2, f"--resolution must be at least 2, got {ec.resolution}")
+    _check(ec.smoothing is None or ec.smoothing >= 0, f"--smoothing must not be negative, got {ec.smoothing}")
     _check(0 <= ec.min_part <= 1, f"--min-part is a fraction in [0, 1], got {ec.min_part}")
     _check(ec.max_faces is None or ec.max_faces >= 4, f"--max-faces must be at least 4, got {ec.max_faces}")
     _check(ec.bake_size is None or ec.bake_size >= 1, f"--bake-size must be positive, got {ec.bake_size}")
@@ -124,8 +125,12 @@ def export_run(ec: ExportMeshConfig, log: Log = print) -> dict[str, Path]:
         return {"grids": write_grids(field, path, ec.resolution)}
     threshold = ec.threshold if ec.threshold is not None else cfg.export.mesh_threshold
     origin = "--threshold" if ec.threshold is not None else "the run's export.mesh_threshold, the default"
-    grid = ec.resolution or field.resolution
-    log(f"marching cubes on step {step} at alpha {threshold:g} ({origin}; alpha of one voxel step), grid {grid}^3")
+    grid = ec.resolution or field.resolution * cfg.export.mesh_upsample
+    smoothing = ec.smoothing if ec.smoothing is not None else cfg.export.mesh_smoothing
+    log(
+        f"marching cubes on step {step} at alpha {threshold:g} ({origin}; alpha of one voxel step), grid {grid}^3, "
+        f"{smoothing} passes of Taubin smoothing"
+    )
     decode = decoder_for(cfg, field, device)
     if decode is not None:
         log("baking vertex colours from decoded views")
@@ -133,10 +138,11 @@ def export_run(ec: ExportMeshConfig, log: Log = print) -> dict[str, Path]:
         mesh = extract_mesh(
             field,
             threshold,
-            ec.resolution,
+            None if grid == field.resolution else grid,
             ec.largest_only,
             min_part=ec.min_part,
             max_faces=ec.max_faces,
+            smoothing=smoothing,
             decode=decode,
             bake_size=ec.bake_size or cfg.export.turntable_size,
         )

@@ -101,12 +101,14 @@ def sample_training_view(
     radius: float = 1.5,
     fov_range: tuple[float, float] = (40.0, 70.0),
     max_polar_param_deg: float = 100.0,
+    fov_ends: bool = False,
 ) -> View:
     """One view from the paper's training distribution.
 
     Azimuth is uniform; the direction is area-uniform on the spherical cap from the top
     down to polar = arccos(1 - 2 v / pi) with v = `max_polar_param_deg` (100 deg gives an
-    elevation of about -6.4 deg); FoV is uniform in `fov_range`.
+    elevation of about -6.4 deg); FoV is uniform in `fov_range`, or with `fov_ends` one of its two ends
+    with equal chance (the same three draws either way).
     """
     u = torch.rand(3, generator=generator, dtype=torch.float64).tolist()
     v = math.radians(max_polar_param_deg) * u[1]
@@ -114,7 +116,7 @@ def sample_training_view(
     return View(
         azimuth=360.0 * u[0],
         elevation=90.0 - math.degrees(polar),
-        fov=fov_range[0] + (fov_range[1] - fov_range[0]) * u[2],
+        fov=fov_range[u[2] >= 0.5] if fov_ends else fov_range[0] + (fov_range[1] - fov_range[0]) * u[2],
         radius=radius,
     )
 

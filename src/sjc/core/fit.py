@@ -95,7 +95,7 @@ class PerspectiveCameras:
 
     def __call__(self, generator: torch.Generator, image_size: int) -> tuple[Camera, View]:
         c = self.settings
-        view = sample_training_view(generator, c.radius, (c.fov_min, c.fov_max), c.max_polar_param)
+        view = sample_training_view(generator, c.radius, (c.fov_min, c.fov_max), c.max_polar_param, c.fov_ends)
         return camera_from_view(view, image_size), view
 
 

@@ -89,6 +89,10 @@ class CameraConfig:
     """Smallest horizontal field of view of training cameras, degrees."""
     fov_max: float = 70.0
     """Largest horizontal field of view of training cameras, degrees."""
+    fov_ends: bool = False
+    """Draw each training field of view from the two ends of [fov_min, fov_max] only (half each), not uniformly
+    between: a prior that does not know the field of view accepts an object of the wrong size seen at another
+    one, and only views at the ends of the range rule that out (docs/quality.md)."""
     test_fov: float = 60.0
     """Field of view of validation, turntable and evaluation cameras, degrees."""
     max_polar_param: float = 100.0

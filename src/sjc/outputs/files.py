@@ -26,7 +26,14 @@ def write_outputs(
     files["views"] = Path(video.contact_sheet(field, out_dir / "views.png", size=e.turntable_size, decode=prior.decode))
     try:
         # RGB fields colour the mesh themselves; latent ones are baked from views the prior decodes.
-        surface = mesh.extract_mesh(field, threshold=e.mesh_threshold, decode=prior.decode, bake_size=e.turntable_size)
+        surface = mesh.extract_mesh(
+            field,
+            threshold=e.mesh_threshold,
+            resolution=field.resolution * e.mesh_upsample if e.mesh_upsample != 1 else None,
+            smoothing=e.mesh_smoothing,
+            decode=prior.decode,
+            bake_size=e.turntable_size,
+        )
         files["mesh"] = Path(mesh.write_mesh(surface, out_dir / "mesh.glb"))
     except ValueError as err:
         print(f"no mesh written: {err}")

@@ -13,3 +13,8 @@ class ExportConfig:
     """Side of the turntable and contact-sheet renders, pixels of the prior's data space (SD latents decode 8x)."""
     mesh_threshold: float = 0.5
     """Marching-cubes level on the voxel alpha (alpha of one voxel-length step)."""
+    mesh_upsample: int = 2
+    """Marching cubes runs on the field resampled (trilinearly, as the renderer reads it) to this many times its
+    resolution: a finer staircase for the smoothing to remove."""
+    mesh_smoothing: int = 10
+    """Passes of Taubin's volume-keeping smoothing of the mesh (0 keeps marching cubes' staircase)."""
