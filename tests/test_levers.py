@@ -103,7 +103,7 @@ def _c2f_config(tmp_path, cache_dir, name: str, steps: int = 60):
         field=dataclasses.replace(cfg.field, coarse_resolution=8, upsample_at=(0.25, 0.5)),
         toy=dataclasses.replace(cfg.toy, cache_dir=cache_dir, n_images=300),
         losses=dataclasses.replace(cfg.losses, opacity_weight=30.0, tv_weight=10.0),
-        optim=dataclasses.replace(cfg.optim, lr_decay=0.2),
+        optim=dataclasses.replace(cfg.optim, optimizer="adam", betas=(0.9, 0.99), lr_decay=0.2),
         train=dataclasses.replace(cfg.train, steps=steps, checkpoint_every=10, keep_checkpoints=10, validate_every=0),
     )
 
@@ -199,3 +199,13 @@ def test_the_levers_are_refused_by_resume_but_accepted_by_every_prior():
         from sjc.app.config import validate
 
         validate(dataclasses.replace(preset("toy", "tiny"), prompt="a red cube", field=FieldConfig(upsample_at=(0.5,))))
+
+
+def test_adam_is_built_with_its_betas_and_bad_betas_are_refused(tmp_path):
+    field = VoxelField(4, 3)
+    cfg = preset("toy", "tiny")
+    adam = make_optimizer(field, dataclasses.replace(cfg.optim, optimizer="adam", betas=(0.8, 0.95)))
+    assert isinstance(adam, torch.optim.Adam) and adam.param_groups[0]["betas"] == (0.8, 0.95)
+    assert isinstance(make_optimizer(field, cfg.optim), torch.optim.Adamax)
+    flags = ["--optim.optimizer", "adam", "--optim.betas", "0.9", "1.0"]
+    assert cli.main(["generate", "a red cube", "--preset", "tiny", "--out", str(tmp_path / "x"), *flags]) == 2

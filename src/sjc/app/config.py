@@ -231,6 +231,10 @@ def validate(cfg: GenerateConfig) -> None:
             f"--optim.lr-decay is the fraction of the rate left at the end: in (0, 1], got {cfg.optim.lr_decay}",
         ),
         *_coarse_to_fine_checks(cfg.field),
+        (
+            all(0 <= b < 1 for b in cfg.optim.betas) and len(cfg.optim.betas) == 2,
+            f"--optim.betas takes two decay rates in [0, 1), got {tuple(cfg.optim.betas)}",
+        ),
         (cfg.scoring.n_noise >= 1, f"--scoring.n-noise must be at least 1, got {cfg.scoring.n_noise}"),
         (
             cfg.scoring.method != "vsd" or cfg.prior == "toy-learned",

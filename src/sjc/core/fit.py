@@ -83,7 +83,9 @@ def build_field(
 
 
 def make_optimizer(field: VoxelField, optim: OptimConfig = OptimConfig()) -> torch.optim.Optimizer:
-    return torch.optim.Adamax(field.param_groups(optim.lr, optim.background_lr))
+    """Adamax (the paper's) or Adam over the field's parameter groups, as `optim` says."""
+    kind = {"adamax": torch.optim.Adamax, "adam": torch.optim.Adam}[optim.optimizer]
+    return kind(field.param_groups(optim.lr, optim.background_lr), betas=tuple(optim.betas))
 
 
 @dataclass(frozen=True)

@@ -90,9 +90,10 @@ class CameraConfig:
     fov_max: float = 70.0
     """Largest horizontal field of view of training cameras, degrees."""
     fov_ends: bool = False
-    """Draw each training field of view from the two ends of [fov_min, fov_max] only (half each), not uniformly
-    between: a prior that does not know the field of view accepts an object of the wrong size seen at another
-    one, and only views at the ends of the range rule that out (docs/quality.md)."""
+    """Draw each training field of view from the two ends of [fov_min, fov_max] only (half each) instead of
+    uniformly between them: an experiment for priors that do not know the field of view (the toy priors), which
+    accept an object of the wrong size seen at another one. On the toy torus it made the object smaller, not
+    larger (docs/quality.md)."""
     test_fov: float = 60.0
     """Field of view of validation, turntable and evaluation cameras, degrees."""
     max_polar_param: float = 100.0
@@ -187,10 +188,15 @@ class LossConfig:
 
 @dataclass(frozen=True)
 class OptimConfig:
+    optimizer: Literal["adamax", "adam"] = "adamax"
+    """'adamax' (the paper's): steps scaled by the running maximum of each gradient's size; 'adam': by its running
+    root mean square, which rare large PAAS gradients (small sigma) hold down far less (docs/quality.md)."""
+    betas: tuple[float, float] = (0.9, 0.999)
+    """Decay rates of the optimiser's running mean of the gradient and of its size (maximum or mean square)."""
     lr: float = 0.05
-    """Adamax learning rate of the voxel grid."""
+    """Learning rate of the voxel grid."""
     background_lr: float = 1e-4
-    """Adamax learning rate of the background texture."""
+    """Learning rate of the background texture."""
     lr_decay: float = 1.0
     """Learning-rate decay: every rate falls exponentially to this fraction of itself by the end of the run
     (1 keeps them constant)."""
