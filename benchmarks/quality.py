@@ -45,13 +45,23 @@ ABLATIONS = {
     "naive scoring (no PAAS)": {"scoring": {"method": "naive"}},
 }
 ABLATION_PROMPTS = ("a red and blue cube", "an orange and purple sphere", "a red and green cylinder")
+
+
+def _merge(*changes: dict) -> dict:
+    out: dict = {}
+    for change in changes:
+        for section, values in change.items():
+            out[section] = {**out.get(section, {}), **values}
+    return out
+
+
 # The levers of docs/quality.md, each a change of the preset (section -> values).
 LEVERS = {
     "grid 48": {"field": {"resolution": 48}},
     "grid 64": {"field": {"resolution": 64}},
-    "coarse-to-fine 16-32": {"field": {"coarse_resolution": 16, "upsample_at": (0.25,)}},
-    "coarse-to-fine 16-48": {"field": {"resolution": 48, "coarse_resolution": 16, "upsample_at": (0.2, 0.5)}},
-    "coarse-to-fine 16-64": {"field": {"resolution": 64, "coarse_resolution": 16, "upsample_at": (0.2, 0.5)}},
+    "coarse-to-fine 16-32": {"field": {"coarse_scale": 0.5, "upsample_at": (0.25,)}},
+    "coarse-to-fine 16-48": {"field": {"resolution": 48, "coarse_scale": 0.5, "upsample_at": (0.2, 0.5)}},
+    "coarse-to-fine 16-64": {"field": {"resolution": 64, "coarse_scale": 0.5, "upsample_at": (0.2, 0.5)}},
     "sigma annealed": {"scoring": {"sigma_schedule": "annealed"}},
     "sigma annealed-random": {"scoring": {"sigma_schedule": "annealed-random"}},
     "sigma 0.1-0.5": {"scoring": {"sigma_max": 0.5}},
@@ -70,19 +80,34 @@ LEVERS = {
     "no emptiness loss": {"losses": {"emptiness_weight": 0.0}},
     "toy data 20000": {"toy": {"n_images": 20000}},
 }
+C2F = {"field": {"coarse_scale": 0.5, "upsample_at": (0.25,)}}
+ADAM = {"optim": {"optimizer": "adam", "betas": (0.9, 0.99)}}
+LEVERS.update(
+    {
+        "coarse-to-fine 16-32 at 0.5": {"field": {"coarse_scale": 0.5, "upsample_at": (0.5,)}},
+        "coarse-to-fine 8-16-32": {"field": {"coarse_scale": 0.25, "upsample_at": (0.15, 0.4)}},
+        "c2f 16-32 + Adam 0.1": _merge(C2F, ADAM),
+        "c2f 16-32 + Adam 0.05": _merge(C2F, ADAM, {"optim": {"lr": 0.05}}),
+        "c2f 16-32 + annealed-random": _merge(C2F, {"scoring": {"sigma_schedule": "annealed-random"}}),
+        "c2f 16-32 + opacity 300": _merge(C2F, {"losses": {"opacity_weight": 300.0}}),
+        "c2f 16-32 + PAAS k=2": _merge(C2F, {"scoring": {"n_noise": 2}}),
+        "coarse-to-fine 16-32 at 0.75": {"field": {"coarse_scale": 0.5, "upsample_at": (0.75,)}},
+        "c2f 16-32 at 0.5 + Adam 0.1": _merge(ADAM, {"field": {"coarse_scale": 0.5, "upsample_at": (0.5,)}}),
+        "coarse-to-fine 16-24-32": {"field": {"coarse_scale": 0.5, "upsample_at": (0.3, 0.6)}},
+        "c2f 16-32 at 0.67, 3000 steps": {
+            "field": {"coarse_scale": 0.5, "upsample_at": (2 / 3,)},
+            "train": {"steps": 3000},
+        },
+        "c2f 16-32 at 0.67, 3000 steps + Adam 0.1": _merge(
+            ADAM, {"field": {"coarse_scale": 0.5, "upsample_at": (2 / 3,)}, "train": {"steps": 3000}}
+        ),
+    }
+)
 
 
 def _override(cfg, changes: dict):
     parts = {name: dataclasses.replace(getattr(cfg, name), **values) for name, values in changes.items()}
     return dataclasses.replace(cfg, **parts)
-
-
-def _merge(*changes: dict) -> dict:
-    out: dict = {}
-    for change in changes:
-        for section, values in change.items():
-            out[section] = {**out.get(section, {}), **values}
-    return out
 
 
 def job_config(job: dict):
@@ -289,6 +314,7 @@ def main() -> None:
         help="what to run (default: suite and ablations)",
     )  # fmt: skip
     parser.add_argument("--levers", nargs="*", default=None, help=f"which levers (default all): {', '.join(LEVERS)}")
+    parser.add_argument("--oracle-only", action="store_true", help="with levers: fit only the true renders")
     parser.add_argument("--set", nargs="*", default=[], metavar="SECTION.KEY=VALUE", help="change every job's preset")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--prompts", nargs="*", default=None, help="replace the suite's prompts")
@@ -324,7 +350,7 @@ def main() -> None:
                 ]
             if "levers" in only:
                 names = args.levers if args.levers is not None else list(LEVERS)
-                kinds = [{}] + [{"oracle": True}] * ("oracle" in only)
+                kinds = [{}] * (not args.oracle_only) + [{"oracle": True}] * ("oracle" in only or args.oracle_only)
                 jobs += [
                     {"prompt": p, "variant": name, "changes": _merge(base, LEVERS[name]), **common, **k}
                     for k in kinds

@@ -72,18 +72,19 @@ def test_upsampling_carries_the_optimiser_state_and_the_step_goes_on():
 
 
 def test_the_resolution_schedule_is_geometric_and_ends_at_the_resolution():
-    f = FieldConfig(resolution=48, coarse_resolution=16, upsample_at=(0.2, 0.5))
-    assert f.start_resolution == 16
+    f = FieldConfig(resolution=48, coarse_scale=1 / 3, upsample_at=(0.2, 0.5))
+    assert f.start_resolution == f.coarse_resolution == 16
     assert [f.resolution_at(s, 100) for s in (0, 19, 20, 49, 50, 99)] == [16, 16, 28, 28, 48, 48]
+    assert FieldConfig(resolution=3, coarse_scale=0.1, upsample_at=(0.5,)).coarse_resolution == 2
     assert FieldConfig(resolution=32).resolution_at(5, 10) == 32 == FieldConfig(resolution=32).start_resolution
 
 
 def test_coarse_to_fine_settings_are_checked(tmp_path, capsys):
     bad = [
         (["--field.upsample-at", "0.5"], "needs both"),
-        (["--field.coarse-resolution", "16", "--field.upsample-at", "0.5"], "below --field.resolution (16)"),
-        (["--field.coarse-resolution", "8", "--field.upsample-at", "0.5", "0.3"], "increasing fractions"),
-        (["--field.coarse-resolution", "8", "--field.upsample-at", "1.5"], "increasing fractions"),
+        (["--field.coarse-scale", "1.0", "--field.upsample-at", "0.5"], "below --field.resolution (16)"),
+        (["--field.coarse-scale", "0.5", "--field.upsample-at", "0.5", "0.3"], "increasing fractions"),
+        (["--field.coarse-scale", "0.5", "--field.upsample-at", "1.5"], "increasing fractions"),
         (["--optim.lr-decay", "0"], "--optim.lr-decay"),
         (["--losses.opacity-weight", "-1"], "--losses.opacity-weight"),
     ]
@@ -100,7 +101,7 @@ def _c2f_config(tmp_path, cache_dir, name: str, steps: int = 60):
         prompt="a red and blue cube",
         out=str(tmp_path / name),
         threads=1,
-        field=dataclasses.replace(cfg.field, coarse_resolution=8, upsample_at=(0.25, 0.5)),
+        field=dataclasses.replace(cfg.field, coarse_scale=0.5, upsample_at=(0.25, 0.5)),
         toy=dataclasses.replace(cfg.toy, cache_dir=cache_dir, n_images=300),
         losses=dataclasses.replace(cfg.losses, opacity_weight=30.0, tv_weight=10.0),
         optim=dataclasses.replace(cfg.optim, optimizer="adam", betas=(0.9, 0.99), lr_decay=0.2),

@@ -276,20 +276,20 @@ def validate(cfg: GenerateConfig) -> None:
 
 
 def _coarse_to_fine_checks(field) -> list[tuple[bool, str]]:
-    coarse, at = field.coarse_resolution, field.upsample_at
-    if coarse is None and not at:
+    scale, at = field.coarse_scale, field.upsample_at
+    if scale is None and not at:
         return []
     fractions = ", ".join(f"{f:g}" for f in at)
     return [
         (
-            coarse is not None and bool(at),
-            "coarse-to-fine needs both --field.coarse-resolution and --field.upsample-at (fractions of the run), "
-            f"got {coarse} and ({fractions})",
+            scale is not None and bool(at),
+            "coarse-to-fine needs both --field.coarse-scale (the first grid's fraction of --field.resolution) and "
+            f"--field.upsample-at (fractions of the run), got {scale} and ({fractions})",
         ),
         (
-            coarse is None or 2 <= coarse < field.resolution,
-            f"--field.coarse-resolution must be at least 2 and below --field.resolution ({field.resolution}), "
-            f"got {coarse}",
+            scale is None or (0 < scale < 1 and field.coarse_resolution < field.resolution),
+            f"--field.coarse-scale must lie in (0, 1) and give a grid below --field.resolution ({field.resolution}), "
+            f"got {scale}",
         ),
         (
             all(0 < f < 1 for f in at) and list(at) == sorted(set(at)),

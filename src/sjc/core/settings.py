@@ -58,27 +58,36 @@ class FieldConfig:
     step) above this; low, so faint density still counts."""
     occupancy_dilation: int = 2
     """With skip_empty: marked cells grow by this many cells each way, where the surface may grow."""
-    coarse_resolution: int | None = None
-    """Coarse-to-fine: the grid starts at this resolution and is resampled (trilinearly, the optimiser state
-    with it) at each fraction of the run in `upsample_at`, up to `resolution`; None keeps one resolution."""
+    coarse_scale: float | None = None
+    """Coarse-to-fine: the grid starts at this fraction of `resolution` (e.g. 0.5: 16^3 for a 32^3 field) and is
+    resampled (trilinearly, the optimiser state with it) at each fraction of the run in `upsample_at`, up to
+    `resolution`; None keeps one resolution all run."""
     upsample_at: tuple[float, ...] = ()
     """Coarse-to-fine: fractions of the run (0 to 1, increasing) at which the grid grows; the resolutions in
-    between are geometric from `coarse_resolution` to `resolution`, e.g. 16 -> 28 -> 48 for two fractions."""
+    between are geometric, e.g. 16 -> 23 -> 32 for two fractions and a coarse scale of 0.5."""
+
+    @property
+    def coarse_resolution(self) -> int:
+        """The grid's first resolution: `coarse_scale` of `resolution`, rounded, at least 2 (the resolution
+        itself without coarse-to-fine)."""
+        if self.coarse_scale is None or not self.upsample_at:
+            return self.resolution
+        return max(2, round(self.resolution * self.coarse_scale))
 
     @property
     def start_resolution(self) -> int:
         """The grid's resolution at step 0."""
-        return self.coarse_resolution if self.coarse_resolution is not None and self.upsample_at else self.resolution
+        return self.coarse_resolution
 
     def resolution_at(self, step: int, n_steps: int) -> int:
         """The grid's resolution during 0-based `step` of a run whose schedules span `n_steps` steps."""
-        if self.coarse_resolution is None or not self.upsample_at:
+        coarse = self.coarse_resolution
+        if coarse == self.resolution:
             return self.resolution
         done = sum(step >= round(f * n_steps) for f in self.upsample_at)
         if done == len(self.upsample_at):
             return self.resolution
-        ratio = self.resolution / self.coarse_resolution
-        return round(self.coarse_resolution * ratio ** (done / len(self.upsample_at)))
+        return round(coarse * (self.resolution / coarse) ** (done / len(self.upsample_at)))
 
 
 @dataclass(frozen=True)
