@@ -98,6 +98,15 @@ LEVERS.update(
             "field": {"coarse_scale": 0.5, "upsample_at": (2 / 3,)},
             "train": {"steps": 3000},
         },
+        "c2f 16-32 at 0.75, 4000 steps": {
+            "field": {"coarse_scale": 0.5, "upsample_at": (0.75,)},
+            "train": {"steps": 4000},
+        },
+        "c2f 16-32 at 0.67, 3000 steps, sigma annealed-random": {
+            "field": {"coarse_scale": 0.5, "upsample_at": (2 / 3,)},
+            "train": {"steps": 3000},
+            "scoring": {"sigma_schedule": "annealed-random"},
+        },
         "c2f 16-32 at 0.67, 3000 steps + Adam 0.1": _merge(
             ADAM, {"field": {"coarse_scale": 0.5, "upsample_at": (2 / 3,)}, "train": {"steps": 3000}}
         ),

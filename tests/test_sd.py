@@ -266,3 +266,17 @@ def test_branches_give_the_guided_methods_the_unguided_branches(parts):
         assert torch.isfinite(scorer(y, s, None, torch.Generator().manual_seed(0))).all()
     # Its own grid sets t: the NFSD split is the grid's t = 200 of 1000.
     assert scorer.sigma_split == pytest.approx(float(torch.sort(prior.sigmas.double()).values[round(0.2 * 999)]))
+
+
+def test_the_refined_preset_grows_the_grid_with_the_tiny_model(sd_folders, tmp_path):
+    cfg = preset("sd", "refined")
+    assert cfg.field.resolution == 100 and cfg.field.start_resolution == 50 and cfg.field.upsample_at == (2 / 3,)
+    assert dataclasses.replace(cfg, field=preset("sd", "paper").field, preset="paper") == preset("sd", "paper")
+    out = tmp_path / "refined"
+    args = ["generate", "a hamburger", "--prior", "sd", "--sd.model", str(sd_folders["epsilon"]), "--preset", "refined"]
+    small = ["--field.resolution", "12", "--sd.resolution", "64", "--steps", "6", "--train.checkpoint-every", "2"]
+    exports = ["--export.turntable-frames", "2", "--export.turntable-size", "8"]
+    assert cli.main([*args, *small, *exports, "--out", str(out)]) == 0
+    # 6^3 for the first 4 steps (two thirds of 6), 12^3 for the last 2; checkpoints hold each step's grid.
+    assert [load_run(out, step)[1].resolution for step in (2, 4, 6)] == [6, 6, 12]
+    assert (out / "mesh.glb").exists() or (out / "views.png").exists()
