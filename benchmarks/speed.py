@@ -263,18 +263,33 @@ def turntable_fps(frames: int, size: int) -> dict[str, float]:
     return {name: frames / s for name, s in seconds.items()}
 
 
-def generate_seconds(threads: int | None) -> dict[str, float]:
-    """`sjc generate` with the default toy preset (and `--threads` unless None): wall seconds in all, and of
-    its training loop."""
+# `sjc generate` variants timed against each other: the default toy preset, and the one before it (a 32^3 grid
+# all run and 2000 steps, no coarse-to-fine), which the README's earlier times were measured with.
+GENERATE_VARIANTS = {
+    "default": [],
+    "previous default (32^3 all run, 2000 steps)": [
+        "--field.coarse-scale",
+        "None",
+        "--field.upsample-at",
+        "--steps",
+        "2000",
+    ],
+}
+
+
+def generate_seconds(threads: int | None, flags: list[str] = ()) -> dict[str, float]:
+    """`sjc generate` with the default toy preset and `flags` (and `--threads` unless None): wall seconds in all,
+    and of its training loop, and its 3D IoU."""
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "run"
-        command = [str(Path(sys.executable).parent / "sjc"), "generate", TOY_PROMPT, "--out", str(out)]
+        command = [str(Path(sys.executable).parent / "sjc"), "generate", TOY_PROMPT, "--out", str(out), *flags]
         command += ["--threads", str(threads)] if threads else []
         start = time.perf_counter()
         subprocess.run(command, check=True, capture_output=True)
         wall = time.perf_counter() - start
         last = json.loads((out / "log.jsonl").read_text().splitlines()[-1])
-        return {"wall": wall, "training": last["seconds"], "steps": last["step"]}
+        iou = json.loads((out / "metrics.json").read_text())["iou_3d"]
+        return {"wall": wall, "training": last["seconds"], "steps": last["step"], "iou": iou}
 
 
 # --- load: a competing CPU-bound process --------------------------------------------------------
@@ -333,6 +348,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2], help="PyTorch threads to measure")
     parser.add_argument("--load", nargs="+", choices=("idle", "busy"), default=["idle", "busy"])
+    parser.add_argument("--rounds", type=int, default=1, help="sjc generate: times each variant runs, interleaved")
     parser.add_argument(
         "--only", choices=("render", "steps", "generate"), default=None, help="the renderer table, or one of the rest"
     )
@@ -364,16 +380,20 @@ def other_timings(args: argparse.Namespace) -> None:
 
 
 def generate_timings(args: argparse.Namespace) -> None:
+    """Each variant of GENERATE_VARIANTS in turn, `args.rounds` times (interleaved, so load hits them alike)."""
     for threads in args.threads:
         for load in args.load:
-            with competing_load(load == "busy"):
-                g = generate_seconds(threads)
-            print(
-                f"sjc generate '{TOY_PROMPT}' (toy default preset) --threads {threads}, {load}: {g['wall']:.0f} s in "
-                f"all, training loop {g['training']:.0f} s ({1e3 * g['training'] / g['steps']:.1f} ms/step over "
-                f"{g['steps']} steps)",
-                flush=True,
-            )
+            for round_ in range(args.rounds):
+                for name, flags in GENERATE_VARIANTS.items():
+                    with competing_load(load == "busy"):
+                        g = generate_seconds(threads, flags)
+                    print(
+                        f"sjc generate '{TOY_PROMPT}' ({name}) --threads {threads}, {load}, round {round_ + 1}: "
+                        f"{g['wall']:.0f} s in all, training loop {g['training']:.0f} s "
+                        f"({1e3 * g['training'] / g['steps']:.1f} ms/step over {g['steps']} steps), "
+                        f"3D IoU {g['iou']:.3f}",
+                        flush=True,
+                    )
 
 
 def _timed(resolution: int, size: int, state: str, steps: int, warmup: int) -> dict:

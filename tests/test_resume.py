@@ -260,7 +260,7 @@ def _oracle_setup(steps=3, **train):
     cfg = dataclasses.replace(
         cfg,
         prompt="oracle",
-        field=dataclasses.replace(cfg.field, resolution=8),
+        field=dataclasses.replace(cfg.field, resolution=8, coarse_scale=None, upsample_at=()),
         train=dataclasses.replace(cfg.train, steps=steps, validate_every=0, **train),
     )
     prior = OraclePrior(two_colour_sphere(8), 8)

@@ -289,7 +289,8 @@ def _coarse_to_fine_checks(field) -> list[tuple[bool, str]]:
         (
             scale is None or (0 < scale < 1 and field.coarse_resolution < field.resolution),
             f"--field.coarse-scale must lie in (0, 1) and give a grid below --field.resolution ({field.resolution}), "
-            f"got {scale}",
+            f"got {scale} (a {field.coarse_resolution}^3 first grid); raise the resolution, or turn coarse-to-fine "
+            "off with --field.upsample-at and no fractions",
         ),
         (
             all(0 < f < 1 for f in at) and list(at) == sorted(set(at)),
