@@ -79,6 +79,10 @@ LEVERS = {
     "tv 1000": {"losses": {"tv_weight": 1000.0}},
     "no emptiness loss": {"losses": {"emptiness_weight": 0.0}},
     "toy data 20000": {"toy": {"n_images": 20000}},
+    "previous default (32^3, 2000 steps)": {
+        "field": {"coarse_scale": None, "upsample_at": ()},
+        "train": {"steps": 2000},
+    },
 }
 C2F = {"field": {"coarse_scale": 0.5, "upsample_at": (0.25,)}}
 ADAM = {"optim": {"optimizer": "adam", "betas": (0.9, 0.99)}}

@@ -216,7 +216,7 @@ def test_finished_runs_are_skipped_and_a_folder_with_other_settings_fails_its_jo
 
 # --- summaries ---------------------------------------------------------------------------------------------
 def _record(steps, seconds, iou, sil, psnr, shape):
-    metrics = {"iou_3d": iou, "silhouette_iou": sil, "psnr": psnr, "shape_accuracy": shape}
+    metrics = {"iou_3d": iou, "iou_3d_closed": iou + 0.02, "silhouette_iou": sil, "psnr": psnr, "shape_accuracy": shape}
     return {"status": "done", "steps": steps, "seconds": seconds, "attempts": 1, "metrics": metrics}
 
 
@@ -236,7 +236,7 @@ def test_summaries_have_mean_and_worst_rows_and_a_gallery_with_relative_links(tm
     assert [r["name"] for r in table] == ["a-red-cube-seed0", "a-<b>-seed1", "a-pink-cube-seed0", "mean", "worst"]
     assert table[0]["iou_3d"] == "0.800" and table[3]["psnr"] == "15.00" and table[4]["shape_match"] == "NO"
     md = files["md"].read_text()
-    assert "| **mean** |  | 2 done | 100 | 15.0 | 0.700 | 0.800 | 15.00 | 1/2 |" in md
+    assert "| **mean** |  | 2 done | 100 | 15.0 | 0.700 | 0.720 | 0.800 | 15.00 | 1/2 |" in md
     assert "- a-pink-cube-seed0 (failed): cannot parse prompt 'a pink cube'" in md
     page = files["html"].read_text()
     assert 'src="a-red-cube-seed0/turntable.gif"' in page and 'href="a-red-cube-seed0/views.png"' in page

@@ -122,7 +122,7 @@ def finished_record(run_dir: Path, cfg: GenerateConfig, metrics: dict | None) ->
 
     attempts = read_attempts(run_dir)
     starts = [a for a in attempts if a["event"] == "start"]
-    keep = ("iou_3d", "silhouette_iou", "psnr", "shape_accuracy", "angle")
+    keep = ("iou_3d", "iou_3d_closed", "silhouette_iou", "psnr", "shape_accuracy", "angle")
     return {
         "status": "done",
         "prompt": cfg.prompt,

@@ -25,14 +25,21 @@ COLUMNS = (
     "steps",
     "seconds",
     "iou_3d",
+    "iou_3d_closed",
     "silhouette_iou",
     "psnr",
     "shape_match",
     "attempts",
     "message",
 )
-METRICS = ("iou_3d", "silhouette_iou", "psnr")
-HEADS = {"iou_3d": "3D IoU", "silhouette_iou": "silhouette IoU", "psnr": "PSNR (dB)", "shape_match": "shape"}
+METRICS = ("iou_3d", "iou_3d_closed", "silhouette_iou", "psnr")
+HEADS = {
+    "iou_3d": "3D IoU",
+    "iou_3d_closed": "closed 3D IoU",
+    "silhouette_iou": "silhouette IoU",
+    "psnr": "PSNR (dB)",
+    "shape_match": "shape",
+}
 
 
 def summary_row(
