@@ -4,7 +4,7 @@ The mesh is drawn by a small z-buffer rasteriser (flat shading by the angle to a
 left), so the staircase of marching cubes shows as it would in Blender.
 
     python benchmarks/pictures.py runs/torus-before runs/torus-after --labels before after \
-        --meshes 1:0 2:10 --out docs/images/torus-before-after.png
+        --meshes 1:0 2:30 --out docs/images/torus-before-after.png
 """
 
 from __future__ import annotations
@@ -87,7 +87,7 @@ def row(run: Path, label: str, mesh_setting: str | None = None) -> tuple[np.ndar
     mesh = extract_mesh(field, resolution=field.resolution * upsample if upsample != 1 else None, smoothing=passes)
     m = json.loads((run / "metrics.json").read_text()) if (run / "metrics.json").exists() else {}
     text = f"{label}: 3D IoU {m['iou_3d']:.3f}" if m else label
-    text += f", mesh {upsample}x grid, {passes} Taubin passes"
+    text += f"\nmesh: marching cubes on a {upsample}x grid, {passes} Taubin passes"
     return np.concatenate([picture, draw_mesh(mesh)], axis=1), text, cfg.prompt
 
 
@@ -105,12 +105,12 @@ def main() -> None:
     truth, _, _ = toyworld.render_scene(scene, camera_from_view(VIEW, SIZE))
     blank = np.full((SIZE, SIZE, 3), 255, np.uint8)
     top = np.concatenate([_to_uint8(truth), blank], axis=1)
-    band = 18
+    band = 30
     canvas = Image.new("RGB", (2 * SIZE, (SIZE + band) * (len(rows) + 1)), "white")
     draw = ImageDraw.Draw(canvas)
     for k, (picture, text) in enumerate([(top, f"truth: {scene.prompt}")] + [(p, t) for p, t, _ in rows]):
         y = k * (SIZE + band)
-        draw.text((4, y + 3), text + ("" if k == 0 else "   (render | mesh)"), fill="black")
+        draw.text((4, y + 3), text + ("\nleft: render, right: exported mesh" if k == 0 else ""), fill="black")
         canvas.paste(Image.fromarray(picture), (0, y + band))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     canvas.save(args.out)

@@ -248,10 +248,10 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def gap_table(rows: list[dict], prior: str) -> str:
+def gap_table(rows: list[dict], prior: str, variant: str = "default") -> str:
     """Ceiling (oracle), SJC and their gap per prompt on both figures, with mean and worst rows."""
-    oracle = {r["prompt"]: r for r in rows if r["prior"] == "oracle" and r["variant"] == "default"}
-    sjc = {r["prompt"]: r for r in rows if r["prior"] == prior and r["variant"] == "default"}
+    oracle = {r["prompt"]: r for r in rows if r["prior"] == "oracle" and r["variant"] == variant}
+    sjc = {r["prompt"]: r for r in rows if r["prior"] == prior and r["variant"] == variant}
     prompts = [p for p in oracle if p in sjc]
     if not prompts:
         return ""
@@ -417,9 +417,10 @@ def report(rows: list[dict], args: argparse.Namespace) -> None:
     print()
     print("\n".join(summary(rows)))
     for prior in sorted({r["prior"] for r in rows} - {"oracle"}):
-        gaps = gap_table([r for r in rows if r["seed"] == 0], prior)
-        if gaps:
-            print(f"\nceiling (oracle), {prior} and gap, seed 0:\n{gaps}")
+        for variant in sorted({r["variant"] for r in rows if r["prior"] == "oracle"}, key=lambda v: order.get(v, 99)):
+            gaps = gap_table([r for r in rows if r["seed"] == 0], prior, variant)
+            if gaps:
+                print(f"\nceiling (oracle), {prior} and gap, {variant}, seed 0:\n{gaps}")
 
 
 if __name__ == "__main__":

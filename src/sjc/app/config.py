@@ -139,7 +139,7 @@ class ExportMeshConfig:
     run's export.mesh_upsample (2 by default) for meshes, the field's own for npz."""
     smoothing: int | None = None
     """Passes of Taubin's volume-keeping smoothing (0 keeps marching cubes' staircase); None takes the run's
-    export.mesh_smoothing (10 by default)."""
+    export.mesh_smoothing (30 by default)."""
     largest_only: bool = True
     """Keep only the largest connected part; --no-largest-only keeps every part but the floaters."""
     min_part: float = 0.01

@@ -16,5 +16,5 @@ class ExportConfig:
     mesh_upsample: int = 2
     """Marching cubes runs on the field resampled (trilinearly, as the renderer reads it) to this many times its
     resolution: a finer staircase for the smoothing to remove."""
-    mesh_smoothing: int = 10
+    mesh_smoothing: int = 30
     """Passes of Taubin's volume-keeping smoothing of the mesh (0 keeps marching cubes' staircase)."""
