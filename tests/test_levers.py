@@ -37,9 +37,8 @@ def test_upsampled_grid_holds_the_old_fields_lookups_and_renders_alike():
     field = _blob(16)
     old = VoxelField(16, 3, feature_activation="sigmoid", background="fixed")
     old.load_state_dict(field.state_dict())
-    grid = field.grid
     field.upsample(24)
-    assert field.grid is grid and field.grid.shape == (1, 4, 24, 24, 24) and field.resolution == 24
+    assert field.grid.shape == (1, 4, 24, 24, 24) and field.resolution == 24 and field.grid.requires_grad
     # Each new voxel holds the old field's trilinear lookup at its centre (exact up to rounding).
     old.lookup = "grid_sample"
     density, features = old._lookup(field.voxel_centres().reshape(-1, 3))
@@ -60,7 +59,9 @@ def test_upsampling_carries_the_optimiser_state_and_the_step_goes_on():
     state = optimizer.state[field.grid]
     moments = {k: v.clone() for k, v in state.items() if torch.is_tensor(v) and v.dim() == 5}
     assert moments  # Adamax's exp_avg and exp_inf
+    kept = render(field, camera_from_view(View(0.0, 10.0), 16))  # a graph that still holds the coarse grid
     field.upsample(12, optimizer)
+    assert optimizer.param_groups[0]["params"][0] is field.grid and field.grid in optimizer.state
     for key, value in moments.items():
         assert optimizer.state[field.grid][key].shape == (1, 4, 12, 12, 12)
         # A constant stays constant, so the mean of a resampled moment is close to the old one's.
@@ -68,7 +69,7 @@ def test_upsampling_carries_the_optimiser_state_and_the_step_goes_on():
     optimizer.zero_grad()
     render(field, camera_from_view(View(0.0, 10.0), 16)).image.sum().backward()
     optimizer.step()
-    assert torch.isfinite(field.grid).all()
+    assert torch.isfinite(field.grid).all() and kept.image.shape == (1, 3, 16, 16)
 
 
 def test_the_resolution_schedule_is_geometric_and_ends_at_the_resolution():

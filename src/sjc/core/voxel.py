@@ -211,14 +211,20 @@ class VoxelField(nn.Module):
     @torch.no_grad()
     def upsample(self, resolution: int, optimizer: torch.optim.Optimizer | None = None) -> None:
         """Resample the grid to `resolution`^3 (coarse-to-fine): trilinear at the new voxel centres, so the
-        new grid holds the old field's lookups there. The grid stays the same Parameter object; `optimizer`'s
-        state of it (Adam-style moments, the grid's shape) is resampled alike. Marks every cell occupied."""
-        self.grid.data = resample_grid(self.grid.data, resolution)
+        new grid holds the old field's lookups there. The grid becomes a new Parameter (a graph still holding
+        the old one cannot meet a gradient of the wrong shape); `optimizer`'s groups are pointed at it and its
+        state of the grid (Adam-style moments, the grid's shape) is resampled alike. Marks every cell occupied."""
+        old = self.grid
+        self.grid = nn.Parameter(resample_grid(old.data, resolution), requires_grad=old.requires_grad)
         if optimizer is not None:
-            state = optimizer.state.get(self.grid, {})
-            for key, value in state.items():
-                if torch.is_tensor(value) and value.dim() == 5:
-                    state[key] = resample_grid(value, resolution)
+            for group in optimizer.param_groups:
+                group["params"] = [self.grid if p is old else p for p in group["params"]]
+            if old in optimizer.state:
+                state = optimizer.state.pop(old)
+                for key, value in state.items():
+                    if torch.is_tensor(value) and value.dim() == 5:
+                        state[key] = resample_grid(value, resolution)
+                optimizer.state[self.grid] = state
         self.occupancy = torch.ones((resolution,) * 3, dtype=torch.bool, device=self.grid.device)
 
     @torch.no_grad()
