@@ -137,24 +137,17 @@ def job_config(job: dict):
 def fit_true_renders(field, cfg, scene, progress: bool = False):
     """The oracle: fit `field` to true renders of `scene` from the run's training cameras (image and opacity
     L2, no prior), with the run's steps, optimiser, learning-rate decay, coarse-to-fine and skipping."""
-    from sjc.core.fit import PerspectiveCameras, decay_learning_rates, default_render, make_generators, make_optimizer
+    from sjc.core.fit import PerspectiveCameras, default_render, make_generators, make_optimizer, prepare_step
     from sjc.priors.toy import render_scene
 
     gens = make_generators(cfg.train.seed)
     cameras, render_fn = PerspectiveCameras(cfg.camera), default_render(cfg.field)
     optimizer = make_optimizer(field, cfg.optim)
-    f, steps = cfg.field, cfg.train.steps
+    settings, steps = cfg.fit_settings(), cfg.train.steps
     for step in range(steps):
         camera, _ = cameras(gens["camera"], cfg.toy.image_size)
         image, mask, _ = render_scene(scene, camera)
-        resolution = f.resolution_at(step, steps)
-        upsampled = resolution != field.resolution
-        if upsampled:
-            field.upsample(resolution, optimizer)
-        if f.skip_empty and (upsampled or step % f.occupancy_every == 0):
-            field.refresh_occupancy(f.occupancy_threshold, f.occupancy_dilation)
-        if cfg.optim.lr_decay != 1.0:
-            decay_learning_rates(optimizer, cfg.optim.lr_decay, step, steps)
+        prepare_step(field, optimizer, settings, step, steps)
         out = render_fn(field, camera)
         loss = (out.image[0] - image).square().mean() + (out.opacity - mask.to(out.opacity.dtype)).square().mean()
         optimizer.zero_grad(set_to_none=True)

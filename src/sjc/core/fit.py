@@ -250,17 +250,10 @@ class StepResult:
 
 def sjc_step(field: VoxelField, loop: FitLoop, step: int) -> StepResult:
     """One Score Jacobian Chaining update of `field` at 0-based `step`."""
-    prior, f, c, s = loop.prior, loop.settings.field, loop.settings.losses, loop.settings.scoring
+    prior, c, s = loop.prior, loop.settings.losses, loop.settings.scoring
     camera, view = loop.cameras(loop.gens["camera"], prior.image_size)
     cond = prior.condition(view)
-    resolution = f.resolution_at(step, loop.schedule_steps)
-    upsampled = resolution != field.resolution
-    if upsampled:  # coarse-to-fine: a function of the step alone, so a resumed run grows at the same step
-        field.upsample(resolution, loop.optimizer)
-    if f.skip_empty and (upsampled or step % f.occupancy_every == 0):  # saved with the field: resumes skip alike
-        field.refresh_occupancy(f.occupancy_threshold, f.occupancy_dilation)
-    if loop.settings.optim.lr_decay != 1.0:
-        decay_learning_rates(loop.optimizer, loop.settings.optim.lr_decay, step, loop.schedule_steps)
+    prepare_step(field, loop.optimizer, loop.settings, step, loop.schedule_steps)
     out = loop.render(field, camera)
     sigma = loop.sigmas(step, loop.gens["sigma"])
     if loop.scorer is not None:
@@ -298,6 +291,23 @@ def sjc_step(field: VoxelField, loop: FitLoop, step: int) -> StepResult:
     for name, param in field.named_parameters():  # e.g. an overflowing update: stop before it is saved
         _check_finite(f"parameter {name}", param.detach(), step)
     return StepResult(sigma, values, grad_norm, out.image.detach())
+
+
+def prepare_step(
+    field: VoxelField, optimizer: torch.optim.Optimizer, settings: FitSettings, step: int, n_steps: int
+) -> None:
+    """What the schedules do before 0-based `step` of a run spanning `n_steps`: grow the grid (coarse-to-fine),
+    refresh the occupancy grid of empty-space skipping, set the decayed learning rates. All functions of the step
+    alone and of state saved with the field and optimiser, so a resumed run does exactly the same."""
+    f = settings.field
+    resolution = f.resolution_at(step, n_steps)
+    upsampled = resolution != field.resolution
+    if upsampled:
+        field.upsample(resolution, optimizer)
+    if f.skip_empty and (upsampled or step % f.occupancy_every == 0):
+        field.refresh_occupancy(f.occupancy_threshold, f.occupancy_dilation)
+    if settings.optim.lr_decay != 1.0:
+        decay_learning_rates(optimizer, settings.optim.lr_decay, step, n_steps)
 
 
 def decay_learning_rates(optimizer: torch.optim.Optimizer, final: float, step: int, n_steps: int) -> None:
