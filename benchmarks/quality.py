@@ -245,7 +245,7 @@ def gap_table(rows: list[dict], prior: str, variant: str = "default") -> str:
     """Ceiling (oracle), SJC and their gap per prompt on both figures, with mean and worst rows."""
     oracle = {r["prompt"]: r for r in rows if r["prior"] == "oracle" and r["variant"] == variant}
     sjc = {r["prompt"]: r for r in rows if r["prior"] == prior and r["variant"] == variant}
-    prompts = [p for p in oracle if p in sjc]
+    prompts = sorted((p for p in oracle if p in sjc), key=lambda p: (SUITE.index(p) if p in SUITE else len(SUITE), p))
     if not prompts:
         return ""
     lines = [
