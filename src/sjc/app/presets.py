@@ -28,9 +28,9 @@ from .config2d import CanvasConfig, Config2D, SampleConfig
 def _toy_default() -> GenerateConfig:
     # A 32^3 grid seen at 32x32, grown coarse-to-fine: 16^3 for the first 2000 of 3000 steps, then upsampled
     # to 32^3 for the last 1000. On the toy suite that raised the mean 3D IoU from 0.802 to 0.867 (worst
-    # 0.663 -> 0.753, the tori 0.66-0.68 -> 0.88-0.91) in less time than 2000 steps at 32^3: a 16^3 step is
-    # about 4x cheaper, and a voxel twice as wide moves the surface twice as far per (slow, Adamax) step, so
-    # objects reach their full size (docs/quality.md). The emptiness mean runs over ~10x fewer samples per
+    # 0.663 -> 0.753, the tori 0.66-0.68 -> 0.88-0.91) in about the time of 2000 steps at 32^3: a 16^3 step
+    # costs about half as much, and a voxel twice as wide moves the surface twice as far per (slow, Adamax)
+    # step, so objects reach their full size (docs/quality.md). The emptiness mean runs over ~10x fewer samples per
     # image than the paper's 64x64 renders of a 100^3 grid, so its weight is lower (300) and not multiplied
     # late in the run: on the toy prior's hard silhouettes the paper's x20 only erodes edges. Adamax at 0.1
     # (twice the paper's rate): see docs/CONVENTIONS.md. Sigma is log-uniform over the prior's range (the
