@@ -389,7 +389,7 @@ def metrics_table(metrics: dict | None) -> str:
         return ""
     rows = [
         ("3D IoU", f"{metrics['iou_3d']:.3f}"),
-        *([("3D IoU, unseen space closed", f"{metrics['iou_3d_closed']:.3f}")] if "iou_3d_closed" in metrics else []),
+        *([("closed 3D IoU", f"{metrics['iou_3d_closed']:.3f}")] if "iou_3d_closed" in metrics else []),
         ("silhouette IoU", f"{metrics['silhouette_iou']:.3f}"),
         ("PSNR", f"{metrics['psnr']:.2f} dB" if metrics.get("psnr") is not None else "n/a"),
         ("shape", "matched" if metrics.get("shape_accuracy") else "not matched"),
