@@ -61,7 +61,7 @@ class EmpiricalDenoiser:
     similar images would cancel away); the softmax is accumulated over chunks of the set
     with a running log-sum-exp, so no weight underflows to a 0/0 at small sigma.
 
-    Sets of at least `screen_from` images are screened first: float32 distances to every image, with
+    Sets of at least `screen_from` images (default 512: every view bucket of the toy prior) are screened first: float32 distances to every image, with
     a worst-case bound on their rounding, pick the images whose weight can be within e^-SCREEN_NATS
     of the largest, and only those enter the float64 sum. The rest weigh less than N e^-SCREEN_NATS
     (below 1e-17 for N up to 10^5) of the total, under float64's own rounding, so the result is the
@@ -71,7 +71,7 @@ class EmpiricalDenoiser:
 
     SCREEN_NATS = 50.0
 
-    def __init__(self, images: Tensor, chunk: int = 2048, screen_from: int = 4096) -> None:
+    def __init__(self, images: Tensor, chunk: int = 2048, screen_from: int = 512) -> None:
         if images.dim() != 4 or images.shape[0] == 0:
             raise ValueError(f"expected a non-empty image set [N, C, H, W], got shape {tuple(images.shape)}")
         self.images = images.reshape(images.shape[0], -1).to(torch.float64)
