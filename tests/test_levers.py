@@ -74,10 +74,10 @@ def test_upsampling_carries_the_optimiser_state_and_the_step_goes_on():
 
 def test_the_resolution_schedule_is_geometric_and_ends_at_the_resolution():
     f = FieldConfig(resolution=48, coarse_scale=1 / 3, upsample_at=(0.2, 0.5))
-    assert f.start_resolution == f.coarse_resolution == 16
+    assert f.coarse_resolution == 16
     assert [f.resolution_at(s, 100) for s in (0, 19, 20, 49, 50, 99)] == [16, 16, 28, 28, 48, 48]
     assert FieldConfig(resolution=3, coarse_scale=0.1, upsample_at=(0.5,)).coarse_resolution == 2
-    assert FieldConfig(resolution=32).resolution_at(5, 10) == 32 == FieldConfig(resolution=32).start_resolution
+    assert FieldConfig(resolution=32).resolution_at(5, 10) == 32 == FieldConfig(resolution=32).coarse_resolution
 
 
 def test_coarse_to_fine_settings_are_checked(tmp_path, capsys):

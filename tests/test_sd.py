@@ -270,7 +270,7 @@ def test_branches_give_the_guided_methods_the_unguided_branches(parts):
 
 def test_the_refined_preset_grows_the_grid_with_the_tiny_model(sd_folders, tmp_path):
     cfg = preset("sd", "refined")
-    assert cfg.field.resolution == 100 and cfg.field.start_resolution == 50 and cfg.field.upsample_at == (2 / 3,)
+    assert cfg.field.resolution == 100 and cfg.field.coarse_resolution == 50 and cfg.field.upsample_at == (2 / 3,)
     assert dataclasses.replace(cfg, field=preset("sd", "paper").field, preset="paper") == preset("sd", "paper")
     out = tmp_path / "refined"
     args = ["generate", "a hamburger", "--prior", "sd", "--sd.model", str(sd_folders["epsilon"]), "--preset", "refined"]

@@ -70,7 +70,7 @@ def build_field(
     `generator`, by default the 'init' stream of `seed`, at the resolution of step 0 (the coarse one of a
     coarse-to-fine run)."""
     return VoxelField(
-        settings.start_resolution,
+        settings.coarse_resolution,
         prior.channels,
         feature_activation=prior.feature_activation,
         density_shift=settings.density_shift,

@@ -68,16 +68,11 @@ class FieldConfig:
 
     @property
     def coarse_resolution(self) -> int:
-        """The grid's first resolution: `coarse_scale` of `resolution`, rounded, at least 2 (the resolution
+        """The grid's resolution at step 0: `coarse_scale` of `resolution`, rounded, at least 2 (the resolution
         itself without coarse-to-fine)."""
         if self.coarse_scale is None or not self.upsample_at:
             return self.resolution
         return max(2, round(self.resolution * self.coarse_scale))
-
-    @property
-    def start_resolution(self) -> int:
-        """The grid's resolution at step 0."""
-        return self.coarse_resolution
 
     def resolution_at(self, step: int, n_steps: int) -> int:
         """The grid's resolution during 0-based `step` of a run whose schedules span `n_steps` steps."""
