@@ -63,10 +63,10 @@ class EmpiricalDenoiser:
 
     Sets of at least `screen_from` images (default 512: every view bucket of the toy prior) are screened
     first: float32 distances to every image, with a worst-case bound on their rounding, pick the images
-    whose weight can be within e^-SCREEN_NATS of the largest, and only those enter the float64 sum. The rest weigh less than N e^-SCREEN_NATS
-    (below 1e-17 for N up to 10^5) of the total, under float64's own rounding, so the result is the
-    unscreened one to rounding; at small sigma, where the posterior sits on a few images, it costs a
-    float32 product instead of two float64 ones over the whole set.
+    whose weight can be within e^-SCREEN_NATS of the largest, and only those enter the float64 sum. The
+    rest weigh less than N e^-SCREEN_NATS (below 1e-17 for N up to 10^5) of the total, under float64's
+    own rounding, so the result is the unscreened one to rounding; at small sigma, where the posterior
+    sits on a few images, it costs a float32 product instead of two float64 ones over the whole set.
     """
 
     SCREEN_NATS = 50.0
