@@ -138,7 +138,7 @@ def export_run(ec: ExportMeshConfig, log: Log = print) -> dict[str, Path]:
         mesh = extract_mesh(
             field,
             threshold,
-            None if grid == field.resolution else grid,
+            grid,
             ec.largest_only,
             min_part=ec.min_part,
             max_faces=ec.max_faces,

@@ -29,7 +29,7 @@ def write_outputs(
         surface = mesh.extract_mesh(
             field,
             threshold=e.mesh_threshold,
-            resolution=field.resolution * e.mesh_upsample if e.mesh_upsample != 1 else None,
+            resolution=field.resolution * e.mesh_upsample,
             smoothing=e.mesh_smoothing,
             decode=prior.decode,
             bake_size=e.turntable_size,

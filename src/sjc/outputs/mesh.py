@@ -37,12 +37,13 @@ def is_rgb_field(field: VoxelField) -> bool:
 
 def field_grids(field: VoxelField, resolution: int | None = None) -> tuple[Tensor, Tensor]:
     """Density [m, m, m] and activated features [m, m, m, C] at the voxel centres of an m^3 grid
-    over the field's box, indexed [z, y, x]; m is the field's own resolution unless given.
+    over the field's box, indexed [z, y, x]; m is the field's own resolution unless given (at its own
+    resolution the grid is read directly).
 
     Resampling reads the grid exactly as the renderer does (trilinear on the raw values, then the
     activations)."""
     with torch.no_grad():
-        if resolution is None:
+        if resolution is None or resolution == field.resolution:
             return field.activate_density(field.grid[0, 0]), field.activate_features(field.grid[0, 1:].movedim(0, -1))
         lo, hi = field.aabb[0], field.aabb[1]
         steps = (torch.arange(resolution, dtype=lo.dtype, device=lo.device) + 0.5) / resolution
