@@ -51,6 +51,8 @@ def resume_config(saved: GenerateConfig, requested: GenerateConfig) -> GenerateC
     `saved`. ConfigError naming the first flag that may not change."""
     if requested.overwrite:
         raise ConfigError("--resume continues a run and --overwrite replaces it: pass one of them")
+    if requested.train.schedule_steps is None:  # the schedule length of a run is the run's, not the invocation's
+        requested = replace(requested, train=replace(requested.train, schedule_steps=saved.train.schedule_steps))
     old, new = _flatten(to_dict(saved)), _flatten(to_dict(requested))
     for key, value in new.items():
         if key.startswith(RESUMABLE) or key == "train.steps" or value == old.get(key):

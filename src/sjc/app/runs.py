@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -51,6 +52,7 @@ from .config import GenerateConfig, from_dict, slug, to_json
 from .config2d import Config2D
 from .interrupt import Interrupted, StopRequest, catch_signals
 from .resume import restore_run
+from .runlock import RunLock
 
 VALIDATION_VIEW = View(azimuth=30.0, elevation=20.0)
 
@@ -169,32 +171,35 @@ def generate(
     optimizer = make_optimizer(field, cfg.optim)
     SigmaSchedule(cfg.scoring, prior, cfg.train.schedule_steps or cfg.train.steps)  # ConfigError before writing
     methods.Scorer.check(cfg.scoring.method, prior)  # a prior the method cannot use fails before writing too
-    start = restore_run(run_dir, cfg, field, optimizer, gens) if cfg.resume else 0
-    if not cfg.resume:
-        prepare_run_dir(run_dir, cfg, cfg.overwrite)
-    with catch_signals() as stop:  # Ctrl-C: checkpoint the current step, then raise Interrupted
-        result = run_fit(
-            field,
-            prior,
-            cfg,
-            run_dir,
-            optimizer=optimizer,
-            gens=gens,
-            start_step=start,
-            stop=stop,
-            cameras=cameras,
-            render_fn=render_fn,
-            callback=callback,
-            progress=progress,
-        )
-    if result.stopped:
-        return RunResult(run_dir, field, prior, {}, None, stopped=True)
-    files = write_outputs(field, prior, run_dir, cfg.export)
-    metrics = evaluate(field, cfg)
-    if metrics is not None:
-        files["metrics"] = run_dir / "metrics.json"
-        files["metrics"].write_text(json.dumps(_json_safe(metrics), indent=2) + "\n")
-    return RunResult(run_dir, field, prior, files, metrics)
+    with RunLock(run_dir) as lock:  # one writer per folder: a second run of it (a resume, the page) is refused
+        if lock.took_over is not None:
+            print(f"{run_dir}: taking over from {lock.took_over.describe()}, which is gone", file=sys.stderr)
+        start = restore_run(run_dir, cfg, field, optimizer, gens) if cfg.resume else 0
+        if not cfg.resume:
+            prepare_run_dir(run_dir, cfg, cfg.overwrite)
+        with catch_signals() as stop:  # Ctrl-C: checkpoint the current step, then raise Interrupted
+            result = run_fit(
+                field,
+                prior,
+                cfg,
+                run_dir,
+                optimizer=optimizer,
+                gens=gens,
+                start_step=start,
+                stop=stop,
+                cameras=cameras,
+                render_fn=render_fn,
+                callback=callback,
+                progress=progress,
+            )
+        if result.stopped:
+            return RunResult(run_dir, field, prior, {}, None, stopped=True)
+        files = write_outputs(field, prior, run_dir, cfg.export)
+        metrics = evaluate(field, cfg)
+        if metrics is not None:
+            files["metrics"] = run_dir / "metrics.json"
+            files["metrics"].write_text(json.dumps(_json_safe(metrics), indent=2) + "\n")
+        return RunResult(run_dir, field, prior, files, metrics)
 
 
 def run_fit(
