@@ -6,6 +6,7 @@ import dataclasses
 import json
 import os
 import sys
+import threading
 import time
 import zipfile
 
@@ -13,15 +14,21 @@ import pytest
 
 from sjc.app.checkpoint import list_checkpoints
 from sjc.app.cli import main
+from sjc.app.config import to_json
 from sjc.app.presets import preset
+from sjc.app.resume import resume_config as check_resume
+from sjc.app.resume import resume_defaults
 from sjc.app.web import progress_html
 from sjc.app.webruns import (
     Form,
     Job,
+    Limits,
     RunNotFound,
     form_config,
     list_runs,
+    metrics_table,
     open_run,
+    plain_text,
     preset_values,
     resume_config,
     zip_run,
@@ -158,3 +165,109 @@ def test_serve_refuses_bad_flags_and_explains_a_missing_extra(capsys, monkeypatc
     with pytest.raises(SystemExit):
         main(["serve", "--help"])
     assert "0.0.0.0" in capsys.readouterr().out
+
+
+# --- careless and hostile use ------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "form, message",
+    [
+        (Form(None), "type a prompt first"),  # a null prompt through the API
+        (Form(["a red cube"]), "prompt must be text, got list"),
+        (Form("a red cube", resolution=5000), "grid size 5000 is above this server's limit of 64"),
+        (Form("a red cube", steps=10**7), "10000000 steps is above this server's limit of 20000"),
+        (Form("a red cube", threads=100000), "threads must be between 1 and"),
+        (Form("a red cube", steps="many"), "steps must be a number, got 'many'"),
+        (Form("a red cube", steps=float("inf")), "steps must be a whole number"),
+        (Form("a red cube", emptiness_weight="x"), "emptiness weight must be a number"),
+        (Form("a red cube", prior="pixel", model="/home"), "model '/home' is not offered on this server"),
+    ],
+)
+def test_the_servers_limits_and_types_are_checked_before_anything_runs(tmp_path, form, message):
+    priors = [*PRIORS, "pixel"]
+    with pytest.raises((ConfigError, PromptError)) as err:
+        form_config(form, tmp_path, priors, Limits(max_grid=64, max_steps=20_000))
+    assert message in str(err.value) and "\n" not in str(err.value)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_an_offered_model_is_loaded_by_its_name_and_resumes_are_held_to_the_limits(tmp_path):
+    limits = Limits(models={"tiny-ddpm": "/models/ddpm"})
+    cfg = form_config(Form("", prior="pixel", preset="tiny", model="tiny-ddpm"), tmp_path, ["pixel"], limits)
+    assert cfg.pixel.model == "/models/ddpm"
+    run = tmp_path / "big"
+    assert main(["generate", "a red cube", "--preset", "tiny", "--train.steps", "3", "--out", str(run)]) == 0
+    saved = json.loads((run / "config.json").read_text())
+    saved["train"]["steps"] = 2  # a stopped run of `sjc generate` with a grid this server would not take
+    saved["field"]["resolution"] = 80
+    (run / "config.json").write_text(json.dumps(saved))
+    with pytest.raises(ConfigError, match="grid size 80 is above this server's limit of 64"):
+        resume_config(run, None, Limits())
+    with pytest.raises(ConfigError, match="threads must be between 1 and 2"):
+        resume_config(run, 100000, Limits(max_grid=100, max_threads=2))
+
+
+def test_malformed_run_folders_are_skipped_and_links_are_neither_listed_nor_opened(tmp_path, capsys):
+    runs = tmp_path / "runs"
+    make_run(runs, "good-s0")
+    (make_run(runs, "list-config") / "config.json").write_text("[1, 2]")
+    (make_run(runs, "odd-metrics") / "metrics.json").write_text(json.dumps({"psnr": None, "shape_accuracy": True}))
+    (make_run(runs, "broken-json") / "config.json").write_text("{")
+    make_run(tmp_path, "outside")
+    (runs / "linked").symlink_to(tmp_path / "outside")
+    names = {i.name for i in list_runs(runs)}
+    assert names == {"good-s0", "odd-metrics"}
+    assert "skipping the run folder" in capsys.readouterr().err
+    with pytest.raises(RunNotFound):
+        open_run(runs, "linked")
+    with pytest.raises(RunNotFound, match="cannot be read") as err:
+        open_run(runs, "list-config")
+    assert str(runs) not in str(err.value)
+    assert metrics_table(open_run(runs, "odd-metrics").metrics) == (
+        "| measure | value |\n|---|---|\n| PSNR | n/a |\n| shape | matched |"
+    )
+    assert metrics_table({"iou_3d": "bad"}) == ""
+
+
+def test_prompts_show_as_text_not_as_markdown_or_html():
+    shown = plain_text("a cube ![x](http://evil/i.png) [click](http://evil) <b>hi</b> | col\nnext")
+    assert "](" not in shown.replace("\\](", "").replace("\\(", "")
+    assert "<b>" not in shown and "\n" not in shown and "\\|" in shown
+    assert "\\!\\[x\\]\\(http://evil/i\\.png\\)" in shown
+
+
+def test_zips_leave_out_files_in_writing_and_two_at_once_never_share_a_file(tmp_path):
+    runs = tmp_path / "runs"
+    run = make_run(runs, "done-s0")
+    (run / "checkpoints" / "step_0000020.safetensors.tmp").write_bytes(b"half")
+    (run / ".lock").write_text("{}")
+    info = open_run(runs, "done-s0")
+    results, errors = [], []
+
+    def one():
+        try:
+            results.append(zip_run(runs, info))
+        except Exception as err:  # noqa: BLE001 - collected for the assertion
+            errors.append(err)
+
+    threads = [threading.Thread(target=one) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors and len(set(results)) == 1
+    with zipfile.ZipFile(results[0]) as archive:
+        names = archive.namelist()
+    assert not any(n.endswith((".tmp", ".lock")) for n in names) and "done-s0/config.json" in names
+    assert [p.name for p in (runs / ".web" / "zips").iterdir()] == ["done-s0.zip"]
+
+
+def test_raising_the_steps_twice_keeps_the_runs_schedule(tmp_path):
+    # The batch asks with its own flags (no schedule length): the run's own length must win every time.
+    run = tmp_path / "run"
+    assert main(["generate", "a red cube", "--preset", "tiny", "--train.steps", "4", "--out", str(run)]) == 0
+    asked = dataclasses.replace(preset("toy", "tiny"), prompt="a red cube", out=str(run), resume=str(run))
+    for steps in (6, 6, 8):
+        saved = resume_defaults(run)
+        cfg = check_resume(saved, dataclasses.replace(asked, train=dataclasses.replace(asked.train, steps=steps)))
+        assert cfg.train.schedule_steps == 4
+        (run / "config.json").write_text(to_json(cfg) + "\n")

@@ -231,8 +231,8 @@ class ServeConfig:
     around and download it; the runs folder's gallery opens past runs. Needs the [web] extra.
 
     By default the page is reachable from this machine only. --host 0.0.0.0 exposes it to every machine
-    that can reach this one: anyone can then start runs (using this machine's CPU/GPU), and read and download
-    every run in --runs. There is no login."""
+    that can reach this one: anyone can then start runs (within --max-grid, --max-steps, --max-threads, using
+    this machine's CPU/GPU), and read and download every run in --runs. There is no login."""
 
     host: str = "127.0.0.1"
     """Address to listen on: 127.0.0.1 is this machine only; 0.0.0.0 is every network (see above)."""
@@ -245,6 +245,33 @@ class ServeConfig:
     """Runs at a time; more visitors wait in a queue that shows their place. One suits a CPU machine."""
     allow_sd_on_cpu: bool = False
     """Offer the 'sd' prior without a GPU (minutes a step)."""
+    max_grid: int = 64
+    """The largest grid (voxels a side) a visitor may ask for, in a new run or a resume."""
+    max_steps: int = 20_000
+    """The most steps a visitor may ask for."""
+    max_threads: int | None = None
+    """The most CPU threads a run may use; None: this machine's CPU count."""
+    max_upload_mb: float = 10.0
+    """The largest file gradio's upload route accepts, in MB (the page itself asks for no uploads)."""
+    models: tuple[str, ...] = ()
+    """The models the page offers for 'sd' and 'pixel', each NAME=MODEL or MODEL (a diffusers folder or a model id
+    in the Hugging Face cache; nothing is downloaded). Visitors see the names only. None listed: the presets'."""
+
+
+def serve_models(entries: tuple[str, ...]) -> dict[str, str]:
+    """--models as {name shown: model}; a bare MODEL is shown by its last path part."""
+    models: dict[str, str] = {}
+    for entry in entries:
+        name, sep, model = entry.partition("=")
+        name, model = (
+            (name.strip(), model.strip()) if sep else (entry.strip().rstrip("/").split("/")[-1], entry.strip())
+        )
+        if not name or not model:
+            raise UserError(f"--models takes NAME=MODEL or MODEL, got {entry!r}")
+        if name in models:
+            raise UserError(f"--models names {name!r} twice; give each model a name of its own with NAME=MODEL")
+        models[name] = model
+    return models
 
 
 def cmd_serve(argv: list[str]) -> int:
@@ -253,10 +280,21 @@ def cmd_serve(argv: list[str]) -> int:
         raise UserError(f"--concurrency must be at least 1, got {cfg.concurrency}")
     if not 0 < cfg.port < 65536:
         raise UserError(f"--port must be in 1..65535, got {cfg.port}")
+    for flag, value in (
+        ("--max-grid", cfg.max_grid),
+        ("--max-steps", cfg.max_steps),
+        ("--max-threads", cfg.max_threads),
+    ):
+        if value is not None and value < 1:
+            raise UserError(f"{flag} must be at least 1, got {value}")
+    if not cfg.max_upload_mb > 0:
+        raise UserError(f"--max-upload-mb must be positive, got {cfg.max_upload_mb}")
     from .web import serve
+    from .webruns import Limits
 
+    limits = Limits(cfg.max_grid, cfg.max_steps, cfg.max_threads, serve_models(cfg.models))
     try:
-        serve(cfg.runs, cfg.host, cfg.port, cfg.concurrency, cfg.allow_sd_on_cpu)
+        serve(cfg.runs, cfg.host, cfg.port, cfg.concurrency, cfg.allow_sd_on_cpu, limits, cfg.max_upload_mb)
     except OSError as err:
         raise UserError(f"cannot serve on {cfg.host}:{cfg.port}: {err.strerror or err}") from None
     return 0

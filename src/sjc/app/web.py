@@ -5,8 +5,11 @@ presets and checks, each run is a `webruns.Job` polled twice a second, and every
 serves comes from the runs folder (gradio's own cache is put inside it too, under .web/).
 """
 
+import contextlib
 import html
 import os
+import signal
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,18 +23,22 @@ from .webruns import (
     WEB_DIR,
     Form,
     Job,
+    Limits,
     RunInfo,
     available_priors,
     form_config,
     list_runs,
     metrics_table,
     open_run,
+    plain_text,
     preset_values,
     resume_config,
+    whole_number,
     zip_run,
 )
 
 POLL = 0.5  # seconds between the page's updates of a running run
+CAPTION_SEP = " · "  # between a run's name and its status in the gallery's captions
 CSS = """
 .sjc-bar { height: 14px; border-radius: 7px; background: var(--neutral-200); overflow: hidden; }
 .sjc-bar > div { height: 100%; background: var(--color-accent); transition: width 0.3s; }
@@ -94,10 +101,14 @@ def _plots(history: list[tuple[int, float, float]]) -> tuple[Any, Any]:
 class Page:
     """The page's state: the runs folder, the priors on offer, and each visitor's current run."""
 
-    def __init__(self, runs: Path, *, concurrency: int = 1, allow_sd_on_cpu: bool = False) -> None:
+    def __init__(
+        self, runs: Path, *, concurrency: int = 1, allow_sd_on_cpu: bool = False, limits: Limits | None = None
+    ) -> None:
         self.runs, self.concurrency = Path(runs).resolve(), concurrency
         self.priors = available_priors(allow_sd_on_cpu)
-        self.jobs: dict[str, Job] = {}  # visitor (gradio session) -> their current run
+        self.limits = limits or Limits()
+        self.jobs: dict[str, list[Job]] = {}  # visitor (gradio session) -> their runs going (--concurrency)
+        self._jobs_lock = threading.Lock()
 
     # --- views ---------------------------------------------------------------------------------
     def result_view(self, info: RunInfo | None) -> dict[str, Any]:
@@ -113,7 +124,7 @@ class Page:
             }
         downloads = [info.files[k] for k in ("glb", "obj", "mp4") if k in info.files]
         downloads.append(zip_run(self.runs, info))
-        about = f"**{_text(info.prompt or info.prior)}** ({info.name}): {info.status}"
+        about = f"**{plain_text(info.prompt or info.prior)}** ({info.name}): {info.status}"
         return {
             "viewer": str(info.files["glb"]) if "glb" in info.files else None,
             "video": str(info.files["mp4"]) if "mp4" in info.files else None,
@@ -124,7 +135,16 @@ class Page:
         }
 
     def gallery(self) -> list[tuple[str, str]]:
-        return [(str(i.thumbnail), f"{i.name} · {i.status}") for i in list_runs(self.runs) if i.thumbnail]
+        """(thumbnail, caption) per run; the caption starts with the run's name, which a click opens."""
+        return [(str(i.thumbnail), f"{i.name}{CAPTION_SEP}{i.status}") for i in list_runs(self.runs) if i.thumbnail]
+
+    def open_selected(self, value: Any) -> dict[str, Any]:
+        """The run a click on the gallery chose, by the name in its caption (not by its position: the gallery a
+        visitor sees may be older than the runs folder)."""
+        caption = value.get("caption") if isinstance(value, dict) else None
+        if not isinstance(caption, str) or CAPTION_SEP not in caption:
+            return {"status": "**error:** that gallery entry names no run; refresh the gallery"}
+        return self.open(caption.split(CAPTION_SEP, 1)[0])
 
     def live(self, job: Job) -> dict[str, Any]:
         snap = job.snapshot()
@@ -140,11 +160,11 @@ class Page:
     def run(self, form: Form, session: str) -> Iterator[dict[str, Any]]:
         """Start the form's run and stream it to the page until it ends."""
         try:
-            cfg = form_config(form, self.runs, self.priors)
+            cfg = form_config(form, self.runs, self.priors, self.limits)
         except (UserError, ValueError) as err:
-            yield {"status": f"**error:** {_text(str(err))}"}
+            yield self._error(err)
             return
-        yield from self._follow(Job(cfg), session, f"running **{_text(cfg.prompt or cfg.prior)}**")
+        yield from self._follow(Job(cfg), session, f"running **{plain_text(cfg.prompt or cfg.prior)}**")
 
     def resume(self, name: str, threads: Any, session: str) -> Iterator[dict[str, Any]]:
         """Continue a stopped or unfinished run from its newest checkpoint."""
@@ -152,14 +172,17 @@ class Page:
             info = open_run(self.runs, name)
             if info.finished:
                 raise UserError(f"{name} is finished: nothing to resume")
-            cfg = resume_config(info.path, int(threads) if threads else None)
+            if info.running:
+                raise UserError(f"{name} is running elsewhere; it can be resumed once it stops")
+            cfg = resume_config(info.path, whole_number(threads, None, "threads"), self.limits)
         except (UserError, ValueError) as err:
-            yield {"status": f"**error:** {_text(str(err))}"}
+            yield self._error(err)
             return
         yield from self._follow(Job(cfg), session, f"resuming **{_text(info.name)}** from step {info.step}")
 
     def _follow(self, job: Job, session: str, title: str) -> Iterator[dict[str, Any]]:
-        self.jobs[session] = job.start()
+        with self._jobs_lock:
+            self.jobs.setdefault(session, []).append(job.start())
         try:
             yield {"status": title, **self.result_view(None)}
             while job.thread.is_alive():
@@ -167,43 +190,66 @@ class Page:
                 time.sleep(POLL)
             update = self.live(job)
             if job.state == "failed":
-                yield {**update, "status": f"**error:** {_text(job.message)}"}
+                yield {**update, **self._error(job.message)}
                 return
             info = open_run(self.runs, job.run_dir.name)
-            yield {**update, "status": _text(job.message), "gallery": self.gallery(), **self.result_view(info)}
+            message = self._public(job.message)
+            yield {**update, "status": message, "gallery": self.gallery(), **self.result_view(info)}
         finally:
             # The visitor left (tab closed, or the event cancelled): stop at the end of this step, checkpointed,
             # so no run goes on with nobody watching; it stays in the gallery and can be resumed.
             if job.thread.is_alive():
                 job.stop()
                 job.wait()
-            if self.jobs.get(session) is job:
-                del self.jobs[session]
+            with self._jobs_lock:
+                mine = self.jobs.get(session, [])
+                if job in mine:
+                    mine.remove(job)
+                if not mine:
+                    self.jobs.pop(session, None)
+
+    def _all_jobs(self, session: str | None = None) -> list[Job]:
+        with self._jobs_lock:
+            groups = self.jobs.values() if session is None else [self.jobs.get(session, [])]
+            return [job for group in groups for job in group]
 
     def stop(self, session: str) -> str:
-        job = self.jobs.get(session)
-        if job is None or not job.thread.is_alive():
+        going = [job for job in self._all_jobs(session) if job.thread.is_alive()]
+        if not going:
             return "no run of yours is going"
-        job.stop()
-        return "stopping after this step; its checkpoint will be saved"
+        for job in going:
+            job.stop()
+        runs = "this step" if len(going) == 1 else f"this step in each of your {len(going)} runs"
+        return f"stopping after {runs}; checkpoints will be saved"
 
     def open(self, name: str) -> dict[str, Any]:
         try:
             return {"status": "", **self.result_view(open_run(self.runs, name))}
         except UserError as err:
-            return {"status": f"**error:** {_text(str(err))}"}
+            return self._error(err)
 
-    def close(self) -> None:
-        """Stop every run (checkpointed) when the server shuts down."""
-        for job in list(self.jobs.values()):
+    def _public(self, message: Any) -> str:
+        """A message as visitors see it: no path of this server (the runs folder is named by its name only, the
+        home folder as ~), shown as plain text."""
+        text = str(message).replace(str(self.runs), self.runs.name).replace(str(Path.home()), "~")
+        return _text(text)
+
+    def _error(self, message: Any) -> dict[str, Any]:
+        return {"status": f"**error:** {self._public(message)}"}
+
+    def close(self) -> list[tuple[str, int]]:
+        """Stop every run (checkpointed) when the server shuts down; (run name, step) of those stopped."""
+        jobs = [job for job in self._all_jobs() if job.thread.is_alive()]
+        for job in jobs:
             job.stop()
-        for job in list(self.jobs.values()):
+        for job in jobs:
             job.wait()
+        return [(job.run_dir.name, job.step) for job in jobs]
 
     # --- the gradio page -------------------------------------------------------------------------
     def build(self) -> Any:  # noqa: C901 (the page's layout, then its events)
         gr = _gradio()
-        with gr.Blocks(title="sjc: text to 3D") as demo:
+        with gr.Blocks(title="sjc: text to 3D", delete_cache=(3600, int(CACHE_AGE))) as demo:
             gr.Markdown(INTRO)
             with gr.Row():
                 with gr.Column(scale=2):
@@ -214,19 +260,39 @@ class Page:
                         prior = gr.Dropdown(self.priors, value="toy", label="Prior", elem_id="prior")
                         preset = gr.Radio(list(PRESETS), value="default", label="Preset", elem_id="preset")
                     with gr.Row():
-                        steps = gr.Number(start_values["steps"], label="Steps", precision=0, elem_id="steps")
+                        steps = gr.Number(
+                            start_values["steps"],
+                            label=f"Steps (at most {self.limits.max_steps})",
+                            precision=0,
+                            maximum=self.limits.max_steps,
+                            elem_id="steps",
+                        )
                         seed = gr.Number(0, label="Seed", precision=0, elem_id="seed")
                     scoring = gr.Radio(list(SCORING), value="paas", label="Scoring (PAAS, or the naive baseline)")
                     with gr.Accordion("Advanced", open=False):
                         resolution = gr.Number(
-                            start_values["resolution"], label="Grid size (voxels a side)", precision=0
+                            start_values["resolution"],
+                            label=f"Grid size (voxels a side, at most {self.limits.max_grid})",
+                            precision=0,
+                            maximum=self.limits.max_grid,
                         )
                         emptiness = gr.Number(start_values["emptiness_weight"], label="Emptiness weight")
                         guidance = gr.Number(
                             start_values["guidance_scale"], label="Guidance scale (text-conditioned priors)"
                         )
-                        threads = gr.Number(start_values["threads"], label="CPU threads", precision=0)
-                        model = gr.Textbox(label="Model (sd / pixel: a diffusers folder or a cached model id)")
+                        threads = gr.Number(
+                            start_values["threads"],
+                            label=f"CPU threads (at most {self.limits.threads})",
+                            precision=0,
+                            maximum=self.limits.threads,
+                        )
+                        model = gr.Dropdown(
+                            list(self.limits.models),
+                            value=None,
+                            label="Model (sd / pixel; none: the preset's)",
+                            visible=bool(self.limits.models),
+                            allow_custom_value=False,
+                        )
                     with gr.Row():
                         start = gr.Button("Generate", variant="primary", elem_id="generate")
                         stop = gr.Button("Stop", variant="stop", elem_id="stop")
@@ -251,7 +317,9 @@ class Page:
                     elem_id="downloads",
                 )
             resume = gr.Button("Resume this run", interactive=False, elem_id="resume")
-            gr.Markdown(f"## Gallery\nThe runs in `{self.runs}`, from this page or `sjc generate`. Click one to open.")
+            gr.Markdown(
+                f"## Gallery\nThe runs in `{self.runs.name}`, from this page or `sjc generate`. Click one to open."
+            )
             refresh = gr.Button("Refresh the gallery", size="sm")
             gallery = gr.Gallery(
                 self.gallery(),
@@ -327,8 +395,7 @@ class Page:
                     yield emit(update, streaming=True)
 
             def on_select(event: gr.SelectData):
-                names = [i.name for i in list_runs(self.runs) if i.thumbnail]
-                return emit(self.open(names[event.index]) if event.index < len(names) else {})
+                return emit(self.open_selected(event.value))
 
             def on_preset(prior_name: str, preset_name: str) -> list[Any]:
                 values = preset_values(prior_name, preset_name)
@@ -358,18 +425,28 @@ class Page:
 
 
 def serve(
-    runs: Path, host: str = "127.0.0.1", port: int = 7860, concurrency: int = 1, allow_sd_on_cpu: bool = False
+    runs: Path,
+    host: str = "127.0.0.1",
+    port: int = 7860,
+    concurrency: int = 1,
+    allow_sd_on_cpu: bool = False,
+    limits: Limits | None = None,
+    max_upload_mb: float = 10.0,
 ) -> None:
-    """Serve the page until Ctrl-C; runs still going are then stopped with a checkpoint."""
+    """Serve the page until Ctrl-C or SIGTERM; runs still going are then stopped with a checkpoint."""
     _gradio()  # the missing extra, said before anything is written
     runs = Path(runs)
     runs.mkdir(parents=True, exist_ok=True)
-    # gradio copies what it serves into its cache: keep that inside the runs folder too, and phone nowhere.
-    os.environ.setdefault("GRADIO_TEMP_DIR", str((runs / WEB_DIR / "cache").resolve()))
+    # gradio copies what it serves into its cache: keep that inside the runs folder too, pruned, and phone nowhere.
+    cache = (runs / WEB_DIR / "cache").resolve()
+    prune_cache(cache, CACHE_AGE)
+    os.environ.setdefault("GRADIO_TEMP_DIR", str(cache))
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
-    page = Page(runs, concurrency=concurrency, allow_sd_on_cpu=allow_sd_on_cpu)
+    os.environ["HF_HUB_OFFLINE"] = "1"  # the page's models come from the operator's list, never from the hub
+    page = Page(runs, concurrency=concurrency, allow_sd_on_cpu=allow_sd_on_cpu, limits=limits)
     demo = page.build()
     print(f"serving the runs in {page.runs} at http://{host}:{port} (Ctrl-C stops)", flush=True)
+    previous = _terminate_like_ctrl_c()
     try:
         demo.launch(
             server_name=host,
@@ -380,6 +457,41 @@ def serve(
             quiet=True,
             css=CSS,
             footer_links=["api"],
+            max_file_size=f"{max_upload_mb:g}mb",
         )
     finally:
-        page.close()
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+        stopped = page.close()
+        for name, step in stopped:
+            print(f"stopped {name} at step {step}; its checkpoint is saved", flush=True)
+
+
+CACHE_AGE = 24 * 3600.0  # seconds a file of gradio's cache is kept (pruned at start and every hour)
+
+
+def prune_cache(cache: Path, age: float) -> int:
+    """Delete the files under `cache` older than `age` seconds (and the folders left empty); their number."""
+    if not cache.is_dir():
+        return 0
+    now, removed = time.time(), 0
+    for path in sorted(cache.rglob("*"), key=lambda p: len(p.parts), reverse=True):
+        with contextlib.suppress(OSError):
+            if path.is_file() and now - path.stat().st_mtime > age:
+                path.unlink()
+                removed += 1
+            elif path.is_dir() and not any(path.iterdir()):
+                path.rmdir()
+    return removed
+
+
+def _terminate_like_ctrl_c() -> Any:
+    """SIGTERM (a service manager, `kill`) ends the server as Ctrl-C does, so its runs are checkpointed; the
+    previous handler, or None outside the main thread."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def handler(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    return signal.signal(signal.SIGTERM, handler)

@@ -7,11 +7,14 @@ Nothing here imports gradio, so all of it is tested without a server; torch is i
 from __future__ import annotations
 
 import contextlib
+import html
 import importlib.util
 import json
 import math
+import os
 import re
 import sys
+import tempfile
 import threading
 import time
 import traceback
@@ -24,6 +27,7 @@ from ..core.errors import ConfigError, UserError
 from ..priors.settings import SUITE_PROMPTS
 from .config import GenerateConfig, check_prompt, from_dict, validate
 from .presets import preset
+from .runlock import LOCK_NAME, holder
 
 EXAMPLE_PROMPTS = SUITE_PROMPTS  # the toy suite: every shape, one and two colours
 PRESETS = ("tiny", "default", "paper")
@@ -51,6 +55,29 @@ class Form:
     guidance_scale: float | None = None
     threads: int | None = None
     model: str | None = None  # the weights of 'sd' and 'pixel'
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What the page lets a visitor ask of this machine (`sjc serve --max-...`), for new runs and resumes alike."""
+
+    max_grid: int = 64  # voxels a side
+    max_steps: int = 20_000
+    max_threads: int | None = None  # None: this machine's CPU count
+    models: dict[str, str] = field(default_factory=dict)  # what the Model menu shows -> the model loaded
+
+    @property
+    def threads(self) -> int:
+        return self.max_threads or os.cpu_count() or 1
+
+    def check(self, cfg: GenerateConfig) -> None:
+        """ConfigError (one line, naming the limit) for a run this server does not take."""
+        if cfg.field.resolution > self.max_grid:
+            raise ConfigError(f"grid size {cfg.field.resolution} is above this server's limit of {self.max_grid}")
+        if cfg.train.steps > self.max_steps:
+            raise ConfigError(f"{cfg.train.steps} steps is above this server's limit of {self.max_steps}")
+        if cfg.threads is not None and not 1 <= cfg.threads <= self.threads:
+            raise ConfigError(f"threads must be between 1 and {self.threads} on this server, got {cfg.threads}")
 
 
 def available_priors(allow_sd_on_cpu: bool = False) -> list[str]:
@@ -86,51 +113,74 @@ def preset_values(prior: str, name: str) -> dict[str, Any]:
     }
 
 
-def form_config(form: Form, runs: Path, priors: list[str] | None = None) -> GenerateConfig:
+def form_config(
+    form: Form, runs: Path, priors: list[str] | None = None, limits: Limits | None = None
+) -> GenerateConfig:
     """The run a form asks for, in a new folder under `runs`: its preset with the form's values over it,
-    validated with the command line's own checks (ConfigError: the same one-line messages)."""
-    priors = priors or available_priors()
+    validated with the command line's own checks and the server's `limits` (ConfigError: one-line messages).
+    A model must be one of `limits.models` (by its name in the menu); without any, the preset's is used."""
+    priors, limits = priors or available_priors(), limits or Limits()
+    for name in ("prompt", "prior", "preset", "scoring"):
+        value = getattr(form, name)
+        if value is not None and not isinstance(value, str):
+            raise ConfigError(f"{name} must be text, got {type(value).__name__}")
     if form.prior not in priors:
         raise ConfigError(f"prior {form.prior!r} is not available on this server; choose one of {', '.join(priors)}")
     if form.preset not in PRESETS:
         raise ConfigError(f"unknown preset {form.preset!r}; choose one of {', '.join(PRESETS)}")
     if form.scoring not in SCORING:
         raise ConfigError(f"unknown scoring {form.scoring!r}; choose one of {', '.join(SCORING)}")
-    prompt = " ".join(form.prompt.split())
+    prompt = " ".join((form.prompt or "").split())
     if not prompt and form.prior != "pixel":
         raise ConfigError(f"type a prompt first, e.g. {EXAMPLE_PROMPTS[0]!r}")
     cfg = preset(form.prior, form.preset)
     cfg = replace(
         cfg,
         prompt=prompt,
-        train=replace(cfg.train, steps=_int(form.steps, cfg.train.steps, "steps"), seed=_int(form.seed, 0, "seed")),
-        scoring=replace(
-            cfg.scoring, method=form.scoring, guidance_scale=_num(form.guidance_scale, cfg.scoring.guidance_scale)
+        train=replace(
+            cfg.train, steps=whole_number(form.steps, cfg.train.steps, "steps"), seed=whole_number(form.seed, 0, "seed")
         ),
-        field=replace(cfg.field, resolution=_int(form.resolution, cfg.field.resolution, "grid size")),
-        losses=replace(cfg.losses, emptiness_weight=_num(form.emptiness_weight, cfg.losses.emptiness_weight)),
-        threads=_int(form.threads, cfg.threads, "threads"),
+        scoring=replace(
+            cfg.scoring,
+            method=form.scoring,
+            guidance_scale=_num(form.guidance_scale, cfg.scoring.guidance_scale, "guidance scale"),
+        ),
+        field=replace(cfg.field, resolution=whole_number(form.resolution, cfg.field.resolution, "grid size")),
+        losses=replace(
+            cfg.losses, emptiness_weight=_num(form.emptiness_weight, cfg.losses.emptiness_weight, "emptiness weight")
+        ),
+        threads=whole_number(form.threads, cfg.threads, "threads"),
     )
     if form.model and form.prior in ("sd", "pixel"):
+        if form.model not in limits.models:
+            offered = ", ".join(limits.models) or "none (the preset's model is used)"
+            raise ConfigError(f"model {form.model!r} is not offered on this server; it offers: {offered}")
         part = getattr(cfg, form.prior)
-        cfg = replace(cfg, **{form.prior: replace(part, model=form.model.strip())})
+        cfg = replace(cfg, **{form.prior: replace(part, model=limits.models[form.model])})
     if cfg.threads is not None and cfg.threads < 1:
         raise ConfigError(f"threads must be at least 1, got {cfg.threads}")
     validate(cfg)
+    limits.check(cfg)
     check_prompt(cfg)
     return replace(cfg, out=str(new_run_dir(runs, cfg)))
 
 
-def _int(value: Any, default: int | None, what: str) -> int | None:
+def whole_number(value: Any, default: int | None, what: str) -> int | None:
     if value is None or value == "":
         return default
-    if float(value) != int(float(value)):
+    number = _num(value, 0.0, what)
+    if not math.isfinite(number) or number != int(number):
         raise ConfigError(f"{what} must be a whole number, got {value}")
-    return int(float(value))
+    return int(number)
 
 
-def _num(value: Any, default: float) -> float:
-    return default if value is None or value == "" else float(value)
+def _num(value: Any, default: float, what: str = "a number") -> float:
+    if value is None or value == "":
+        return default
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{what} must be a number, got {str(value)[:40]!r}") from None
 
 
 def new_run_dir(runs: Path, cfg: GenerateConfig) -> Path:
@@ -220,6 +270,9 @@ class Job:
         except Interrupted as err:
             self.state, self.message = "stopped", str(err)
         except UserError as err:
+            if type(err).__name__ == "WeightsNotFoundError":  # it names the server's folders and cache: log it only
+                print(f"{self.run_dir.name}: {err}", file=sys.stderr)
+                err = UserError("the model could not be loaded on this server; its log says why")
             self.state, self.message = "failed", str(err)
             _remove_if_empty(self.run_dir)
         except Exception as err:  # a bug, or the machine (memory): shown in the page, logged in full here
@@ -271,13 +324,16 @@ def _remove_if_empty(path: Path) -> None:
         path.rmdir()
 
 
-def resume_config(run_dir: Path, threads: int | None = None) -> GenerateConfig:
-    """The config that continues a stopped or unfinished run, as `sjc generate --resume` builds it."""
+def resume_config(run_dir: Path, threads: int | None = None, limits: Limits | None = None) -> GenerateConfig:
+    """The config that continues a stopped or unfinished run, as `sjc generate --resume` builds it, checked
+    against the server's `limits` like a new run (a run made by `sjc generate` may be larger)."""
     from .resume import resume_config as checked
     from .resume import resume_defaults
 
     saved = resume_defaults(run_dir)
-    return checked(saved, saved if threads is None else replace(saved, threads=threads))
+    cfg = checked(saved, saved if threads is None else replace(saved, threads=threads))
+    (limits or Limits()).check(cfg)
+    return cfg
 
 
 def export_obj(run_dir: Path) -> Path | None:
@@ -307,16 +363,19 @@ class RunInfo:
     metrics: dict | None
     thumbnail: Path | None
     files: dict[str, Path] = field(default_factory=dict)
+    running: bool = False  # a writer holds the folder (a run of this page, `sjc generate`, a batch)
 
     @property
     def status(self) -> str:
         if self.finished:
             return f"finished, {self.steps} steps"
+        if self.running:
+            return f"running elsewhere, step {self.step} of {self.steps} checkpointed"
         return f"stopped at step {self.step} of {self.steps}; resumable"
 
     @property
     def resumable(self) -> bool:
-        return not self.finished
+        return not self.finished and not self.running
 
 
 def list_runs(runs: Path) -> list[RunInfo]:
@@ -325,33 +384,56 @@ def list_runs(runs: Path) -> list[RunInfo]:
         return []
     found = []
     for path in runs.iterdir():
-        if path.is_dir() and _NAME.fullmatch(path.name) and (path / "config.json").is_file():
+        if _is_run_folder(path):
             try:
                 found.append(_read_run(path))
-            except (OSError, ValueError, TypeError):
-                continue  # a folder being written, or not ours
-    return sorted(found, key=lambda info: info.path.stat().st_mtime, reverse=True)
+            except Exception as err:  # one malformed folder must not take the gallery down
+                _warn_once(path, err)
+    return sorted(found, key=lambda info: _mtime(info.path), reverse=True)
+
+
+def _is_run_folder(path: Path) -> bool:
+    """A plain folder (not a link: `open_run` would refuse it) with a run's name and config.json."""
+    return (
+        not path.is_symlink()
+        and path.is_dir()
+        and bool(_NAME.fullmatch(path.name))
+        and path.name != WEB_DIR
+        and (path / "config.json").is_file()
+    )
+
+
+_warned: set[tuple[str, str]] = set()
+
+
+def _warn_once(path: Path, err: Exception) -> None:
+    key = (str(path), str(err))
+    if key not in _warned:
+        _warned.add(key)
+        print(f"warning: skipping the run folder {path}: {type(err).__name__}: {err}", file=sys.stderr)
 
 
 def open_run(runs: Path, name: str) -> RunInfo:
     """The run called `name` inside `runs`. Only a plain folder name directly inside `runs` is accepted:
     '..', slashes, absolute paths and links that lead elsewhere find nothing."""
     root = runs.resolve()
-    if not isinstance(name, str) or not _NAME.fullmatch(name) or name == WEB_DIR:
-        raise RunNotFound(f"no run named {name!r} in {runs}")
-    path = (root / name).resolve()
-    if path.parent != root or not (path / "config.json").is_file():
-        raise RunNotFound(f"no run named {name!r} in {runs}")
+    shown = name[:80] if isinstance(name, str) else name
+    if not isinstance(name, str) or not _NAME.fullmatch(name) or not _is_run_folder(root / name):
+        raise RunNotFound(f"no run named {shown!r}")
     try:
-        return _read_run(path)
-    except (OSError, ValueError, TypeError) as err:
-        raise RunNotFound(f"cannot read the run {name!r}: {err}") from None
+        return _read_run(root / name)
+    except Exception as err:
+        _warn_once(root / name, err)
+        raise RunNotFound(f"the run {name!r} cannot be read (its files are damaged)") from None
 
 
 def _read_run(path: Path) -> RunInfo:
     from .checkpoint import list_checkpoints
 
-    cfg = from_dict(GenerateConfig, json.loads((path / "config.json").read_text()))
+    data = json.loads((path / "config.json").read_text())
+    if not isinstance(data, dict):
+        raise ValueError(f"config.json holds a {type(data).__name__}, not a run's settings")
+    cfg = from_dict(GenerateConfig, data)
     checkpoints = list_checkpoints(path)
     step = checkpoints[-1][0] if checkpoints else 0
     files = {
@@ -362,36 +444,80 @@ def _read_run(path: Path) -> RunInfo:
     finished = step >= cfg.train.steps and "mp4" in files
     metrics_file = path / "metrics.json"
     metrics = json.loads(metrics_file.read_text()) if metrics_file.is_file() else None
+    metrics = metrics if isinstance(metrics, dict) else None
     validation = sorted((path / "validation").glob("step_*.png"))
     thumbnail = files.get("views") or (validation[-1] if validation else None)
-    return RunInfo(path.name, path, cfg.prompt, cfg.prior, cfg.train.steps, step, finished, metrics, thumbnail, files)
+    running = holder(path) is not None
+    return RunInfo(
+        path.name, path, cfg.prompt, cfg.prior, cfg.train.steps, step, finished, metrics, thumbnail, files, running
+    )
 
 
 def zip_run(runs: Path, info: RunInfo) -> Path:
-    """The whole run folder as runs/.web/zips/<name>.zip (remade when the run changed since)."""
+    """The whole run folder as runs/.web/zips/<name>.zip, made again only when the run changed since. Files being
+    written (`*.tmp`, renamed into place when whole) and the writer's lock are left out, so a zip of a running run
+    holds whole checkpoints; each zip is built under a name of its own, so two visitors opening the same run at
+    once never write one file."""
     target = runs / WEB_DIR / "zips" / f"{info.name}.zip"
-    newest = max((p.stat().st_mtime for p in info.path.rglob("*") if p.is_file()), default=0.0)
+    members = [p for p in sorted(info.path.rglob("*")) if _zippable(p)]
+    newest = max((_mtime(p) for p in members), default=0.0)
     if target.exists() and target.stat().st_mtime >= newest:
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_suffix(".tmp")
-    with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as archive:
-        for item in sorted(info.path.rglob("*")):
-            if item.is_file() and not item.is_symlink():
-                archive.write(item, Path(info.name) / item.relative_to(info.path))
-    tmp.replace(target)
+    fd, name = tempfile.mkstemp(prefix=f".{info.name}-", suffix=".zip.tmp", dir=target.parent)
+    try:
+        with os.fdopen(fd, "wb") as raw, zipfile.ZipFile(raw, "w", zipfile.ZIP_DEFLATED) as archive:
+            for item in members:
+                with contextlib.suppress(FileNotFoundError):  # an old checkpoint pruned meanwhile
+                    archive.write(item, Path(info.name) / item.relative_to(info.path))
+        os.replace(name, target)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(name)
     return target
 
 
+def _zippable(path: Path) -> bool:
+    return path.is_file() and not path.is_symlink() and path.name != LOCK_NAME and not path.name.endswith(".tmp")
+
+
+def _mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except FileNotFoundError:
+        return 0.0
+
+
 def metrics_table(metrics: dict | None) -> str:
-    """The toy world's quality figures as a Markdown table ('' without them)."""
+    """The toy world's quality figures as a Markdown table ('' without them; figures missing from the file or
+    not numbers are left out)."""
     if not metrics:
         return ""
+
+    def number(key: str, fmt: str) -> str | None:
+        value = metrics.get(key)
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        return format(value, fmt) if ok else None
+
     rows = [
-        ("3D IoU", f"{metrics['iou_3d']:.3f}"),
-        *([("closed 3D IoU", f"{metrics['iou_3d_closed']:.3f}")] if "iou_3d_closed" in metrics else []),
-        ("silhouette IoU", f"{metrics['silhouette_iou']:.3f}"),
-        ("PSNR", f"{metrics['psnr']:.2f} dB" if metrics.get("psnr") is not None else "n/a"),
-        ("shape", "matched" if metrics.get("shape_accuracy") else "not matched"),
+        ("3D IoU", number("iou_3d", ".3f")),
+        ("closed 3D IoU", number("iou_3d_closed", ".3f")),
+        ("silhouette IoU", number("silhouette_iou", ".3f")),
+        ("PSNR", None if "psnr" not in metrics else f"{psnr} dB" if (psnr := number("psnr", ".2f")) else "n/a"),
+        (
+            "shape",
+            None if "shape_accuracy" not in metrics else "matched" if metrics["shape_accuracy"] else "not matched",
+        ),
     ]
+    rows = [(k, v) for k, v in rows if v is not None]
+    if not rows:
+        return ""
     return "| measure | value |\n|---|---|\n" + "\n".join(f"| {k} | {v} |" for k, v in rows)
+
+
+def plain_text(text: str) -> str:
+    """`text` shown as itself inside Markdown: HTML and every Markdown mark (links, images, emphasis, tables)
+    escaped, line breaks as spaces. For what visitors type (prompts), shown to other visitors."""
+    text = " ".join(str(text).split())
+    text = html.escape(text, quote=False)
+    return re.sub(r"([\\`*_{}\[\]()#+\-.!|~>])", r"\\\1", text)
