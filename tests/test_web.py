@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import html
 import json
+import signal
+import subprocess
+import sys
 import time
 import urllib.parse
 import zipfile
@@ -34,7 +37,7 @@ def form(prompt: str, steps: int | None = None, seed: int = 0, preset: str = "ti
         "emptiness_weight": None,
         "guidance_scale": None,
         "threads": None,
-        "model": "",
+        "model": None,
     }
 
 
@@ -183,3 +186,48 @@ def test_files_outside_the_runs_folder_are_refused(server):
     out = client.predict(**form("../../etc/passwd"), api_name="/generate")
     assert out[STATUS].startswith("**error:** ")  # not a toy prompt
     assert sorted(p.name for p in runs.parent.iterdir() if p.is_dir()) == ["runs"]
+
+
+def test_sigterm_stops_the_running_job_with_a_checkpoint_then_exits(tmp_path):
+    runs = tmp_path / "runs"
+    with running_server(runs) as (url, proc):
+        Client(url, verbose=False).submit(**form("a blue cube", steps=20000), api_name="/generate")
+        run_dir = runs / "a-blue-cube-s0"
+        wait_for_log(run_dir, 30)
+        proc.send_signal(signal.SIGTERM)  # what a service manager sends
+        assert proc.wait(timeout=60) == 0
+    stopped = list_checkpoints(run_dir)[-1][0]
+    assert 30 <= stopped < 20000 and stopped % 100, "the stop checkpoint, not a periodic one"
+    log = next(tmp_path.glob("serve-*.log")).read_text()
+    assert f"stopped a-blue-cube-s0 at step {stopped}; its checkpoint is saved" in log
+
+
+def test_two_visitors_and_a_command_line_writer_never_share_a_run(tmp_path):
+    runs = tmp_path / "runs"
+    with running_server(runs, "--concurrency", "3", "--max-grid", "24") as (url, proc):
+        first, second = Client(url, verbose=False), Client(url, verbose=False)
+        out = first.predict(**{**form("a red cube"), "grid_size": 32}, api_name="/generate")
+        assert out[STATUS] == "**error:** grid size 32 is above this server's limit of 24"
+        a = first.submit(**form("a green sphere", steps=20000), api_name="/generate")
+        b = first.submit(**form("a green sphere", steps=20000, seed=1), api_name="/generate")
+        x, y = runs / "a-green-sphere-s0", runs / "a-green-sphere-s1"
+        wait_for_log(x, 10)
+        wait_for_log(y, 10)
+        # A second visitor, and `sjc generate --resume` beside the page, are refused while the page writes it.
+        out = second.predict(x.name, None, api_name="/resume")
+        assert out[STATUS] == f"**error:** {x.name} is running elsewhere; it can be resumed once it stops"
+        cli = subprocess.run(
+            [sys.executable, "-m", "sjc", "generate", "--resume", str(x)], capture_output=True, text=True, timeout=120
+        )
+        assert cli.returncode == 2 and "is being written by process" in cli.stderr, cli.stderr
+        captions = [item["caption"] for item in second.predict(api_name="/gallery")]
+        assert any(c.startswith(f"{x.name} · running elsewhere") for c in captions), captions
+        # One visitor's Stop reaches both of their runs.
+        assert first.predict(api_name="/stop").startswith("stopping after this step in each of your 2 runs")
+        for job, run_dir in ((a, x), (b, y)):
+            assert job.result(timeout=60)[STATUS].startswith("stopped at step")
+            assert list_checkpoints(run_dir)[-1][0] % 100
+        steps = [json.loads(line)["step"] for line in (x / "log.jsonl").read_text().splitlines()]
+        assert steps == sorted(set(steps))  # one writer: the log never interleaves
+        opened = second.predict(x.name, api_name="/open_run")  # resumable again once stopped
+        assert "; resumable" in opened[METRICS], opened[METRICS]

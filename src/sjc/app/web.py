@@ -264,7 +264,6 @@ class Page:
                             start_values["steps"],
                             label=f"Steps (at most {self.limits.max_steps})",
                             precision=0,
-                            maximum=self.limits.max_steps,
                             elem_id="steps",
                         )
                         seed = gr.Number(0, label="Seed", precision=0, elem_id="seed")
@@ -274,7 +273,6 @@ class Page:
                             start_values["resolution"],
                             label=f"Grid size (voxels a side, at most {self.limits.max_grid})",
                             precision=0,
-                            maximum=self.limits.max_grid,
                         )
                         emptiness = gr.Number(start_values["emptiness_weight"], label="Emptiness weight")
                         guidance = gr.Number(
@@ -284,7 +282,6 @@ class Page:
                             start_values["threads"],
                             label=f"CPU threads (at most {self.limits.threads})",
                             precision=0,
-                            maximum=self.limits.threads,
                         )
                         model = gr.Dropdown(
                             list(self.limits.models),
