@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import dataclasses
 import io
 import json
 import os
@@ -17,19 +18,21 @@ from pathlib import Path
 import pytest
 
 from sjc.app import cli
-from sjc.app.batch import MISSING_RAY, check_resources, run_seconds
+from sjc.app.batch import MISSING_RAY, check_resources, continue_config, describe, run_seconds
 from sjc.app.batch_config import (
     BatchOptions,
     Job,
     JobFileError,
+    ResolvedJob,
     load_jobs,
     parse_options,
     read_job_file,
     resolve_jobs,
     tyro_message,
 )
-from sjc.app.batch_report import aggregate, summary_row, write_reports
-from sjc.app.config import to_json
+from sjc.app.batch_report import aggregate, summary_markdown, summary_row, write_reports
+from sjc.app.config import slug, to_json
+from sjc.app.runs import generate
 from sjc.core.errors import UserError
 
 TESTS = Path(__file__).parent
@@ -236,13 +239,83 @@ def test_summaries_have_mean_and_worst_rows_and_a_gallery_with_relative_links(tm
     assert [r["name"] for r in table] == ["a-red-cube-seed0", "a-<b>-seed1", "a-pink-cube-seed0", "mean", "worst"]
     assert table[0]["iou_3d"] == "0.800" and table[3]["psnr"] == "15.00" and table[4]["shape_match"] == "NO"
     md = files["md"].read_text()
-    assert "| **mean** |  | 2 done | 100 | 15.0 | 0.700 | 0.720 | 0.800 | 15.00 | 1/2 |" in md
+    assert "| **mean** (finished runs) |  | 2 done | 100 | 15.0 | 0.700 | 0.720 | 0.800 | 15.00 | 1/2 |" in md
     assert "- a-pink-cube-seed0 (failed): cannot parse prompt 'a pink cube'" in md
     page = files["html"].read_text()
     assert 'src="a-red-cube-seed0/turntable.gif"' in page and 'href="a-red-cube-seed0/views.png"' in page
     assert "a &lt;b&gt; &amp; cube" in page and 'src="a-%3Cb%3E-seed1/turntable.gif"' in page
     assert str(tmp_path) not in page and "http" not in page
     assert aggregate(rows[2:]) is None
+
+
+def test_prompts_and_messages_cannot_break_the_summary_table():
+    nasty = "a cube | with a pipe\nand a line <script>x</script> [link](http://evil) ![i](http://evil/i.png)"
+    rows = [
+        summary_row("x-seed0", nasty, 0, "done", _record(10, 1.0, 0.5, 0.5, None, True)),
+        summary_row("y-seed0", "a red cube", 0, "failed", message="boom | <b>bold</b>\nsecond line"),
+    ]
+    md = summary_markdown(rows)
+    lines = md.splitlines()
+    table = [line for line in lines if line.startswith("|")]
+    assert len(table) == 2 + 2 + 2  # head, rule, two runs, mean and worst: no row split by a pipe or a newline
+    assert len({line.replace("\\|", "").count("|") for line in table}) == 1  # every row has the head's cells
+    assert "<script>" not in md and "<b>" not in md and "](http" not in md.replace("\\](http", "")
+    assert "- y-seed0 (failed): boom \\| &lt;b&gt;bold&lt;/b&gt; second line" in md
+    record = _record(10, 1.0, 0.5, 0.5, None, True)
+    line = describe(ResolvedJob(Job("a red cube"), "x-seed0", Path("x")), record)
+    assert line == "done     x-seed0: 10 steps in 1.0 s, 3D IoU 0.500, silhouette IoU 0.500"  # no PSNR: none measured
+
+
+@pytest.mark.parametrize(
+    ("runs", "message"),
+    [
+        ('[{"prompt": "a red cube", "name": ".stop"}]', "the name '.stop' is taken by sjc batch's own files"),
+        ('[{"prompt": "a red cube", "name": "summary.md"}]', "the name 'summary.md' is taken"),
+        ('[{"prompt": "a red cube", "name": "index.html"}]', "the name 'index.html' is taken"),
+        (
+            '[{"prompt": "a red cube", "name": "x"}, {"prompt": "a blue cube", "name": "x"}]',
+            "run 2: the name 'x' is already the name of",
+        ),
+    ],
+)
+def test_reserved_and_repeated_run_names_are_refused_before_anything_runs(tmp_path, capsys, runs, message):
+    path = tmp_path / "jobs.json"
+    path.write_text(runs)
+    assert cli.main(["batch", str(path), "--preset", "tiny", "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1 and not (tmp_path / "out").exists()
+
+
+def test_long_prompts_name_short_distinct_folders_and_named_runs_keep_their_names(tmp_path):
+    long_a = "a highly detailed photograph of " + "a very ornate carved wooden chair " * 8 + "in a museum"
+    long_b = long_a.replace("museum", "garden")
+    path = tmp_path / "jobs.json"
+    runs = [{"prompt": "a red cube"}, {"prompt": "a red cube", "name": "a-red-cube-seed0"}]
+    path.write_text(json.dumps(runs + [{"prompt": long_a}, {"prompt": long_b}]))
+    options = parse_options([str(path), "--prior", "sd", "--out", str(tmp_path / "out")])
+    names = [job.name for job in resolve_jobs(load_jobs(options), options)]
+    assert names[:2] == ["a-red-cube-seed0-2", "a-red-cube-seed0"]  # the given name wins, wherever it stands
+    assert len(set(names)) == 4 and all(len(n) <= 70 for n in names)
+    assert names[2][:40] == names[3][:40] and names[2] != names[3]
+    assert names[2] == f"{slug(long_a)}-seed0" and len(slug(long_a)) == 60
+
+
+def test_a_run_whose_steps_were_raised_resumes_with_the_same_command_again(tmp_path):
+    """--steps 4, then --steps 6 stopped part-way, then --steps 6 again: the run keeps its schedule length."""
+    jobs, out = tmp_path / "jobs.txt", tmp_path / "out"
+    jobs.write_text("a red cube\n")
+
+    def resolved(steps):
+        options = parse_options([str(jobs), "--preset", "tiny", "--steps", str(steps), "--out", str(out)])
+        return resolve_jobs(load_jobs(options), options)[0]
+
+    generate(resolved(4).config, progress=False)  # the first invocation's run, as its Ray task makes it
+    for steps in (6, 6):
+        job = resolved(steps)
+        continue_config(job)
+        assert job.error is None, job.error
+        assert job.config.train.steps == 6 and job.config.train.schedule_steps == 4
+        (job.run_dir / "config.json").write_text(to_json(dataclasses.replace(job.config, resume=None)) + "\n")
 
 
 def test_run_seconds_count_every_attempt_up_to_the_next_one_after_a_crash():

@@ -250,8 +250,15 @@ def describe(job: ResolvedJob, result: dict) -> str:
     text = f"done     {job.name}: {result['steps']} steps in {result['seconds']:.1f} s"
     if result.get("resumed_from"):
         text += f" (resumed from step {result['resumed_from'][-1]})"
-    if m := result.get("metrics"):
-        text += f", 3D IoU {m['iou_3d']:.3f}, silhouette IoU {m['silhouette_iou']:.3f}, PSNR {m['psnr']:.2f} dB"
+    m = result.get("metrics") or {}
+    figures = [
+        ("3D IoU", "iou_3d", ".3f", ""),
+        ("silhouette IoU", "silhouette_iou", ".3f", ""),
+        ("PSNR", "psnr", ".2f", " dB"),
+    ]
+    for label, key, fmt, unit in figures:
+        if isinstance(m.get(key), (int, float)):
+            text += f", {label} {m[key]:{fmt}}{unit}"
     return text
 
 

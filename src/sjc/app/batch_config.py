@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from ..core.errors import UserError
+from .batch_report import REPORT_FILES
 from .config import GenerateConfig, check_prompt, slug
 
 JOB_KEYS = ("prompt", "seed", "name", "overrides")
@@ -255,18 +256,19 @@ def _override_args(overrides: Any, where: str) -> tuple[str, ...]:
 # --- resolving jobs into run configurations ----------------------------------------------------------------
 def resolve_jobs(jobs: list[Job], options: BatchOptions) -> list[ResolvedJob]:
     """Each job's run folder and configuration; a job that cannot run carries its one-line message instead,
-    so one bad job fails alone."""
+    so one bad job fails alone. Names given in the job file are kept as they are (JobFileError for a reserved or
+    repeated one); the others are made from prompt and seed, with -2, -3, ... where taken."""
     default_seed = check_generate_options(jobs[0], options).train.seed
-    out, taken, resolved = Path(options.out).absolute(), set(), []
+    out, taken, resolved = Path(options.out).absolute(), explicit_names(jobs), []
     for job in jobs:
         try:
             cfg = job_config(job, options, out / "_")
         except UserError as err:
             seed = default_seed if job.seed is None else job.seed
-            name = _unique(job.name or f"{slug(job.prompt)}-seed{seed}", taken)
+            name = job.name or _unique(f"{slug(job.prompt)}-seed{seed}", taken)
             resolved.append(ResolvedJob(job, name, out / name, error=str(err), seed=seed))
             continue
-        name = _unique(job.name or f"{slug(job.prompt)}-seed{cfg.train.seed}", taken)
+        name = job.name or _unique(f"{slug(job.prompt)}-seed{cfg.train.seed}", taken)
         run_dir = out / name
         cfg = absolute_paths(dataclasses.replace(cfg, out=str(run_dir)))
         gpus = options.gpus_per_run if options.gpus_per_run is not None else float(needs_gpu(cfg))
@@ -274,6 +276,24 @@ def resolve_jobs(jobs: list[Job], options: BatchOptions) -> list[ResolvedJob]:
             cfg = dataclasses.replace(cfg, device="cpu")  # no GPU asked for: stay off any the node has
         resolved.append(ResolvedJob(job, name, run_dir, cfg, gpus=gpus, seed=cfg.train.seed))
     return resolved
+
+
+def explicit_names(jobs: list[Job]) -> set[str]:
+    """The run names the job file gives; JobFileError for one of sjc batch's own files (the summaries, the
+    gallery, hidden names such as the stop file) or one given twice."""
+    where: dict[str, str] = {}
+    for job in jobs:
+        if job.name is None:
+            continue
+        if job.name.startswith(".") or job.name.lower() in REPORT_FILES:
+            raise JobFileError(
+                f"{job.where}: the name {job.name!r} is taken by sjc batch's own files "
+                f"({', '.join(REPORT_FILES)}, and names starting with '.'); choose another"
+            )
+        if job.name in where:
+            raise JobFileError(f"{job.where}: the name {job.name!r} is already the name of {where[job.name]}")
+        where[job.name] = job.where
+    return set(where)
 
 
 def check_generate_options(job: Job, options: BatchOptions) -> GenerateConfig:

@@ -17,6 +17,8 @@ import os
 from pathlib import Path
 from urllib.parse import quote
 
+from .config import markdown_text
+
 COLUMNS = (
     "name",
     "prompt",
@@ -33,6 +35,7 @@ COLUMNS = (
     "message",
 )
 METRICS = ("iou_3d", "iou_3d_closed", "silhouette_iou", "psnr")
+REPORT_FILES = {"summary.csv": "csv", "summary.md": "md", "index.html": "html"}  # beside the run folders
 HEADS = {
     "iou_3d": "3D IoU",
     "iou_3d_closed": "closed 3D IoU",
@@ -99,7 +102,7 @@ def write_reports(out: Path, rows: list[dict]) -> dict[str, Path]:
     """summary.csv, summary.md and index.html in `out`, each written whole under a temporary name first."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    files = {"csv": out / "summary.csv", "md": out / "summary.md", "html": out / "index.html"}
+    files = {kind: out / name for name, kind in REPORT_FILES.items()}
     texts = {"csv": summary_csv(rows), "md": summary_markdown(rows), "html": gallery_html(rows, out)}
     for kind, path in files.items():
         tmp = path.with_name(f".{path.name}.tmp")
@@ -123,14 +126,15 @@ def summary_markdown(rows: list[dict]) -> str:
     keys = ("prompt", "seed", "status", "steps", "seconds", *METRICS, "shape_match")
     lines = ["| " + " | ".join(HEADS.get(k, k) for k in keys) + " |", "|" + "---|" * len(keys)]
     for row in rows:
-        lines.append("| " + " | ".join(_cell(k, row.get(k)) for k in keys) + " |")
+        lines.append("| " + " | ".join(markdown_text(_cell(k, row.get(k))) for k in keys) + " |")
     for row in aggregate(rows) or ():
-        cells = [f"**{row['name']}**" if k == "prompt" else _cell(k, row.get(k)) for k in keys]
+        label = f"**{row['name']}** (finished runs)"
+        cells = [label if k == "prompt" else _cell(k, row.get(k)) for k in keys]
         lines.append("| " + " | ".join(cells) + " |")
     failed = [r for r in rows if r["status"] != "done"]
     if failed:
         lines += ["", "Not finished:", ""]
-        lines += [f"- {r['name']} ({r['status']}): {r['message']}" for r in failed]
+        lines += [f"- {markdown_text(r['name'])} ({r['status']}): {markdown_text(r['message'])}" for r in failed]
     return "\n".join(lines) + "\n"
 
 
@@ -141,7 +145,7 @@ def gallery_html(rows: list[dict], out: Path) -> str:
     if agg := aggregate(rows):
         mean, worst = agg
         stats = (
-            "<p>"
+            "<p>Over the finished runs: "
             + html.escape(
                 ", ".join(
                     f"{HEADS[k]} mean {_cell(k, mean[k])}, worst {_cell(k, worst[k])}" for k in METRICS if k in mean

@@ -9,6 +9,8 @@ outputs' (`outputs.settings`) with the run's own (`TrainConfig`). Every default 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import html
 import json
 import math
 import re
@@ -187,10 +189,25 @@ def _dataclass_type(cls: type, key: str) -> type | None:
     return None
 
 
+SLUG_LENGTH = 60  # characters: long prompts (normal for Stable Diffusion) must still name a folder
+
+
 def slug(text: str) -> str:
     """A folder name from free text: lower case, runs of anything but [a-z0-9] as one '-' ('run' if nothing is
-    left), so no prompt names a path outside the folder it is put in."""
-    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-") or "run"
+    left), so no prompt names a path outside the folder it is put in. Longer than SLUG_LENGTH, it is cut and
+    ends in a short hash of the whole text, so two long prompts alike at the start still get two names."""
+    name = re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-") or "run"
+    if len(name) <= SLUG_LENGTH:
+        return name
+    digest = hashlib.sha1(text.encode()).hexdigest()[:8]
+    return f"{name[: SLUG_LENGTH - 9].rstrip('-')}-{digest}"
+
+
+def markdown_text(text: str) -> str:
+    """Free text (a prompt, a message) shown as itself inside Markdown, also as one cell of a table: on one
+    line, HTML and the marks of links, images, emphasis, code and tables escaped."""
+    text = html.escape(" ".join(str(text).split()), quote=False)
+    return re.sub(r"([\\`*_\[\]|!~])", r"\\\1", text)
 
 
 def check_prompt(cfg: GenerateConfig) -> None:

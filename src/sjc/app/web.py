@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ..core.errors import UserError
+from .config import markdown_text
 from .webruns import (
     EXAMPLE_PROMPTS,
     PRESETS,
@@ -30,7 +31,6 @@ from .webruns import (
     list_runs,
     metrics_table,
     open_run,
-    plain_text,
     preset_values,
     resume_config,
     whole_number,
@@ -48,11 +48,6 @@ INTRO = """# sjc: text to 3D by Score Jacobian Chaining
 Type a prompt, press **Generate**, and watch a voxel field take shape under a 2D diffusion prior's score.
 The toy priors need nothing downloaded: their world has ten shapes in eight colours (try an example below),
 and since the true object is known, each finished run is measured against it."""
-
-
-def _text(message: str) -> str:
-    """Plain text inside the page's Markdown: angle brackets and ampersands shown, not taken as HTML."""
-    return html.escape(message, quote=False)
 
 
 def _gradio():
@@ -124,7 +119,7 @@ class Page:
             }
         downloads = [info.files[k] for k in ("glb", "obj", "mp4") if k in info.files]
         downloads.append(zip_run(self.runs, info))
-        about = f"**{plain_text(info.prompt or info.prior)}** ({info.name}): {info.status}"
+        about = f"**{markdown_text(info.prompt or info.prior)}** ({info.name}): {info.status}"
         return {
             "viewer": str(info.files["glb"]) if "glb" in info.files else None,
             "video": str(info.files["mp4"]) if "mp4" in info.files else None,
@@ -164,7 +159,7 @@ class Page:
         except (UserError, ValueError) as err:
             yield self._error(err)
             return
-        yield from self._follow(Job(cfg), session, f"running **{plain_text(cfg.prompt or cfg.prior)}**")
+        yield from self._follow(Job(cfg), session, f"running **{markdown_text(cfg.prompt or cfg.prior)}**")
 
     def resume(self, name: str, threads: Any, session: str) -> Iterator[dict[str, Any]]:
         """Continue a stopped or unfinished run from its newest checkpoint."""
@@ -178,7 +173,7 @@ class Page:
         except (UserError, ValueError) as err:
             yield self._error(err)
             return
-        yield from self._follow(Job(cfg), session, f"resuming **{_text(info.name)}** from step {info.step}")
+        yield from self._follow(Job(cfg), session, f"resuming **{markdown_text(info.name)}** from step {info.step}")
 
     def _follow(self, job: Job, session: str, title: str) -> Iterator[dict[str, Any]]:
         with self._jobs_lock:
@@ -230,9 +225,9 @@ class Page:
 
     def _public(self, message: Any) -> str:
         """A message as visitors see it: no path of this server (the runs folder is named by its name only, the
-        home folder as ~), shown as plain text."""
+        home folder as ~), shown as text, not Markdown."""
         text = str(message).replace(str(self.runs), self.runs.name).replace(str(Path.home()), "~")
-        return _text(text)
+        return markdown_text(text)
 
     def _error(self, message: Any) -> dict[str, Any]:
         return {"status": f"**error:** {self._public(message)}"}

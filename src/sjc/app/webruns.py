@@ -7,7 +7,6 @@ Nothing here imports gradio, so all of it is tested without a server; torch is i
 from __future__ import annotations
 
 import contextlib
-import html
 import importlib.util
 import json
 import math
@@ -188,7 +187,7 @@ def new_run_dir(runs: Path, cfg: GenerateConfig) -> Path:
     the same prompt at once never share one. The slug keeps [a-z0-9-] alone: no prompt names a folder outside."""
     from .runs import run_slug
 
-    base = f"{run_slug(cfg)[:60]}-s{cfg.train.seed}"
+    base = f"{run_slug(cfg)}-s{cfg.train.seed}"
     runs.mkdir(parents=True, exist_ok=True)
     for n in range(1, 10_000):
         path = runs / (base if n == 1 else f"{base}-{n}")
@@ -513,11 +512,3 @@ def metrics_table(metrics: dict | None) -> str:
     if not rows:
         return ""
     return "| measure | value |\n|---|---|\n" + "\n".join(f"| {k} | {v} |" for k, v in rows)
-
-
-def plain_text(text: str) -> str:
-    """`text` shown as itself inside Markdown: HTML and every Markdown mark (links, images, emphasis, tables)
-    escaped, line breaks as spaces. For what visitors type (prompts), shown to other visitors."""
-    text = " ".join(str(text).split())
-    text = html.escape(text, quote=False)
-    return re.sub(r"([\\`*_{}\[\]()#+\-.!|~>])", r"\\\1", text)
