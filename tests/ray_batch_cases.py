@@ -189,3 +189,39 @@ def test_a_cluster_runs_the_batch_and_the_run_of_a_lost_node_resumes_on_the_othe
         assert json.loads((long_run / "config.json").read_text())["threads"] == 1
     finally:
         cluster.shutdown()
+
+
+def _ray_processes(name: str) -> list[int]:
+    """Pids of this test's own Ray processes called `name` (their command lines name its session folder)."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ")
+        except OSError:
+            continue
+        if proc.name.isdigit() and name.encode() in cmdline and os.environ["SJC_RAY_TMP"].encode() in cmdline:
+            found.append(int(proc.name))
+    return found
+
+
+def test_a_killed_raylet_is_started_again_and_its_runs_continue(tmp_path, cache_dir):
+    jobs = tmp_path / "jobs.txt"
+    jobs.write_text("a red and blue cube\na green cube\n")
+    out, args = tmp_path / "out", [str(jobs), *TINY, "--steps", "400", "--toy.cache-dir", cache_dir]
+    proc = start_batch(args, out)
+    runs = [out / "a-red-and-blue-cube-seed0", out / "a-green-cube-seed0"]
+    wait_for(lambda: all(newest_step(r) >= 20 for r in runs), proc, "a checkpoint of both runs")
+    raylets = _ray_processes("raylet")
+    assert raylets, "no raylet of this batch found"
+    workers = [[a for a in read_attempts(r) if a["event"] == "start"][-1]["pid"] for r in runs]
+    for pid in raylets + workers:  # Ray's own process, then the runs' workers: the node is gone with its tasks
+        os.kill(pid, signal.SIGKILL)
+    code, text = finish(proc, out)
+    assert code == 0 and "Traceback" not in text and (out / "summary.md").exists(), text
+    assert "Ray failed under the batch" in text and "starting it again, 2 run(s) continue" in text
+    for run in runs:  # Ray started once more, and each run continued from its checkpoint
+        record = read_result(run)
+        assert record["status"] == "done" and record["resumed_from"] and record["resumed_from"][-1] >= 20
+    code, text = run_batch(args, out)
+    assert code == 0, text
+    assert all(read_result(run)["status"] == "done" and newest_step(run) == 400 for run in runs)

@@ -335,6 +335,7 @@ RAY_CASES = [
     "test_ctrl_c_stops_every_run_at_a_checkpoint_and_the_same_command_resumes",
     "test_a_bad_job_fails_alone_with_its_message",
     "test_a_cluster_runs_the_batch_and_the_run_of_a_lost_node_resumes_on_the_other",
+    "test_a_killed_raylet_is_started_again_and_its_runs_continue",
 ]
 
 

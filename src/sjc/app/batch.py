@@ -14,6 +14,7 @@ command that resumes the batch (the same command). Ray is imported only here, in
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -198,7 +199,8 @@ def ray_session(address: str | None) -> Iterator[Any]:
     try:
         yield ray
     finally:
-        ray.shutdown()
+        with contextlib.suppress(Exception):  # a Ray that died under the batch may fail to shut down too
+            ray.shutdown()
 
 
 def check_resources(ray: Any, jobs: list[ResolvedJob], cpus: int) -> None:
@@ -226,17 +228,32 @@ def submit(ray: Any, jobs: list[ResolvedJob], cpus: int, retries: int, stop_file
     return refs
 
 
+class RayLost(Exception):
+    """Ray itself failed under the batch (its node or one of its own processes died), not a run."""
+
+
+def _first_line(err: BaseException) -> str:
+    return (str(err).strip().splitlines() or [type(err).__name__])[0]
+
+
 def outcome(ray: Any, ref: Any, retries: int) -> dict:
-    """The task's result, or a 'failed' one with a one-line reason when it raised or its workers kept dying."""
+    """The task's result, or a 'failed' one with a one-line reason when it raised or its workers kept dying; a run
+    lost with its node is marked 'lost' (it is started again once Ray is back)."""
+    lost_node = tuple(
+        getattr(ray.exceptions, name)
+        for name in ("NodeDiedError", "LocalRayletDiedError", "RaySystemError", "ObjectLostError")
+        if hasattr(ray.exceptions, name)
+    )
     try:
         return ray.get(ref)
     except ray.exceptions.RayTaskError as err:
         cause = getattr(err, "cause", None) or err
         lines = str(cause).strip().splitlines() or [type(cause).__name__]
         return {"status": "failed", "message": f"{type(cause).__name__}: {lines[-1]}"}
+    except lost_node as err:
+        return {"status": "failed", "message": f"Ray lost the run's node: {_first_line(err)}", "lost": True}
     except ray.exceptions.RayError as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        return {"status": "failed", "message": f"its worker died {retries + 1} time(s): {first}"}
+        return {"status": "failed", "message": f"its worker died {retries + 1} time(s): {_first_line(err)}"}
 
 
 def describe(job: ResolvedJob, result: dict) -> str:
@@ -262,23 +279,27 @@ def describe(job: ResolvedJob, result: dict) -> str:
     return text
 
 
-def wait_all(ray: Any, refs: dict, retries: int, stop_file: Path, bar: Any) -> tuple[dict[str, dict], int | None]:
-    """Collect every task's result, a line per run and the bar moving; the first Ctrl-C writes the stop file (the
-    runs checkpoint and return), a second one quits at once."""
+def wait_all(ray: Any, refs: dict, retries: int, stop_file: Path, bar: Any, results: dict[str, dict]) -> int | None:
+    """Collect every task's result into `results`, a line per run and the bar moving; the first Ctrl-C writes the
+    stop file (the runs checkpoint and return), a second one quits at once. Runs lost with their node are left
+    out of the lines and the bar; RayLost when Ray itself stops answering."""
     from .interrupt import catch_signals
 
-    results: dict[str, dict] = {}
     with catch_signals() as stop:
         while refs:
             if stop.requested and not stop_file.exists():
                 stop_file.write_text("stop\n")
-            ready, _ = ray.wait(list(refs), num_returns=1, timeout=0.5)
+            try:
+                ready, _ = ray.wait(list(refs), num_returns=1, timeout=0.5)
+            except Exception as err:  # the driver's own connection to Ray is gone
+                raise RayLost(_first_line(err)) from err
             for ref in ready:
                 job = refs.pop(ref)
                 results[job.name] = outcome(ray, ref, retries)
-                bar.write(describe(job, results[job.name]), file=sys.stdout)
-                bar.update(1)
-    return results, stop.signum
+                if not results[job.name].get("lost"):
+                    bar.write(describe(job, results[job.name]), file=sys.stdout)
+                    bar.update(1)
+    return stop.signum
 
 
 def run_batch(argv: list[str]) -> int:
@@ -303,17 +324,45 @@ def run_batch(argv: list[str]) -> int:
 
 
 def run_on_ray(todo: list[ResolvedJob], options: Any, out: Path, total: int) -> tuple[dict[str, dict], int | None]:
-    """Run the jobs as Ray tasks under one progress bar: (results by run name, the signal that stopped them)."""
+    """Run the jobs as Ray tasks under one progress bar: (results by run name, the signal that stopped them). When
+    the local Ray dies under the batch, it is started once more and the runs it lost continue from their
+    checkpoints; on a cluster (--address), or the second time, they are reported with the cause."""
     from tqdm import tqdm
 
     stop_file = out / STOP_FILE
     stop_file.unlink(missing_ok=True)  # a stale request of an earlier, killed driver
+    results: dict[str, dict] = {}
+    restarts = 0 if options.address else 1
     try:
-        with ray_session(options.address) as ray:
-            check_resources(ray, todo, options.cpus_per_run)
-            refs = submit(ray, todo, options.cpus_per_run, options.retries, stop_file)
-            with tqdm(total=total, initial=total - len(todo), unit="run", desc="sjc batch", file=sys.stderr) as bar:
-                return wait_all(ray, refs, options.retries, stop_file, bar)
+        with tqdm(total=total, initial=total - len(todo), unit="run", desc="sjc batch", file=sys.stderr) as bar:
+            while True:
+                left = [j for j in todo if j.name not in results or results[j.name].get("lost")]
+                cause, signum = None, None
+                try:
+                    with ray_session(options.address) as ray:
+                        check_resources(ray, left, options.cpus_per_run)
+                        refs = submit(ray, left, options.cpus_per_run, options.retries, stop_file)
+                        signum = wait_all(ray, refs, options.retries, stop_file, bar, results)
+                except RayLost as err:
+                    cause = str(err)
+                lost = [j for j in left if j.name not in results or results[j.name].get("lost")]
+                if signum is not None or not lost:
+                    return results, signum
+                cause = cause or results[lost[0].name]["message"]
+                if restarts == 0:
+                    for job in lost:
+                        results[job.name] = {
+                            "status": "failed",
+                            "message": f"Ray failed under the run ({cause}); run the same command to resume it",
+                        }
+                        bar.write(describe(job, results[job.name]), file=sys.stdout)
+                    return results, None
+                restarts -= 1
+                bar.write(
+                    f"Ray failed under the batch ({cause}); starting it again, {len(lost)} run(s) continue from "
+                    "their checkpoints",
+                    file=sys.stderr,
+                )
     finally:
         stop_file.unlink(missing_ok=True)
 
