@@ -9,6 +9,7 @@ import sys
 import threading
 import time
 import zipfile
+from pathlib import Path
 
 import pytest
 
@@ -18,7 +19,7 @@ from sjc.app.config import markdown_text, to_json
 from sjc.app.presets import preset
 from sjc.app.resume import resume_config as check_resume
 from sjc.app.resume import resume_defaults
-from sjc.app.web import progress_html
+from sjc.app.web import Page, progress_html, prune_cache
 from sjc.app.webruns import (
     Form,
     Job,
@@ -270,3 +271,46 @@ def test_raising_the_steps_twice_keeps_the_runs_schedule(tmp_path):
         cfg = check_resume(saved, dataclasses.replace(asked, train=dataclasses.replace(asked.train, steps=steps)))
         assert cfg.train.schedule_steps == 4
         (run / "config.json").write_text(to_json(cfg) + "\n")
+
+
+def test_a_gallery_click_opens_the_run_it_shows_even_when_the_gallery_is_old(tmp_path):
+    pytest.importorskip("gradio")
+    runs = tmp_path / "runs"
+    make_run(runs, "first-s0")
+    page = Page(runs)
+    shown = page.gallery()  # what a visitor's page drew
+    time.sleep(0.05)
+    make_run(runs, "newer-s0")  # a run appears before they click: positions move, names do not
+    opened = page.open_selected({"image": {"path": shown[0][0]}, "caption": shown[0][1]})
+    assert opened["selected"] == "first-s0"
+    assert page.open_selected({"caption": None})["status"].startswith("**error:** that gallery entry names no run")
+    assert page.open_selected({"caption": "../secret · x"})["status"].startswith("**error:** no run named")
+
+
+def test_messages_to_visitors_name_no_server_path(tmp_path):
+    pytest.importorskip("gradio")
+    page = Page(tmp_path / "runs")
+    text = page._error(f"cannot read {page.runs / 'x' / 'config.json'} under {Path.home() / '.cache'}")["status"]
+    assert str(tmp_path) not in text and str(Path.home()) not in text
+    assert text == "**error:** cannot read runs/x/config.json under \\~/.cache"  # ~ escaped: Markdown
+
+
+def test_a_model_that_cannot_be_loaded_is_reported_without_its_paths(tmp_path, capsys):
+    pytest.importorskip("diffusers")
+    limits = Limits(models={"mine": str(tmp_path / "models" / "missing")})
+    cfg = form_config(Form("", prior="pixel", preset="tiny", model="mine"), tmp_path / "runs", ["pixel"], limits)
+    job = Job(cfg).start()
+    assert job.wait(120) and job.state == "failed"
+    assert job.message == "the model could not be loaded on this server; its log says why"
+    assert str(tmp_path / "models") in capsys.readouterr().err  # the operator's log has the details
+
+
+def test_gradios_cache_is_pruned_of_old_files(tmp_path):
+    cache = tmp_path / "cache"
+    (cache / "a").mkdir(parents=True)
+    old, new = cache / "a" / "old.glb", cache / "new.mp4"
+    old.write_bytes(b"x")
+    new.write_bytes(b"y")
+    os.utime(old, (time.time() - 2 * 86400, time.time() - 2 * 86400))
+    assert prune_cache(cache, 86400) == 1
+    assert not old.exists() and not (cache / "a").exists() and new.exists()
