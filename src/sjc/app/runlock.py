@@ -14,6 +14,7 @@ import contextlib
 import json
 import os
 import socket
+import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -102,6 +103,9 @@ class RunLock:
                     raise self._busy(_read(self.path)) from None
                 time.sleep(0.02)
                 continue
+            except OSError as err:  # a file system without locks (some network mounts): this process guards alone
+                print(f"warning: {self.run_dir} cannot be locked ({err.strerror}); keep to one writer", file=sys.stderr)
+                return fd
             try:  # the file may have been released (unlinked) between our open and our flock: then again
                 if os.fstat(fd).st_ino == os.stat(self.path).st_ino:
                     return fd
