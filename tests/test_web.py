@@ -8,7 +8,9 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.parse
+import urllib.request
 import zipfile
 from pathlib import Path
 
@@ -188,6 +190,27 @@ def test_files_outside_the_runs_folder_are_refused(server):
     assert sorted(p.name for p in runs.parent.iterdir() if p.is_dir()) == ["runs"]
 
 
+def upload(url: str, size: int) -> tuple[int, bytes]:
+    """POST a file of `size` bytes to gradio's upload route, as any visitor can."""
+    boundary = "sjc-test-boundary"
+    body = (
+        (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="files"; filename="x.bin"\r\n'
+            "Content-Type: application/octet-stream\r\n\r\n"
+        ).encode()
+        + b"x" * size
+        + f"\r\n--{boundary}--\r\n".encode()
+    )
+    request = urllib.request.Request(
+        url + "gradio_api/upload", data=body, headers={"Content-Type": f"multipart/form-data; boundary={boundary}"}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=30) as reply:
+            return reply.status, reply.read()
+    except urllib.error.HTTPError as err:
+        return err.code, err.read()
+
+
 def test_sigterm_stops_the_running_job_with_a_checkpoint_then_exits(tmp_path):
     runs = tmp_path / "runs"
     with running_server(runs) as (url, proc):
@@ -204,7 +227,9 @@ def test_sigterm_stops_the_running_job_with_a_checkpoint_then_exits(tmp_path):
 
 def test_two_visitors_and_a_command_line_writer_never_share_a_run(tmp_path):
     runs = tmp_path / "runs"
-    with running_server(runs, "--concurrency", "3", "--max-grid", "24") as (url, proc):
+    with running_server(runs, "--concurrency", "3", "--max-grid", "24", "--max-upload-mb", "1") as (url, proc):
+        assert upload(url, 2_000_000)[0] == 413  # gradio's upload route keeps to --max-upload-mb
+        assert upload(url, 1000)[0] == 200
         first, second = Client(url, verbose=False), Client(url, verbose=False)
         out = first.predict(**{**form("a red cube"), "grid_size": 32}, api_name="/generate")
         assert out[STATUS] == "**error:** grid size 32 is above this server's limit of 24"
