@@ -76,8 +76,7 @@ class RunLock:
             if self._key in _held:
                 raise self._busy(_read(self.path))
             fd = self._flock() if fcntl is not None else None
-            previous = _read(self.path)
-            self.took_over = previous if previous is not None else None
+            self.took_over = _read(self.path)  # left by a writer that died (a live one holds the flock)
             mine = Holder(os.getpid(), socket.gethostname(), time.time())
             record = json.dumps({"pid": mine.pid, "host": mine.host, "since": mine.since})
             if fd is None:
