@@ -114,6 +114,22 @@ LEVERS.update(
         "c2f 16-32 at 0.67, 3000 steps + Adam 0.1": _merge(
             ADAM, {"field": {"coarse_scale": 0.5, "upsample_at": (2 / 3,)}, "train": {"steps": 3000}}
         ),
+        **{
+            f"{steps} steps, c2f 16-32 at {at:g}" + (f", lr {lr:g}" if lr != 0.1 else ""): {
+                "field": {"coarse_scale": 0.5, "upsample_at": (at,)},
+                "train": {"steps": steps},
+                "optim": {"lr": lr},
+            }
+            for steps, at, lr in (
+                (2000, 0.75, 0.1),
+                (2000, 0.75, 0.15),
+                (2000, 0.75, 0.2),
+                (2000, 0.5, 0.15),
+                (2000, 0.9, 0.1),
+                (2000, 0.9, 0.15),
+                (2500, 0.8, 0.1),
+            )
+        },
     }
 )
 
