@@ -154,7 +154,7 @@ def test_a_bad_job_fails_alone_with_its_message(tmp_path, cache_dir):
     assert read_result(out / "a-red-cube-seed0")["status"] == "done"
     assert not (out / "a-pink-cube-seed0").exists()
     summary = (out / "summary.md").read_text()
-    assert "a-pink-cube-seed0 (failed): cannot parse prompt" in summary and "| **mean** |" in summary
+    assert "a-pink-cube-seed0 (failed): cannot parse prompt" in summary and "| **mean** (finished runs) |" in summary
 
 
 def test_a_cluster_runs_the_batch_and_the_run_of_a_lost_node_resumes_on_the_other(tmp_path, cache_dir):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import html
 import json
 import signal
 import subprocess
@@ -20,6 +19,7 @@ pytest.importorskip("gradio")
 from gradio_client import Client  # noqa: E402
 
 from sjc.app.checkpoint import list_checkpoints  # noqa: E402
+from sjc.app.config import markdown_text  # noqa: E402
 from sjc.priors.toy import PromptError, parse_prompt  # noqa: E402
 from webserver import http_get, running_server  # noqa: E402
 
@@ -101,7 +101,7 @@ def test_bad_prompt_gets_the_cli_message_and_the_server_keeps_serving(server):
         parse_prompt("a red banana")
     before = set(runs.iterdir()) if runs.exists() else set()
     out = client.predict(**form("a red banana"), api_name="/generate")
-    assert out[STATUS] == "**error:** " + html.escape(str(expected.value), quote=False)
+    assert out[STATUS] == "**error:** " + markdown_text(str(expected.value))  # shown as text, not Markdown
     out = client.predict(**form("a red cube", steps=0), api_name="/generate")
     assert out[STATUS] == "**error:** --train.steps must be positive, got 0"
     out = client.predict(**form("   "), api_name="/generate")

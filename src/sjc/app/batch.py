@@ -332,38 +332,43 @@ def run_on_ray(todo: list[ResolvedJob], options: Any, out: Path, total: int) -> 
     stop_file = out / STOP_FILE
     stop_file.unlink(missing_ok=True)  # a stale request of an earlier, killed driver
     results: dict[str, dict] = {}
-    restarts = 0 if options.address else 1
+    restarts, bar = (0 if options.address else 1), None
     try:
-        with tqdm(total=total, initial=total - len(todo), unit="run", desc="sjc batch", file=sys.stderr) as bar:
-            while True:
-                left = [j for j in todo if j.name not in results or results[j.name].get("lost")]
-                cause, signum = None, None
-                try:
-                    with ray_session(options.address) as ray:
-                        check_resources(ray, left, options.cpus_per_run)
-                        refs = submit(ray, left, options.cpus_per_run, options.retries, stop_file)
-                        signum = wait_all(ray, refs, options.retries, stop_file, bar, results)
-                except RayLost as err:
-                    cause = str(err)
-                lost = [j for j in left if j.name not in results or results[j.name].get("lost")]
-                if signum is not None or not lost:
-                    return results, signum
-                cause = cause or results[lost[0].name]["message"]
-                if restarts == 0:
-                    for job in lost:
-                        results[job.name] = {
-                            "status": "failed",
-                            "message": f"Ray failed under the run ({cause}); run the same command to resume it",
-                        }
-                        bar.write(describe(job, results[job.name]), file=sys.stdout)
-                    return results, None
-                restarts -= 1
-                bar.write(
-                    f"Ray failed under the batch ({cause}); starting it again, {len(lost)} run(s) continue from "
-                    "their checkpoints",
-                    file=sys.stderr,
-                )
+        while True:
+            left = [j for j in todo if j.name not in results or results[j.name].get("lost")]
+            cause, signum = None, None
+            try:
+                with ray_session(options.address) as ray:
+                    check_resources(ray, left, options.cpus_per_run)
+                    if bar is None:  # after the checks, so that a refusal is the only line printed
+                        bar = tqdm(
+                            total=total, initial=total - len(todo), unit="run", desc="sjc batch", file=sys.stderr
+                        )
+                    refs = submit(ray, left, options.cpus_per_run, options.retries, stop_file)
+                    signum = wait_all(ray, refs, options.retries, stop_file, bar, results)
+            except RayLost as err:
+                cause = str(err)
+            lost = [j for j in left if j.name not in results or results[j.name].get("lost")]
+            if signum is not None or not lost:
+                return results, signum
+            cause = cause or results[lost[0].name]["message"]
+            if restarts == 0:
+                for job in lost:
+                    results[job.name] = {
+                        "status": "failed",
+                        "message": f"Ray failed under the run ({cause}); run the same command to resume it",
+                    }
+                    bar.write(describe(job, results[job.name]), file=sys.stdout)
+                return results, None
+            restarts -= 1
+            bar.write(
+                f"Ray failed under the batch ({cause}); starting it again, {len(lost)} run(s) continue from "
+                "their checkpoints",
+                file=sys.stderr,
+            )
     finally:
+        if bar is not None:
+            bar.close()
         stop_file.unlink(missing_ok=True)
 
 
