@@ -130,3 +130,20 @@ def opacity_entropy(opacity: Tensor, eps: float = 1e-4) -> Tensor:
 def total_variation(volume: Tensor) -> Tensor:
     """Sum over the three axes of the mean squared difference of neighbouring voxels of a [n, n, n] volume."""
     return sum((volume.diff(dim=d) ** 2).mean() for d in range(3))
+
+
+def reference_rgb_loss(image: Tensor, target: Tensor, mask: Tensor | None = None) -> Tensor:
+    """Image-to-3D: the mean squared error between the render from the reference camera `image` [1, C, H, W] and
+    the reference picture `target` [C, H, W] in the prior's data space; with `mask` [H, W] (1 on the object), only
+    the object's pixels count (the background is the mask loss's). Gradient 2 (image - target) m / (C sum m)."""
+    diff = (image[0] - target).square()
+    if mask is None:
+        return diff.mean()
+    m = mask.to(diff.dtype)
+    return (diff * m).sum() / (m.sum().clamp_min(1.0) * diff.shape[0])
+
+
+def reference_mask_loss(opacity: Tensor, mask: Tensor) -> Tensor:
+    """Image-to-3D: the mean squared error between the render's opacity [H, W] and the picture's object mask [H, W]
+    (1 on the object, 0 on the background). Gradient 2 (opacity - mask) / (H W)."""
+    return (opacity - mask.to(opacity.dtype)).square().mean()
