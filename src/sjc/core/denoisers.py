@@ -54,8 +54,8 @@ class GaussianDenoiser:
 
 
 class EmpiricalDenoiser:
-    """Data is uniform over a set of images y_i (N, C, H, W): the exact posterior mean
-    D(x; sigma) = sum_i softmax_i(-|x - y_i|^2 / (2 sigma^2)) y_i.
+    """Data is uniform over a set of images y_i (N, C, H, W), or weighted by `log_weights` [N] (log p_i up to a
+    constant): the exact posterior mean D(x; sigma) = sum_i softmax_i(log p_i - |x - y_i|^2 / (2 sigma^2)) y_i.
 
     Distances use |x|^2 - 2 x.y + |y|^2 in float64 (in float32 the small gaps between
     similar images would cancel away); the softmax is accumulated over chunks of the set
@@ -71,11 +71,16 @@ class EmpiricalDenoiser:
 
     SCREEN_NATS = 50.0
 
-    def __init__(self, images: Tensor, chunk: int = 2048, screen_from: int = 512) -> None:
+    def __init__(
+        self, images: Tensor, chunk: int = 2048, screen_from: int = 512, log_weights: Tensor | None = None
+    ) -> None:
         if images.dim() != 4 or images.shape[0] == 0:
             raise ValueError(f"expected a non-empty image set [N, C, H, W], got shape {tuple(images.shape)}")
         self.images = images.reshape(images.shape[0], -1).to(torch.float64)
         self.sq_norms = self.images.square().sum(-1)
+        if log_weights is not None and tuple(log_weights.shape) != (images.shape[0],):
+            raise ValueError(f"log_weights must have one value per image, got shape {tuple(log_weights.shape)}")
+        self.log_weights = None if log_weights is None else log_weights.to(self.images)
         self.chunk = chunk
         self.screen = self.images.shape[0] >= screen_from
         if self.screen:  # the screen's float32 copy of the set and its norms; the largest norm bounds its rounding
@@ -84,6 +89,8 @@ class EmpiricalDenoiser:
 
     def to(self, device: torch.device | str) -> EmpiricalDenoiser:
         self.images, self.sq_norms = self.images.to(device), self.sq_norms.to(device)
+        if self.log_weights is not None:
+            self.log_weights = self.log_weights.to(device)
         if self.screen:
             self.images32, self.sq_norms32 = self.images32.to(device), self.sq_norms32.to(device)
             self.max_sq_norm = self.max_sq_norm.to(device)
@@ -93,12 +100,13 @@ class EmpiricalDenoiser:
         B = x.shape[0]
         flat_x = x.reshape(B, -1).to(self.images)
         inv_two_var = 1.0 / (2 * _per_sample(sigma, flat_x) ** 2)  # [B, 1]
-        images, sq_norms = self.images, self.sq_norms
+        images, sq_norms, log_weights = self.images, self.sq_norms, self.log_weights
         if self.screen:
             keep = self._screened(flat_x, inv_two_var)
             if keep is not None:
                 images, sq_norms = images[keep], sq_norms[keep]
-        return self._posterior_mean(flat_x, inv_two_var, images, sq_norms).reshape_as(x).to(x.dtype)
+                log_weights = None if log_weights is None else log_weights[keep]
+        return self._posterior_mean(flat_x, inv_two_var, images, sq_norms, log_weights).reshape_as(x).to(x.dtype)
 
     def _screened(self, flat_x: Tensor, inv_two_var: Tensor) -> Tensor | None:
         """Indices of the images that can weigh more than e^-SCREEN_NATS of the largest for some sample
@@ -110,11 +118,15 @@ class EmpiricalDenoiser:
         d, unit = flat_x.shape[1], torch.finfo(torch.float32).eps / 2
         gamma = d * unit / (1 - d * unit)
         slack = 4 * gamma * (flat_x.square().sum(-1, keepdim=True) + self.max_sq_norm)
+        if self.log_weights is not None:  # a weight e^w moves an image's logit as a distance w / inv_two_var closer
+            d2 = d2 - self.log_weights.float()[None] / inv_two_var.float()
         reach = d2.amin(dim=1, keepdim=True) + self.SCREEN_NATS / inv_two_var + slack
         keep = (d2 <= reach).any(dim=0).nonzero().squeeze(1)
         return None if 4 * keep.numel() >= d2.shape[1] else keep
 
-    def _posterior_mean(self, flat_x: Tensor, inv_two_var: Tensor, images: Tensor, sq_norms: Tensor) -> Tensor:
+    def _posterior_mean(
+        self, flat_x: Tensor, inv_two_var: Tensor, images: Tensor, sq_norms: Tensor, log_weights: Tensor | None = None
+    ) -> Tensor:
         B = flat_x.shape[0]
         x_sq = flat_x.square().sum(-1, keepdim=True)
         run_max = torch.full((B, 1), -torch.inf, dtype=flat_x.dtype, device=flat_x.device)
@@ -124,6 +136,8 @@ class EmpiricalDenoiser:
             ys, y_sq = images[start : start + self.chunk], sq_norms[start : start + self.chunk]
             d2 = (x_sq - 2 * flat_x @ ys.T + y_sq).clamp_min(0)  # [B, n]
             logits = -d2 * inv_two_var
+            if log_weights is not None:
+                logits = logits + log_weights[start : start + self.chunk]
             new_max = torch.maximum(run_max, logits.amax(dim=1, keepdim=True))
             rescale = torch.exp(run_max - new_max)
             w = torch.exp(logits - new_max)
