@@ -333,9 +333,13 @@ def run_on_ray(todo: list[ResolvedJob], options: Any, out: Path, total: int) -> 
     stop_file.unlink(missing_ok=True)  # a stale request of an earlier, killed driver
     results: dict[str, dict] = {}
     restarts, bar = (0 if options.address else 1), None
+
+    def unfinished(jobs: list[ResolvedJob]) -> list[ResolvedJob]:  # not run yet, or lost with Ray
+        return [j for j in jobs if j.name not in results or results[j.name].get("lost")]
+
     try:
         while True:
-            left = [j for j in todo if j.name not in results or results[j.name].get("lost")]
+            left = unfinished(todo)
             cause, signum = None, None
             try:
                 with ray_session(options.address) as ray:
@@ -348,7 +352,7 @@ def run_on_ray(todo: list[ResolvedJob], options: Any, out: Path, total: int) -> 
                     signum = wait_all(ray, refs, options.retries, stop_file, bar, results)
             except RayLost as err:
                 cause = str(err)
-            lost = [j for j in left if j.name not in results or results[j.name].get("lost")]
+            lost = unfinished(left)
             if signum is not None or not lost:
                 return results, signum
             cause = cause or results[lost[0].name]["message"]

@@ -247,6 +247,7 @@ class Job:
         return not self.thread.is_alive()
 
     def _run(self) -> None:
+        from ..priors.loading import WeightsNotFoundError
         from .interrupt import Interrupted
         from .runs import generate, prior_from_config
 
@@ -268,10 +269,11 @@ class Job:
             self.result = result
         except Interrupted as err:
             self.state, self.message = "stopped", str(err)
+        except WeightsNotFoundError as err:  # it names the server's folders and cache: in the log only
+            print(f"{self.run_dir.name}: {err}", file=sys.stderr)
+            self.state, self.message = "failed", "the model could not be loaded on this server; its log says why"
+            _remove_if_empty(self.run_dir)
         except UserError as err:
-            if type(err).__name__ == "WeightsNotFoundError":  # it names the server's folders and cache: log it only
-                print(f"{self.run_dir.name}: {err}", file=sys.stderr)
-                err = UserError("the model could not be loaded on this server; its log says why")
             self.state, self.message = "failed", str(err)
             _remove_if_empty(self.run_dir)
         except Exception as err:  # a bug, or the machine (memory): shown in the page, logged in full here
