@@ -114,6 +114,14 @@ LEVERS.update(
         "c2f 16-32 at 0.67, 3000 steps + Adam 0.1": _merge(
             ADAM, {"field": {"coarse_scale": 0.5, "upsample_at": (2 / 3,)}, "train": {"steps": 3000}}
         ),
+        # Adamax's running maximum forgets a spike in about 1 / (1 - beta2) steps: 1000 by default, 100 at 0.99.
+        "Adamax beta2 0.99": {"optim": {"betas": (0.9, 0.99)}},
+        "Adamax beta2 0.95": {"optim": {"betas": (0.9, 0.95)}},
+        "Adamax beta2 0.99, 2000 steps, c2f at 0.8": {
+            "optim": {"betas": (0.9, 0.99)},
+            "train": {"steps": 2000},
+            "field": {"coarse_scale": 0.5, "upsample_at": (0.8,)},
+        },
         **{
             f"{steps} steps, c2f 16-32 at {at:g}" + (f", lr {lr:g}" if lr != 0.1 else ""): {
                 "field": {"coarse_scale": 0.5, "upsample_at": (at,)},

@@ -105,6 +105,8 @@ def cmd_generate(argv: list[str]) -> int:
         print(f"  {name:10s} {path}")
     if result.metrics:
         m = result.metrics
+        if "object" in m:
+            print(f"the picture shows: {m['object']} (quality below against it)")
         print(
             f"quality: 3D IoU {m['iou_3d']:.3f} (closed {m['iou_3d_closed']:.3f}), "
             f"silhouette IoU {m['silhouette_iou']:.3f}, "

@@ -52,12 +52,51 @@ class TrainConfig:
 
 
 @dataclass(frozen=True)
+class ImageConfig:
+    path: Annotated[str | None, tyro.conf.arg(aliases=("--image",))] = None
+    """Image-to-3D: a picture of the object (PNG or JPEG; RGBA uses its alpha as the object's mask, RGB its
+    plain background's colour). The field is pulled towards it at --image.view while the prior scores every
+    other view (docs/image-to-3d.md). With --prior toy-image the picture alone says what to make (no prompt)."""
+    view: tuple[float, ...] = (0.0, 0.0)
+    """The reference camera: azimuth and elevation in degrees (0 0 is the front, level), then optionally its
+    horizontal field of view (degrees; default --camera.test-fov) and radius (default --camera.radius)."""
+    estimate_elevation: bool = False
+    """Estimate the reference camera's elevation from the picture where the prior can (the toy priors: the
+    elevation whose true render explains it best) instead of taking --image.view's."""
+    background_colour: tuple[int, int, int] | None = None
+    """RGB pictures: the background colour (0-255 each) that marks pixels outside the object; None takes the
+    median colour of the picture's border."""
+    tolerance: int = 40
+    """RGB pictures: a pixel within this of the background colour (0-255, on every channel) is background."""
+    rgb_weight: float = 1e4
+    """Weight of the reference colour loss (mean squared error on the object's pixels, in the prior's data
+    space: pixels, or Stable Diffusion's latents of the picture)."""
+    mask_weight: float = 1e3
+    """Weight of the reference mask loss (mean squared error of the render's opacity against the mask)."""
+    every: int = 1
+    """Render the reference view every this many steps."""
+    warmup: float = 0.0
+    """Fraction of the run at its start that fits the picture alone, before the prior is asked (1: the picture
+    alone all run, no prior: what one view gives)."""
+
+    def camera_view(self, camera: CameraConfig):
+        """The reference `View`, the field of view and radius defaulting to `camera`'s test view."""
+        from ..core.cameras import View
+
+        az, el, *rest = self.view
+        fov = rest[0] if rest else camera.test_fov
+        radius = rest[1] if len(rest) > 1 else camera.radius
+        return View(azimuth=float(az), elevation=float(el), fov=float(fov), radius=float(radius))
+
+
+@dataclass(frozen=True)
 class GenerateConfig:
     prompt: Annotated[str, tyro.conf.Positional, tyro.conf.arg(metavar="PROMPT")] = ""
     """What to generate, e.g. "a red and blue cube" for the toy prior."""
     prior: str = "toy"
     """The 2D prior: 'toy' (embedded exact denoiser, nothing downloaded), 'toy-learned' (the small UNet trained on
-    the toy world that ships with sjc), 'sd' (Stable Diffusion: [sd] extra, weights, a GPU), 'pixel' (an
+    the toy world that ships with sjc), 'toy-image' (the exact toy prior of the object in --image, no prompt),
+    'sd' (Stable Diffusion: [sd] extra, weights, a GPU), 'pixel' (an
     unconditional pixel-space diffusers model, no prompt: [sd] extra, weights, a GPU), or your own denoiser:
     'python:PACKAGE.MODULE:FUNCTION' names a function (prompt, device) -> prior (docs/python-api.md)."""
     preset: str = "default"
@@ -84,6 +123,7 @@ class GenerateConfig:
     toy: ToyConfig = dataclasses.field(default_factory=ToyConfig)
     sd: SDConfig = dataclasses.field(default_factory=SDConfig)
     pixel: PixelConfig = dataclasses.field(default_factory=PixelConfig)
+    image: ImageConfig = dataclasses.field(default_factory=ImageConfig)
     export: ExportConfig = dataclasses.field(default_factory=ExportConfig)
 
     def fit_settings(self) -> FitSettings:
@@ -223,7 +263,7 @@ def check_prompt(cfg: GenerateConfig) -> None:
 
 def validate(cfg: GenerateConfig) -> None:
     """ConfigError naming the first out-of-range setting and what would be valid."""
-    check_prior(cfg.prior, cfg.prompt)
+    check_prior(cfg.prior, cfg.prompt, image=cfg.image.path is not None)
     checks = [
         (cfg.train.steps > 0, f"--train.steps must be positive, got {cfg.train.steps}"),
         (cfg.field.resolution >= 2, f"--field.resolution must be at least 2, got {cfg.field.resolution}"),
@@ -289,7 +329,43 @@ def validate(cfg: GenerateConfig) -> None:
         checks.append((lo > 0, f"--scoring.sigma-min must be positive, got {lo}"))
     if lo is not None and hi is not None:
         checks.append((lo < hi, f"--scoring.sigma-min ({lo}) must be below --scoring.sigma-max ({hi})"))
-    raise_first(*_finite_checks(cfg), *checks, *_run_checks(cfg))
+    raise_first(*_finite_checks(cfg), *checks, *_run_checks(cfg), *_image_checks(cfg))
+
+
+def _image_checks(cfg: GenerateConfig) -> list[tuple[bool, str]]:
+    im = cfg.image
+    if im.path is None:
+        return []
+    view = ", ".join(f"{v:g}" for v in im.view)
+    checks = [(2 <= len(im.view) <= 4, f"--image.view takes azimuth elevation [fov [radius]], got ({view})")]
+    if len(im.view) >= 2:
+        v = im.camera_view(cfg.camera)
+        checks += [
+            (-90 <= v.elevation <= 90, f"--image.view's elevation must be in [-90, 90] degrees, got {v.elevation}"),
+            (0 < v.fov < 180, f"--image.view's field of view must be in (0, 180) degrees, got {v.fov}"),
+            (
+                v.radius > 1,
+                f"--image.view's radius must put the camera outside the object's unit sphere (> 1), got {v.radius}",
+            ),
+        ]
+    colour = im.background_colour
+    checks += [
+        (
+            colour is None or (len(colour) == 3 and all(0 <= c <= 255 for c in colour)),
+            f"--image.background-colour takes three values in 0-255, got {colour}",
+        ),
+        (0 <= im.tolerance <= 255, f"--image.tolerance must be in [0, 255], got {im.tolerance}"),
+        (im.rgb_weight >= 0, f"--image.rgb-weight must not be negative, got {im.rgb_weight}"),
+        (im.mask_weight >= 0, f"--image.mask-weight must not be negative, got {im.mask_weight}"),
+        (im.every >= 1, f"--image.every must be at least 1, got {im.every}"),
+        (0 <= im.warmup <= 1, f"--image.warmup is a fraction of the run in [0, 1], got {im.warmup}"),
+        (
+            not im.estimate_elevation or cfg.prior in ("toy", "toy-image"),
+            "--image.estimate-elevation needs a prior with the truth of its objects (toy, toy-image), not "
+            f"{cfg.prior!r}; give the elevation in --image.view",
+        ),
+    ]
+    return checks
 
 
 def _coarse_to_fine_checks(field) -> list[tuple[bool, str]]:

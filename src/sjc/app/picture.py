@@ -80,3 +80,51 @@ def _border_colour(rgb: np.ndarray) -> tuple[int, int, int]:
     """The median colour of the picture's outermost pixels, 0-255."""
     border = np.concatenate([rgb[0], rgb[-1], rgb[:, 0], rgb[:, -1]])
     return tuple(int(round(c)) for c in np.median(border, axis=0) * 255.0)
+
+
+def picture_size(prior) -> int:
+    """The side, in pixels, a reference picture is read at for `prior`: its decoded image's (8x the latents of
+    Stable Diffusion), else its data space's."""
+    return prior.image_size * int(getattr(prior, "vae_factor", 1))
+
+
+def picture_to_data(prior, rgb, name: str = "this prior"):
+    """A picture [3, S, S] in [-1, 1] (S = `picture_size(prior)`) in the prior's data space [C, s, s]: its
+    `encode` where it has one (Stable Diffusion's VAE latents), else the picture itself for an RGB prior.
+    PictureError for a prior of other channels without `encode`."""
+    import torch
+
+    encode = getattr(prior, "encode", None)
+    if encode is not None:
+        device = getattr(prior, "device", "cpu")
+        with torch.no_grad():
+            return encode(rgb[None].to(device)).float()[0]
+    if prior.channels == 3:
+        return rgb
+    raise PictureError(
+        f"{name} renders {prior.channels}-channel images and has no encode() from pixels, so it cannot use a "
+        "reference picture; drop --image, or give the prior an encode(rgb) method (docs/python-api.md)"
+    )
+
+
+def make_reference(prior, picture: Picture, view, image_cfg, name: str = "this prior"):
+    """The fit's `core.fit.Reference` of `picture` seen from `view`, with the weights of `image_cfg`
+    (`config.ImageConfig`)."""
+    import torch
+
+    from ..core.fit import Reference
+
+    data = picture_to_data(prior, picture.rgb, name)
+    size = prior.image_size
+    mask = picture.mask
+    if mask.shape[-1] != size:
+        mask = torch.nn.functional.interpolate(mask[None, None], size=(size, size), mode="area")[0, 0]
+    return Reference(
+        data.cpu(),
+        mask.cpu(),
+        view,
+        rgb_weight=image_cfg.rgb_weight,
+        mask_weight=image_cfg.mask_weight,
+        every=image_cfg.every,
+        warmup=image_cfg.warmup,
+    )

@@ -154,6 +154,7 @@ def _toy_learned_tiny() -> GenerateConfig:
 
 PRESETS: dict[str, dict[str, Any]] = {
     "toy": {"default": _toy_default, "tiny": _toy_tiny, "paper": _toy_paper},
+    "toy-image": {"default": _toy_default, "tiny": _toy_tiny, "paper": _toy_paper},  # the exact prior's
     "toy-learned": {"default": _toy_learned_default, "tiny": _toy_learned_tiny, "paper": _toy_learned_default},
     # For Stable Diffusion the paper's settings are the defaults.
     "sd": {"default": _sd_paper, "tiny": _sd_tiny, "paper": _sd_paper, "refined": _sd_refined},

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 
 import imageio.v3 as iio
@@ -26,6 +28,7 @@ from ..core.fit import (
     CameraSampler,
     FitResult,
     FitStep,
+    Reference,
     RenderFn,
     SigmaSchedule,
     build_field,
@@ -38,7 +41,8 @@ from ..core.render import render
 from ..core.voxel import VoxelField
 from ..outputs.files import write_outputs
 from ..outputs.video import to_uint8
-from ..priors import TOY_PRIORS, build_prior
+from ..priors import IMAGE_PRIORS, TOY_PRIORS, build_prior
+from ..priors.toy import BACKGROUND
 from .checkpoint import (
     CheckpointError,
     checkpoint_path,
@@ -51,6 +55,7 @@ from .checkpoint import (
 from .config import GenerateConfig, from_dict, slug, to_json
 from .config2d import Config2D
 from .interrupt import Interrupted, StopRequest, catch_signals
+from .picture import make_reference, picture_size, read_picture
 from .resume import restore_run
 from .runlock import RunLock
 
@@ -62,12 +67,16 @@ class RunFolderError(UserError, ValueError):
 
 
 def run_slug(cfg: GenerateConfig | Config2D) -> str:
-    """A folder name for a run: its prompt, else the pixel model's name, else the prior's."""
-    return slug(cfg.prompt or (cfg.pixel.model if cfg.prior == "pixel" else cfg.prior))
+    """A folder name for a run: its prompt, else its reference picture's name, else the pixel model's name, else
+    the prior's."""
+    image = getattr(cfg, "image", None)
+    picture = f"image-{Path(image.path).stem}" if image is not None and image.path else None
+    return slug(cfg.prompt or picture or (cfg.pixel.model if cfg.prior == "pixel" else cfg.prior))
 
 
-def prior_from_config(cfg: GenerateConfig, device: torch.device | str = "cpu") -> Prior:
-    """The prior named by a run's config, bound to its prompt."""
+def prior_from_config(cfg: GenerateConfig, device: torch.device | str = "cpu", picture=None) -> Prior:
+    """The prior named by a run's config, bound to its prompt (and for `IMAGE_PRIORS` to `picture`: an RGB
+    image and its View)."""
     return build_prior(
         cfg.prior,
         cfg.prompt,
@@ -76,7 +85,77 @@ def prior_from_config(cfg: GenerateConfig, device: torch.device | str = "cpu") -
         sd=cfg.sd,
         pixel=cfg.pixel,
         guidance_scale=cfg.scoring.guidance_scale,
+        picture=picture,
     )
+
+
+REFERENCE_COPY = "reference-picture"  # + the picture's suffix: the run's own copy of --image, read on --resume
+REFERENCE_INFO = "reference.json"  # how the picture was read: mask, view (estimated or given), the posterior
+
+
+@dataclass
+class ImageSetup:
+    """What image-to-3D adds to a run: the fit's reference and what to write about it."""
+
+    reference: Reference
+    source: Path  # the picture read
+    info: dict
+
+
+def prior_and_reference(
+    cfg: GenerateConfig, device: torch.device | str, run_dir: Path, prior: Prior | None = None
+) -> tuple[Prior, ImageSetup | None, GenerateConfig]:
+    """The run's prior and, with --image, its reference: the picture read (from the run's own copy on a
+    resume), the elevation estimated when asked, and `cfg` with the reference view written out in full (so the
+    saved config reproduces the run). PictureError or ConfigError before anything is written."""
+    im = cfg.image
+    if im.path is None:
+        return prior if prior is not None else prior_from_config(cfg, device), None, cfg
+    copies = sorted(run_dir.glob(REFERENCE_COPY + ".*")) if cfg.resume else []
+    source = copies[0] if copies else Path(im.path)
+    view = im.camera_view(cfg.camera)
+    read = partial(read_picture, source, background_colour=im.background_colour, tolerance=im.tolerance)
+    view, info = _reference_view(cfg, read, view)
+    if prior is None and cfg.prior in IMAGE_PRIORS:
+        picture = read(cfg.toy.image_size, BACKGROUND)
+        prior = prior_from_config(cfg, device, picture=(picture.rgb, view))
+        info["posterior"] = {k: round(v, 6) for k, v in sorted(prior.posterior.items(), key=lambda kv: -kv[1])}
+        info["object"] = prior.best
+    else:
+        prior = prior if prior is not None else prior_from_config(cfg, device)
+        picture = read(picture_size(prior), float(getattr(prior, "background", 1.0)))
+    reference = make_reference(prior, picture, view, im, f"the {cfg.prior} prior")
+    info = {"picture": str(im.path), "mask": picture.mask_source, **info}
+    resolved = replace(im, view=(view.azimuth, view.elevation, view.fov, view.radius), estimate_elevation=False)
+    return prior, ImageSetup(reference, source, info), replace(cfg, image=resolved)
+
+
+def _reference_view(cfg: GenerateConfig, read: Callable, view: View) -> tuple[View, dict]:
+    """`view`, its elevation estimated from the picture (`read(size, background)`) when
+    --image.estimate-elevation asks (toy priors)."""
+    if not cfg.image.estimate_elevation:
+        read(8, BACKGROUND)  # a bad picture fails here, before the prior is built
+        return view, {"view": _view_dict(view)}
+    from ..priors.settings import SUITE_PROMPTS
+    from ..priors.toy_image import ESTIMATE_SIZE, estimate_elevation
+
+    prompts = SUITE_PROMPTS if cfg.prior in IMAGE_PRIORS else (cfg.prompt,)
+    elevation, _ = estimate_elevation(read(ESTIMATE_SIZE, BACKGROUND).rgb, view, prompts)
+    print(f"reference view: elevation estimated at {elevation:g} degrees (was {view.elevation:g})", file=sys.stderr)
+    estimated = replace(view, elevation=elevation)
+    return estimated, {"view": _view_dict(estimated), "elevation_estimated_from": view.elevation}
+
+
+def _view_dict(view: View) -> dict:
+    return {"azimuth": view.azimuth, "elevation": view.elevation, "fov": view.fov, "radius": view.radius}
+
+
+def _keep_reference(setup: ImageSetup, run_dir: Path) -> None:
+    """The run's own copy of its picture (so --resume needs nothing outside the folder) and reference.json."""
+    copy = run_dir / (REFERENCE_COPY + (setup.source.suffix.lower() or ".png"))
+    if setup.source.resolve() != copy.resolve():
+        shutil.copyfile(setup.source, copy)
+    (run_dir / REFERENCE_INFO).write_text(json.dumps(setup.info, indent=2) + "\n")
 
 
 def prepare_run_dir(run_dir: Path, cfg: GenerateConfig, overwrite: bool) -> None:
@@ -165,7 +244,8 @@ def generate(
     device = pick_device(cfg.device)
     run_dir = Path(cfg.out) if cfg.out else Path("runs") / run_slug(cfg)
     cfg = replace(cfg, out=str(run_dir))
-    prior = prior if prior is not None else prior_from_config(cfg, device)  # a bad prompt fails before any write
+    # A bad prompt or picture fails here, before any write.
+    prior, image, cfg = prior_and_reference(cfg, device, run_dir, prior)
     gens = make_generators(cfg.train.seed, device)
     field = build_field(prior, cfg.field, device, generator=gens["init"])
     optimizer = make_optimizer(field, cfg.optim)
@@ -177,6 +257,8 @@ def generate(
         start = restore_run(run_dir, cfg, field, optimizer, gens) if cfg.resume else 0
         if not cfg.resume:
             prepare_run_dir(run_dir, cfg, cfg.overwrite)
+            if image is not None:
+                _keep_reference(image, run_dir)
         with catch_signals() as stop:  # Ctrl-C: checkpoint the current step, then raise Interrupted
             result = run_fit(
                 field,
@@ -191,11 +273,12 @@ def generate(
                 render_fn=render_fn,
                 callback=callback,
                 progress=progress,
+                reference=image.reference if image is not None else None,
             )
         if result.stopped:
             return RunResult(run_dir, field, prior, {}, None, stopped=True)
         files = write_outputs(field, prior, run_dir, cfg.export)
-        metrics = evaluate(field, cfg)
+        metrics = evaluate(field, cfg, prior)
         if metrics is not None:
             files["metrics"] = run_dir / "metrics.json"
             files["metrics"].write_text(json.dumps(_json_safe(metrics), indent=2) + "\n")
@@ -216,8 +299,10 @@ def run_fit(
     render_fn: RenderFn | None = None,
     callback: Callable[[FitStep], bool | None] | None = None,
     progress: bool = True,
+    reference: Reference | None = None,
 ) -> FitResult:
-    """`core.fit.fit` with a run's settings; with `run_dir`, its logs, validation renders and checkpoints
+    """`core.fit.fit` with a run's settings (and image-to-3D's `reference`); with `run_dir`, its logs, validation
+    renders and checkpoints
     (`RunRecorder`), and Interrupted raised once a requested `stop` is checkpointed."""
     gens = gens or make_generators(cfg.train.seed, field.grid.device)
     optimizer = optimizer or make_optimizer(field, cfg.optim)
@@ -236,17 +321,24 @@ def run_fit(
         render_fn=render_fn,
         callback=callback,
         progress=progress,
+        reference=reference,
     )
 
 
-def evaluate(field: VoxelField, cfg: GenerateConfig) -> dict | None:
-    """Quality figures against the ground truth, where the prior has one (the toy world)."""
-    if cfg.prior not in TOY_PRIORS:
+def evaluate(field: VoxelField, cfg: GenerateConfig, prior: Prior | None = None) -> dict | None:
+    """Quality figures against the ground truth, where the prior has one (the toy world: the prompt's object,
+    or the one the toy-image prior took its picture for)."""
+    if cfg.prior in IMAGE_PRIORS and prior is not None:
+        truth = prior.best
+    elif cfg.prior in TOY_PRIORS:
+        truth = cfg.prompt
+    else:
         return None
     from ..outputs.metrics import evaluate_field
     from ..priors.toy import parse_prompt
 
-    return evaluate_field(field, parse_prompt(cfg.prompt), threshold=0.5)
+    metrics = evaluate_field(field, parse_prompt(truth), threshold=0.5)
+    return {"object": truth, **metrics} if cfg.prior in IMAGE_PRIORS else metrics
 
 
 def _json_safe(value):

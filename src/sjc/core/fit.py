@@ -2,13 +2,16 @@
 
 Each step: sample a training camera, render the field, draw sigma, estimate the score of the render by
 PAAS (paper Eq. 16), and back-propagate -(g * y).sum() plus the emptiness and centre-depth losses into the
-voxels with Adamax. The camera sampler and the render function are parameters (the paper's perspective
-cameras and `render` by default); a callback sees every step and may stop the loop. Files are the app's
-business: `sjc.app.runs` adds logs, validation renders, checkpoints and resume on top of this loop.
+voxels with Adamax. Image-to-3D adds a `Reference`: a picture seen from a known camera, whose render there
+is pulled towards the picture (colour and mask) while the prior scores every other view. The camera sampler
+and the render function are parameters (the paper's perspective cameras and `render` by default); a callback
+sees every step and may stop the loop. Files are the app's business: `sjc.app.runs` adds logs, validation
+renders, checkpoints and resume on top of this loop.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -86,6 +89,53 @@ def make_optimizer(field: VoxelField, optim: OptimConfig = OptimConfig()) -> tor
     """Adamax (the paper's) or Adam over the field's parameter groups, as `optim` says."""
     kind = {"adamax": torch.optim.Adamax, "adam": torch.optim.Adam}[optim.optimizer]
     return kind(field.param_groups(optim.lr, optim.background_lr), betas=tuple(optim.betas))
+
+
+@dataclass
+class Reference:
+    """Image-to-3D: a picture of the object from a known camera, in the prior's data space.
+
+    Every `every` steps the field is rendered from `view` and two losses pull that render towards the picture:
+    `rgb_weight` times the mean squared error of the object's pixels (`chaining.reference_rgb_loss`) and
+    `mask_weight` times that of the render's opacity against `mask` (`chaining.reference_mask_loss`). During
+    the first `warmup` of the run (a fraction of the schedule's steps) only the picture is fitted: the prior is
+    not asked, so the object takes the picture's outline before the prior shapes its unseen sides (1: the picture
+    alone all run, what one view gives without a prior)."""
+
+    image: Tensor  # [C, S, S], the prior's data space at its image size
+    mask: Tensor  # [S, S] in [0, 1], 1 on the object
+    view: View
+    rgb_weight: float = 1e4
+    mask_weight: float = 1e3
+    every: int = 1
+    warmup: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.image.dim() != 3 or self.mask.shape != self.image.shape[1:]:
+            raise ValueError(f"a Reference needs image [C, S, S] and mask [S, S], got {tuple(self.image.shape)} "
+                             f"and {tuple(self.mask.shape)}")  # fmt: skip
+        if self.every < 1 or not 0 <= self.warmup <= 1 or self.rgb_weight < 0 or self.mask_weight < 0:
+            raise ConfigError(
+                "a reference is rendered every 1 or more steps, warms up for a fraction of the run in [0, 1] and "
+                f"has weights >= 0; got every {self.every}, warmup {self.warmup}, weights {self.rgb_weight} and "
+                f"{self.mask_weight}"
+            )
+
+    def camera(self) -> Camera:
+        return camera_from_view(self.view, self.image.shape[-1])
+
+    def to(self, device: torch.device | str) -> Reference:
+        return dataclasses.replace(self, image=self.image.to(device), mask=self.mask.to(device))
+
+    def losses(self, field: VoxelField, render_fn: RenderFn, camera: Camera | None = None) -> dict[str, Tensor]:
+        """The weighted reference losses of `field` (renders it from the reference camera)."""
+        out = render_fn(field, camera or self.camera())
+        losses = {}
+        if self.rgb_weight > 0:
+            losses["reference_rgb"] = self.rgb_weight * chaining.reference_rgb_loss(out.image, self.image, self.mask)
+        if self.mask_weight > 0:
+            losses["reference_mask"] = self.mask_weight * chaining.reference_mask_loss(out.opacity, self.mask)
+        return losses
 
 
 @dataclass(frozen=True)
@@ -209,6 +259,8 @@ class FitLoop:
     render: RenderFn
     schedule_steps: int
     scorer: methods.Scorer | None = None  # the score estimate of a method other than paas and naive
+    reference: Reference | None = None  # image-to-3D: the picture and its camera
+    reference_camera: Camera | None = None
 
     @classmethod
     def create(
@@ -224,9 +276,12 @@ class FitLoop:
         generators: dict[str, torch.Generator] | None = None,
         cameras: CameraSampler | None = None,
         render_fn: RenderFn | None = None,
+        reference: Reference | None = None,
     ) -> FitLoop:
         """The loop of `fit` (see there); a ConfigError for a sigma schedule the prior cannot serve."""
         n_schedule = schedule_steps or steps
+        if reference is not None:
+            reference = _checked_reference(reference, prior, field.grid.device)
         return cls(
             prior,
             settings,
@@ -237,7 +292,20 @@ class FitLoop:
             render_fn or default_render(settings.field),
             n_schedule,
             make_scorer(settings.scoring, prior),
+            reference,
+            reference.camera() if reference is not None else None,
         )
+
+
+def _checked_reference(reference: Reference, prior: Prior, device: torch.device) -> Reference:
+    """The reference on the field's device; a ConfigError when its picture is not in the prior's data space."""
+    shape = (prior.channels, prior.image_size, prior.image_size)
+    if tuple(reference.image.shape) != shape:
+        raise ConfigError(
+            f"the reference picture is {tuple(reference.image.shape)} but this prior renders {shape} "
+            "(channels, height, width of its data space); bring it there first (`sjc.app.picture`)"
+        )
+    return reference.to(device)
 
 
 @dataclass
@@ -250,13 +318,16 @@ class StepResult:
 
 def sjc_step(field: VoxelField, loop: FitLoop, step: int) -> StepResult:
     """One Score Jacobian Chaining update of `field` at 0-based `step`."""
-    prior, c, s = loop.prior, loop.settings.losses, loop.settings.scoring
+    prior, c, s, ref = loop.prior, loop.settings.losses, loop.settings.scoring, loop.reference
     camera, view = loop.cameras(loop.gens["camera"], prior.image_size)
     cond = prior.condition(view)
     prepare_step(field, loop.optimizer, loop.settings, step, loop.schedule_steps)
     out = loop.render(field, camera)
     sigma = loop.sigmas(step, loop.gens["sigma"])
-    if loop.scorer is not None:
+    reference_only = ref is not None and step < ref.warmup * loop.schedule_steps
+    if reference_only:  # the warm-up of image-to-3D: the picture alone
+        g = torch.zeros_like(out.image)
+    elif loop.scorer is not None:
         g = loop.scorer(out.image, sigma, view, loop.gens["noise"])
     elif s.method == "naive":
         g = chaining.naive_grad(prior.denoise, out.image.detach(), sigma, cond)
@@ -282,6 +353,8 @@ def sjc_step(field: VoxelField, loop: FitLoop, step: int) -> StepResult:
         losses["opacity"] = c.opacity_weight * chaining.opacity_entropy(out.opacity)
     if c.tv_weight > 0:
         losses["tv"] = c.tv_weight * chaining.total_variation(field.grid[0, 0])
+    if ref is not None and (reference_only or step % ref.every == 0):
+        losses.update(ref.losses(field, loop.render, loop.reference_camera))
     total = sum(losses.values())
     loop.optimizer.zero_grad(set_to_none=True)
     total.backward()
@@ -360,8 +433,10 @@ def fit(
     render_fn: RenderFn | None = None,
     callback: Callable[[FitStep], bool | None] | None = None,
     progress: bool = True,
+    reference: Reference | None = None,
 ) -> FitResult:
-    """Optimise `field` for steps [start_step, steps) against `prior`.
+    """Optimise `field` for steps [start_step, steps) against `prior`; with a `reference`, also towards its
+    picture at its camera (image-to-3D).
 
     `schedule_steps` is the length the step-dependent schedules (emptiness switch, annealed sigma) span
     (default `steps`). `cameras` and `render_fn` default to the paper's cameras (`settings.camera`) and
@@ -378,6 +453,7 @@ def fit(
         generators=generators,
         cameras=cameras,
         render_fn=render_fn,
+        reference=reference,
     )
     desc = getattr(prior, "prompt", "") or "sjc"
     bar = tqdm(range(start_step, steps), initial=start_step, total=steps, disable=not progress, desc=desc)

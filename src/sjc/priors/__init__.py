@@ -1,7 +1,8 @@
 """The 2D priors: which exist, which take a prompt, and `build_prior`, the one way to make one.
 
-Built in: 'toy' (the exact toy-world denoiser), 'toy-learned' (the shipped toy UNet), 'sd' (Stable Diffusion
-through diffusers) and 'pixel' (unconditional diffusers UNet2DModels). Any other denoiser plugs in as
+Built in: 'toy' (the exact toy-world denoiser), 'toy-learned' (the shipped toy UNet), 'toy-image' (the toy
+world's exact prior given a picture instead of a prompt), 'sd' (Stable Diffusion through diffusers) and 'pixel'
+(unconditional diffusers UNet2DModels). Any other denoiser plugs in as
 'python:PACKAGE.MODULE:FUNCTION' or an `sjc.priors` entry point: a function (prompt, device) -> prior, e.g.
 a `DenoiserPrior`. Importing this package imports no torch (the command line's help stays fast).
 """
@@ -18,18 +19,20 @@ if TYPE_CHECKING:
 
     from ..core.denoisers import Prior
 
-BUILT_IN = ("toy", "toy-learned", "sd", "pixel")
-TOY_PRIORS = ("toy", "toy-learned")  # the priors of the toy world: ground truth, quality figures, --toy settings
+BUILT_IN = ("toy", "toy-learned", "toy-image", "sd", "pixel")
+TOY_PRIORS = ("toy", "toy-learned")  # the toy world's priors of a prompt: ground truth, quality figures, --toy
+IMAGE_PRIORS = ("toy-image",)  # conditioned on the reference picture (--image) instead of a prompt
 UNCONDITIONAL = ("pixel",)
-__all__ = ["BUILT_IN", "TOY_PRIORS", "DenoiserPrior", "build_prior", "check_prior", "is_plugin"]
+__all__ = ["BUILT_IN", "IMAGE_PRIORS", "TOY_PRIORS", "DenoiserPrior", "build_prior", "check_prior", "is_plugin"]
 
 
 def is_plugin(name: str) -> bool:
     return name not in BUILT_IN
 
 
-def check_prior(name: str, prompt: str) -> None:
-    """ConfigError for a prior name that is not one, or a prompt the prior cannot take (or needs)."""
+def check_prior(name: str, prompt: str, image: bool = False) -> None:
+    """ConfigError for a prior name that is not one, a prompt the prior cannot take (or needs), or a missing
+    reference picture (`image`: one is given) for a prior conditioned on one."""
     if is_plugin(name) and not name.startswith("python:"):
         from importlib.metadata import entry_points
 
@@ -37,6 +40,15 @@ def check_prior(name: str, prompt: str) -> None:
             raise ConfigError(
                 f"unknown prior {name!r}; use one of {', '.join(BUILT_IN)}, or python:PACKAGE.MODULE:FUNCTION"
             )
+    if name in IMAGE_PRIORS:
+        if not image:
+            raise ConfigError(f"the {name} prior draws the object of a picture: give one with --image PICTURE.png")
+        if prompt.strip():
+            raise ConfigError(
+                f"the {name} prior takes a picture, not a prompt (got {prompt!r}); drop the prompt, or use "
+                "--prior toy with both"
+            )
+        return
     if name in UNCONDITIONAL and prompt.strip():
         raise ConfigError(
             f"the {name} prior is unconditional and takes no prompt (got {prompt!r}); drop the prompt, "
@@ -55,12 +67,14 @@ def build_prior(
     sd: SDConfig = SDConfig(),
     pixel: PixelConfig = PixelConfig(),
     guidance_scale: float | None = None,
+    picture: tuple[torch.Tensor, Any] | None = None,
 ) -> Prior:
     """The prior `name`, bound to `prompt`, on `device`. `guidance_scale` None keeps the prior's own
-    default (the paper's 100 for Stable Diffusion, none for the learned toy prior)."""
+    default (the paper's 100 for Stable Diffusion, none for the learned toy prior). `picture` (an RGB image
+    [3, S, S] in [-1, 1] and the `View` it was seen from) conditions the priors of `IMAGE_PRIORS`."""
     import torch
 
-    check_prior(name, prompt)
+    check_prior(name, prompt, image=picture is not None)
     device = torch.device(device)
     guidance = {} if guidance_scale is None else {"guidance_scale": guidance_scale}
     match name:
@@ -81,6 +95,13 @@ def build_prior(
 
             return LearnedToyPrior.from_file(
                 prompt, toy.weights, device=device, view_conditioning=toy.view_conditioning, **guidance
+            )
+        case "toy-image":
+            from .toy_image import ToyImagePrior
+
+            rgb, view = picture
+            return ToyImagePrior(
+                rgb, view, n_images=toy.n_images, seed=toy.data_seed, cache_dir=toy.cache_dir, device=device
             )
         case "sd":
             from .sd import StableDiffusionPrior

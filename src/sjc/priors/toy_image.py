@@ -22,9 +22,11 @@ from torch import Tensor
 from ..core.cameras import View, camera_from_view, view_bucket
 from ..core.denoisers import ConditionalDenoiser, EmpiricalDenoiser
 from .settings import SUITE_PROMPTS
-from .toy import BACKGROUND, SIGMA_RANGE, make_dataset, parse_prompt, render_scene
+from .toy import BACKGROUND, SIGMA_RANGE, make_dataset, parse_prompt, render_scene, render_scene_views
 
 PICTURE_NOISE = 0.1  # the picture's noise s, in [-1, 1] units: a toy render differs from another object's by far more
+ELEVATION_RANGE = (-30.0, 85.0)  # the elevations `estimate_elevation` weighs, degrees
+ESTIMATE_SIZE = 64  # pixels: the side a picture is read at to estimate its elevation
 
 
 def object_posterior(
@@ -43,6 +45,41 @@ def object_posterior(
     )
     weights = torch.softmax(logits, dim=0)
     return dict(zip(prompts, weights.tolist(), strict=True))
+
+
+def estimate_elevation(
+    picture: Tensor,
+    view: View,
+    prompts: tuple[str, ...] = SUITE_PROMPTS,
+    elevations: tuple[float, float] = ELEVATION_RANGE,
+    picture_noise: float = PICTURE_NOISE,
+    supersample: int = 2,
+) -> tuple[float, dict[str, float]]:
+    """The elevation of the camera that took `picture` [3, S, S] (its azimuth, field of view and radius those of
+    `view`), to the degree: the most probable one under the joint posterior over (object in `prompts`, elevation),
+    both uniform a priori, searched every 3 degrees over `elevations` and then degree by degree around the best.
+    Renders are averaged over `supersample`^2 rays a pixel, as a picture resized by area averages its pixels (read
+    the picture at 64 px or more: a few pixels of outline do not pin the elevation). Returns the elevation with
+    the posterior over the objects there."""
+
+    def logits(candidates: list[float]) -> Tensor:  # [objects, candidates]
+        views = [View(view.azimuth, e, view.fov, view.radius) for e in candidates]
+        size = picture.shape[-1]
+        rows = []
+        for p in prompts:
+            renders = render_scene_views(parse_prompt(p), views, size * supersample)[0]
+            renders = torch.nn.functional.avg_pool2d(renders, supersample).double()
+            rows.append(-(renders - picture.double()).square().sum(dim=(1, 2, 3)) / (2 * picture_noise**2))
+        return torch.stack(rows)
+
+    lo, hi = elevations
+    coarse = [float(e) for e in range(math.ceil(lo), math.floor(hi) + 1, 3)]
+    guess = coarse[int(torch.logsumexp(logits(coarse), dim=0).argmax())]
+    fine = [e for e in (guess + d for d in range(-3, 4)) if lo <= e <= hi]
+    table = logits(fine)
+    best = int(torch.logsumexp(table, dim=0).argmax())
+    weights = torch.softmax(table[:, best], dim=0)
+    return fine[best], dict(zip(prompts, weights.tolist(), strict=True))
 
 
 class ToyImagePrior:
