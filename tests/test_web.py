@@ -27,10 +27,12 @@ pytestmark = pytest.mark.slow
 STATUS, PROGRESS, PREVIEW, LOSS, SIGMA, VIEWER, VIDEO, METRICS, FILES, GALLERY, SELECTED = range(11)  # outputs
 
 
-def form(prompt: str, steps: int | None = None, seed: int = 0, preset: str = "tiny") -> dict:
+def form(
+    prompt: str, steps: int | None = None, seed: int = 0, preset: str = "tiny", prior: str = "toy", **image
+) -> dict:
     return {
         "prompt": prompt,
-        "prior": "toy",
+        "prior": prior,
         "preset": preset,
         "steps": steps,
         "seed": seed,
@@ -40,6 +42,9 @@ def form(prompt: str, steps: int | None = None, seed: int = 0, preset: str = "ti
         "guidance_scale": None,
         "threads": None,
         "model": None,
+        "picture": image.get("picture"),
+        "image_view": image.get("image_view", "0, 0"),
+        "estimate": image.get("estimate", False),
     }
 
 
@@ -256,3 +261,27 @@ def test_two_visitors_and_a_command_line_writer_never_share_a_run(tmp_path):
         assert steps == sorted(set(steps))  # one writer: the log never interleaves
         opened = second.predict(x.name, api_name="/open_run")  # resumable again once stopped
         assert "; resumable" in opened[METRICS], opened[METRICS]
+
+
+def test_an_uploaded_picture_is_lifted_by_the_toy_image_prior(server, tmp_path):
+    from gradio_client import handle_file
+
+    from test_image3d import write_picture
+
+    url, runs, _ = server
+    client = Client(url, verbose=False)
+    out = client.predict(**form("", prior="toy-image"), api_name="/generate")
+    assert out[STATUS] == "**error:** the toy-image prior draws the object of a picture: upload one first"
+    picture = write_picture(tmp_path / "torus.png", "a green and red torus", elevation=15.0)
+    bad_view = form("", prior="toy-image", picture=handle_file(str(picture)), image_view="0, 95")
+    bad = client.predict(**bad_view, api_name="/generate")
+    message = "--image.view's elevation must be in [-90, 90] degrees, got 95.0"
+    assert bad[STATUS] == "**error:** " + markdown_text(message)
+    out = client.predict(
+        **form("", prior="toy-image", picture=handle_file(str(picture)), estimate=True), api_name="/generate"
+    )
+    assert out[STATUS].startswith("finished 300 steps"), out[STATUS]
+    run_dir = runs / out[SELECTED]
+    assert (run_dir / "reference-picture.png").is_file()
+    assert json.loads((run_dir / "reference.json").read_text())["view"]["elevation"] == 15.0
+    assert "| the picture shows | a green and red torus |" in out[METRICS]

@@ -8,6 +8,7 @@ downloads need the internet. Without Chromium the test is skipped, except in CI,
 from __future__ import annotations
 
 import io
+import json
 import os
 import shutil
 from pathlib import Path
@@ -107,6 +108,35 @@ def test_the_page_runs_a_prompt_and_shows_the_mesh_and_the_video(browser, tmp_pa
         page.screenshot(path=str(shot), full_page=True)
         assert image_stats(shot.read_bytes())[1] > 50
         if target := os.environ.get("SJC_WEB_SCREENSHOT"):
+            Path(target).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(shot, target)
+        page.close()
+
+
+def test_the_page_lifts_an_uploaded_picture(browser, tmp_path):
+    from test_image3d import write_picture
+
+    runs = tmp_path / "runs"
+    picture = write_picture(tmp_path / "cube.png", "a red and blue cube", size=128)
+    with running_server(runs) as (url, _):
+        page = browser.new_page(viewport={"width": 1400, "height": 2200})
+        page.goto(url, wait_until="networkidle")
+        page.get_by_text("Image to 3D: a picture of the object").click()  # opens the accordion
+        page.locator("#picture input[type=file]").set_input_files(str(picture))
+        page.locator("#picture img").wait_for(state="visible", timeout=30_000)  # the upload shows the picture
+        page.locator("#prompt textarea").fill("a red and blue cube")
+        page.locator("#preset").get_by_text("tiny", exact=True).click()
+        page.locator("#generate").click()
+        page.wait_for_function(
+            "() => document.querySelector('#status')?.innerText.includes('finished 300 steps')", timeout=120_000
+        )
+        folders = [d for d in runs.iterdir() if (d / "config.json").is_file()]
+        assert len(folders) == 1 and (folders[0] / "reference-picture.png").is_file()
+        view = json.loads((folders[0] / "reference.json").read_text())["view"]
+        assert (view["azimuth"], view["elevation"]) == (0.0, 0.0)
+        shot = tmp_path / "image-page.png"
+        page.screenshot(path=str(shot), full_page=True)
+        if target := os.environ.get("SJC_WEB_IMAGE_SCREENSHOT"):
             Path(target).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy(shot, target)
         page.close()

@@ -41,6 +41,7 @@ API = {
     "fit": "core.fit",
     "FitStep": "core.fit",
     "FitResult": "core.fit",
+    "Reference": "core.fit",
     "PerspectiveCameras": "core.fit",
     "make_generators": "core.fit",
     "pick_device": "core.fit",
@@ -56,6 +57,10 @@ API = {
     # outputs
     "write_outputs": "outputs.files",
     "ExportConfig": "outputs.settings",
+    # app: reference pictures for image-to-3D
+    "read_picture": "app.picture",
+    "make_reference": "app.picture",
+    "ImageConfig": "app.config",
     # app: run folders and configurations
     "GenerateConfig": "app.config",
     "preset": "app.presets",

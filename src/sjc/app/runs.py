@@ -117,13 +117,14 @@ def prior_and_reference(
     read = partial(read_picture, source, background_colour=im.background_colour, tolerance=im.tolerance)
     view, info = _reference_view(cfg, read, view)
     if prior is None and cfg.prior in IMAGE_PRIORS:
-        picture = read(cfg.toy.image_size, BACKGROUND)
-        prior = prior_from_config(cfg, device, picture=(picture.rgb, view))
-        info["posterior"] = {k: round(v, 6) for k, v in sorted(prior.posterior.items(), key=lambda kv: -kv[1])}
+        prior = prior_from_config(cfg, device, picture=(read(cfg.toy.image_size, BACKGROUND).rgb, view))
+    elif prior is None:
+        prior = prior_from_config(cfg, device)
+    picture = read(picture_size(prior), float(getattr(prior, "background", 1.0)))
+    posterior = getattr(prior, "posterior", None)  # an image-conditioned prior's: what it took the picture for
+    if isinstance(posterior, dict):
+        info["posterior"] = {k: round(v, 6) for k, v in sorted(posterior.items(), key=lambda kv: -kv[1])}
         info["object"] = prior.best
-    else:
-        prior = prior if prior is not None else prior_from_config(cfg, device)
-        picture = read(picture_size(prior), float(getattr(prior, "background", 1.0)))
     reference = make_reference(prior, picture, view, im, f"the {cfg.prior} prior")
     info = {"picture": str(im.path), "mask": picture.mask_source, **info}
     resolved = replace(im, view=(view.azimuth, view.elevation, view.fov, view.radius), estimate_elevation=False)

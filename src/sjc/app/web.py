@@ -47,7 +47,8 @@ CSS = """
 INTRO = """# sjc: text to 3D by Score Jacobian Chaining
 Type a prompt, press **Generate**, and watch a voxel field take shape under a 2D diffusion prior's score.
 The toy priors need nothing downloaded: their world has ten shapes in eight colours (try an example below),
-and since the true object is known, each finished run is measured against it."""
+and since the true object is known, each finished run is measured against it. Or start from a picture: upload
+one under **Image to 3D** (with the toy-image prior, the picture alone says what to make)."""
 
 
 def _gradio():
@@ -251,6 +252,23 @@ class Page:
                     start_values = preset_values("toy", "default")
                     prompt = gr.Textbox(label="Prompt", placeholder=EXAMPLE_PROMPTS[0], elem_id="prompt")
                     gr.Examples([[p] for p in EXAMPLE_PROMPTS], inputs=prompt, label="Toy-world prompts")
+                    with gr.Accordion("Image to 3D: a picture of the object (optional)", open=False):
+                        picture = gr.Image(
+                            type="filepath",
+                            image_mode="RGBA",
+                            format="png",
+                            label="Reference picture (transparent or plain background)",
+                            sources=["upload"],
+                            height=160,
+                            elem_id="picture",
+                        )
+                        with gr.Row():
+                            image_view = gr.Textbox(
+                                "0, 0",
+                                label="Its camera: azimuth, elevation (degrees) [, field of view, radius]",
+                                elem_id="image-view",
+                            )
+                            estimate = gr.Checkbox(False, label="Estimate the elevation (toy priors)")
                     with gr.Row():
                         prior = gr.Dropdown(self.priors, value="toy", label="Prior", elem_id="prior")
                         preset = gr.Radio(list(PRESETS), value="default", label="Preset", elem_id="preset")
@@ -351,6 +369,7 @@ class Page:
                 return (str(mesh) if mesh else None), self.gallery()
 
             form_inputs = [prompt, prior, preset, steps, seed, scoring, resolution, emptiness, guidance, threads, model]
+            form_inputs += [picture, image_view, estimate]
 
             def on_run(
                 prompt: str,
@@ -364,6 +383,9 @@ class Page:
                 guidance_scale: Any,
                 threads: Any,
                 model: str,
+                picture: str | None,
+                image_view: str,
+                estimate: bool,
                 request: gr.Request,
             ):
                 form = Form(
@@ -378,6 +400,9 @@ class Page:
                     guidance_scale,
                     threads,
                     model or None,
+                    picture or None,
+                    image_view,
+                    estimate,
                 )
                 for update in self.run(form, request.session_hash or ""):
                     yield emit(update, streaming=True)

@@ -23,8 +23,10 @@ from pathlib import Path
 from typing import Any
 
 from ..core.errors import ConfigError, UserError
+from ..priors import IMAGE_PRIORS
 from ..priors.settings import SUITE_PROMPTS
-from .config import GenerateConfig, check_prompt, from_dict, validate
+from .config import GenerateConfig, ImageConfig, check_prompt, from_dict, markdown_text, validate
+from .picture import read_picture
 from .presets import preset
 from .runlock import LOCK_NAME, holder
 
@@ -54,6 +56,9 @@ class Form:
     guidance_scale: float | None = None
     threads: int | None = None
     model: str | None = None  # the weights of 'sd' and 'pixel'
+    image: str | None = None  # image-to-3D: the uploaded reference picture (a file on this server)
+    image_view: str | None = None  # its camera: "azimuth, elevation[, fov[, radius]]" in degrees
+    estimate_elevation: bool = False
 
 
 @dataclass(frozen=True)
@@ -82,7 +87,7 @@ class Limits:
 def available_priors(allow_sd_on_cpu: bool = False) -> list[str]:
     """The priors the page offers: the toy ones always; 'pixel' with the [sd] extra; 'sd' with the extra and
     a GPU (or `allow_sd_on_cpu`: Stable Diffusion takes minutes a step on a CPU)."""
-    priors = ["toy", "toy-learned"]
+    priors = ["toy", "toy-learned", "toy-image"]
     if importlib.util.find_spec("diffusers") is None:
         return priors
     priors.append("pixel")
@@ -130,9 +135,13 @@ def form_config(
     if form.scoring not in SCORING:
         raise ConfigError(f"unknown scoring {form.scoring!r}; choose one of {', '.join(SCORING)}")
     prompt = " ".join((form.prompt or "").split())
-    if not prompt and form.prior != "pixel":
+    if form.prior in IMAGE_PRIORS and not form.image:
+        raise ConfigError(f"the {form.prior} prior draws the object of a picture: upload one first")
+    if not prompt and form.prior not in ("pixel", *IMAGE_PRIORS):
         raise ConfigError(f"type a prompt first, e.g. {EXAMPLE_PROMPTS[0]!r}")
     cfg = preset(form.prior, form.preset)
+    if form.image:
+        cfg = replace(cfg, image=form_image(form, cfg.image))
     cfg = replace(
         cfg,
         prompt=prompt,
@@ -162,6 +171,23 @@ def form_config(
     limits.check(cfg)
     check_prompt(cfg)
     return replace(cfg, out=str(new_run_dir(runs, cfg)))
+
+
+def form_image(form: Form, image: ImageConfig) -> ImageConfig:
+    """The reference picture of a form: the uploaded file, its view as typed ("azimuth, elevation[, fov[,
+    radius]]", empty: the front, level), and whether to estimate the elevation."""
+    if not isinstance(form.image, str):
+        raise ConfigError(f"the picture must be an uploaded file, got {type(form.image).__name__}")
+    text = (form.image_view or "").replace(",", " ").split()
+    try:
+        view = tuple(float(v) for v in text) if text else image.view
+    except ValueError:
+        raise ConfigError(
+            f"the view is azimuth, elevation[, fov[, radius]] in degrees, got {form.image_view!r}"
+        ) from None
+    image = replace(image, path=form.image, view=view, estimate_elevation=bool(form.estimate_elevation))
+    read_picture(image.path, 8, background_colour=image.background_colour, tolerance=image.tolerance)  # one line
+    return image
 
 
 def whole_number(value: Any, default: int | None, what: str) -> int | None:
@@ -249,7 +275,7 @@ class Job:
     def _run(self) -> None:
         from ..priors.loading import WeightsNotFoundError
         from .interrupt import Interrupted
-        from .runs import generate, prior_from_config
+        from .runs import generate, prior_and_reference
 
         try:
             import torch
@@ -258,7 +284,9 @@ class Job:
 
             if self.cfg.threads:
                 torch.set_num_threads(self.cfg.threads)
-            self._prior = prior_from_config(self.cfg, pick_device(self.cfg.device))
+            # The prior first, to decode the live previews; with a picture, its view is resolved (an estimated
+            # elevation) once, here.
+            self._prior, _, self.cfg = prior_and_reference(self.cfg, pick_device(self.cfg.device), self.run_dir)
             self.state = "running"
             result = generate(self.cfg, prior=self._prior, callback=self._callback, progress=False)
             if result.stopped:
@@ -500,7 +528,9 @@ def metrics_table(metrics: dict | None) -> str:
         ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
         return format(value, fmt) if ok else None
 
+    shows = metrics.get("object")
     rows = [
+        ("the picture shows", markdown_text(shows) if isinstance(shows, str) else None),
         ("3D IoU", number("iou_3d", ".3f")),
         ("closed 3D IoU", number("iou_3d_closed", ".3f")),
         ("silhouette IoU", number("silhouette_iou", ".3f")),
