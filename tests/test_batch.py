@@ -378,3 +378,31 @@ def test_ray_batch_in_a_loopback_namespace(case):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, 9)
         shutil.rmtree(ray_tmp, ignore_errors=True)
+
+
+def test_job_files_take_pictures_relative_to_themselves_and_a_finished_image_run_is_recognised(tmp_path):
+    from test_image3d import write_picture
+
+    folder = tmp_path / "jobs"
+    write_picture(folder / "pictures" / "cone.png", "a purple cone", elevation=10.0, size=64)
+    (folder / "jobs.toml").write_text(
+        '[[runs]]\nimage = "pictures/cone.png"\n\n'
+        '[[runs]]\nprompt = "a purple cone"\nimage = "pictures/cone.png"\n\n'
+        '[[runs]]\nimage = "pictures/missing.png"\n\n'
+        "[[runs]]\nimage = 3\n"
+    )
+    with pytest.raises(JobFileError, match=r"run 4: image must be the path of a picture, got 3"):
+        load_jobs(parse_options([str(folder / "jobs.toml")]))
+    (folder / "jobs.toml").write_text((folder / "jobs.toml").read_text().rsplit("[[runs]]", 1)[0])
+    args = [str(folder / "jobs.toml"), "--prior", "toy-image", "--preset", "tiny", "--steps", "4"]
+    options = parse_options([*args, "--image.estimate-elevation", "--out", str(tmp_path / "out")])
+    first, second, third = resolve_jobs(load_jobs(options), options)
+    assert first.name == "image-cone-seed0" and first.config.image.path == str(folder / "pictures" / "cone.png")
+    assert second.error.startswith("the toy-image prior takes a picture, not a prompt")
+    assert third.error.startswith("no picture at") and third.name == "image-missing-seed0"
+    generate(first.config, progress=False)  # the run, as its Ray task makes it; its elevation is estimated
+    saved = json.loads((first.run_dir / "config.json").read_text())["image"]
+    assert saved["view"][::2] == [0.0, 60.0] and abs(saved["view"][1] - 10.0) <= 1 and not saved["estimate_elevation"]
+    again = resolve_jobs(load_jobs(options), options)[0]  # the same command again: the same run, no conflict
+    continue_config(again)
+    assert again.error is None and list(again.config.image.view) == saved["view"]

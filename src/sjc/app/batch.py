@@ -382,13 +382,13 @@ def report(jobs: list[ResolvedJob], results: dict[str, dict], out: Path) -> None
         seed = job.seed
         record = results.get(job.name) or (read_result(job.run_dir) if job.error is None else None)
         if job.error is not None:
-            rows.append(summary_row(job.name, job.job.prompt, seed, "failed", message=job.error))
+            rows.append(summary_row(job.name, job.job.title, seed, "failed", message=job.error))
         elif record and record.get("status") == "done":
-            rows.append(summary_row(job.name, job.job.prompt, seed, "done", record))
+            rows.append(summary_row(job.name, job.job.title, seed, "done", record))
         else:
             record = record or {"status": "stopped"}
             message = record.get("message") or f"stopped at step {record.get('step', 0)}"
-            rows.append(summary_row(job.name, job.job.prompt, seed, record["status"], message=message))
+            rows.append(summary_row(job.name, job.job.title, seed, record["status"], message=message))
     files = write_reports(out, rows)
     print(f"summary: {files['md']}, {files['csv']}; gallery: {files['html']}")
 

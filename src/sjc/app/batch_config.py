@@ -5,8 +5,9 @@ the job file is reported before anything starts.
 Job files:
 - `.txt` (or any other name): one prompt a line; blank lines and lines starting with `#` are skipped.
 - `.toml`: `[[runs]]` tables; `.json`: a list of objects, or `{"runs": [...]}`. Each run has `prompt` and may
-  have `seed`, `name` (its folder under --out) and `overrides`: a table of `sjc generate` flags without their
-  dashes (`{"train.steps" = 500, "toy.view-conditioning" = false}`) or a list of arguments
+  have `seed`, `name` (its folder under --out), `image` (a reference picture for image-to-3D, a path relative to
+  the job file; with `--prior toy-image` it replaces the prompt) and `overrides`: a table of `sjc generate` flags
+  without their dashes (`{"train.steps" = 500, "toy.view-conditioning" = false}`) or a list of arguments
   (`["--optim.lr", "0.05"]`).
 """
 
@@ -27,7 +28,7 @@ from ..core.errors import UserError
 from .batch_report import REPORT_FILES
 from .config import GenerateConfig, check_prompt, slug
 
-JOB_KEYS = ("prompt", "seed", "name", "overrides")
+JOB_KEYS = ("prompt", "seed", "name", "image", "overrides")
 # Flags of `sjc generate` that `sjc batch` sets itself for every run.
 OWN_FLAGS = {
     "--out": "--out of sjc batch is the folder that holds every run folder",
@@ -66,6 +67,12 @@ class Job:
     name: str | None = None
     overrides: tuple[str, ...] = ()
     where: str = ""  # "jobs.toml, run 3": how messages name it
+    image: str | None = None  # image-to-3D: the reference picture (absolute, or relative to the working folder)
+
+    @property
+    def title(self) -> str:
+        """What names the job's folder: its prompt, else its picture's file name."""
+        return self.prompt or (f"image-{Path(self.image).stem}" if self.image else "")
 
 
 @dataclass
@@ -90,7 +97,8 @@ checkpoints. Ctrl-C stops every run at the end of its step with a checkpoint. At
 summary.md and index.html (a gallery that opens from disk) in --out.
 
 JOBS (the first argument): a text file of prompts (one a line), or a .toml / .json file of runs, each
-with a prompt and optionally a seed, a name (its folder) and overrides (generate flags), e.g.
+with a prompt and optionally a seed, a name (its folder), an image (image-to-3D: a picture, relative to the
+job file) and overrides (generate flags), e.g.
   [[runs]]
   prompt = "a red and blue cube"
   seed = 1
@@ -213,10 +221,10 @@ def _jobs_from_data(data: Any, path: Path) -> list[Job]:
         raise JobFileError(f"{path}: unknown key {sorted(set(data) - {'runs'})[0]!r}; the runs go in 'runs'")
     if not isinstance(runs, list):
         raise JobFileError(f'{path} must hold a list of runs ([[runs]] tables in TOML, a list or {{"runs": [...]}})')
-    return [_job(run, f"{path}, run {i}") for i, run in enumerate(runs, 1)]
+    return [_job(run, f"{path}, run {i}", path.parent) for i, run in enumerate(runs, 1)]
 
 
-def _job(run: Any, where: str) -> Job:
+def _job(run: Any, where: str, folder: Path = Path()) -> Job:
     if isinstance(run, str):
         return Job(run, where=where)
     if not isinstance(run, dict):
@@ -231,7 +239,11 @@ def _job(run: Any, where: str) -> Job:
         raise JobFileError(f"{where}: seed must be an integer, got {seed!r}")
     if name is not None and (not isinstance(name, str) or not re.fullmatch(r"[\w.-]+", name) or name in (".", "..")):
         raise JobFileError(f"{where}: name must be a folder name (letters, digits, '.', '-', '_'), got {name!r}")
-    return Job(prompt, seed, name, _override_args(run.get("overrides", {}), where), where)
+    image = run.get("image")
+    if image is not None and (not isinstance(image, str) or not image.strip()):
+        raise JobFileError(f"{where}: image must be the path of a picture, got {image!r}")
+    image = str(folder / image) if image is not None else None  # relative to the job file
+    return Job(prompt, seed, name, _override_args(run.get("overrides", {}), where), where, image)
 
 
 def _override_args(overrides: Any, where: str) -> tuple[str, ...]:
@@ -265,10 +277,10 @@ def resolve_jobs(jobs: list[Job], options: BatchOptions) -> list[ResolvedJob]:
             cfg = job_config(job, options, out / "_")
         except UserError as err:
             seed = default_seed if job.seed is None else job.seed
-            name = job.name or _unique(f"{slug(job.prompt)}-seed{seed}", taken)
+            name = job.name or _unique(f"{slug(job.title)}-seed{seed}", taken)
             resolved.append(ResolvedJob(job, name, out / name, error=str(err), seed=seed))
             continue
-        name = job.name or _unique(f"{slug(job.prompt)}-seed{cfg.train.seed}", taken)
+        name = job.name or _unique(f"{slug(job.title)}-seed{cfg.train.seed}", taken)
         run_dir = out / name
         cfg = absolute_paths(dataclasses.replace(cfg, out=str(run_dir)))
         gpus = options.gpus_per_run if options.gpus_per_run is not None else float(needs_gpu(cfg))
@@ -316,7 +328,10 @@ def absolute_paths(cfg: GenerateConfig) -> GenerateConfig:
         value = getattr(toy, key)
         if value and not Path(value).is_absolute():
             toy = dataclasses.replace(toy, **{key: str(Path(value).absolute())})
-    return dataclasses.replace(cfg, toy=toy)
+    image = cfg.image
+    if image.path and not Path(image.path).is_absolute():
+        image = dataclasses.replace(image, path=str(Path(image.path).absolute()))
+    return dataclasses.replace(cfg, toy=toy, image=image)
 
 
 def _unique(name: str, taken: set[str]) -> str:
@@ -341,9 +356,15 @@ def job_config(job: Job, options: BatchOptions, run_dir: Path) -> GenerateConfig
     argv = [job.prompt, *options.generate, *job.overrides]
     if job.seed is not None:
         argv += ["--seed", str(job.seed)]
+    if job.image is not None:
+        argv += ["--image", job.image]
     argv += ["--out", str(run_dir), "--threads", str(options.cpus_per_run)]
     cfg = _quiet_tyro(parse_generate, argv)
     check_prompt(cfg)
+    if cfg.image.path is not None:  # an unreadable picture fails its job now, in one line
+        from .picture import read_picture
+
+        read_picture(cfg.image.path, 8, background_colour=cfg.image.background_colour, tolerance=cfg.image.tolerance)
     return cfg
 
 

@@ -53,6 +53,7 @@ def resume_config(saved: GenerateConfig, requested: GenerateConfig) -> GenerateC
         raise ConfigError("--resume continues a run and --overwrite replaces it: pass one of them")
     if requested.train.schedule_steps is None:  # the schedule length of a run is the run's, not the invocation's
         requested = replace(requested, train=replace(requested.train, schedule_steps=saved.train.schedule_steps))
+    requested = _as_resolved(saved, requested)
     old, new = _flatten(to_dict(saved)), _flatten(to_dict(requested))
     for key, value in new.items():
         if key.startswith(RESUMABLE) or key == "train.steps" or value == old.get(key):
@@ -68,6 +69,18 @@ def resume_config(saved: GenerateConfig, requested: GenerateConfig) -> GenerateC
     if steps > before and train.schedule_steps is None:
         train = replace(train, schedule_steps=before)  # the steps taken keep their schedule
     return replace(requested, train=train)
+
+
+def _as_resolved(saved: GenerateConfig, requested: GenerateConfig) -> GenerateConfig:
+    """`requested` with its reference view written out as a run saves it (field of view and radius filled in; an
+    elevation to estimate taken from the saved run), so asking again for what the run did is no change."""
+    image = requested.image
+    if image.path is None or saved.image.path is None or len(image.view) < 2:
+        return requested
+    v = image.camera_view(requested.camera)
+    elevation = saved.image.view[1] if image.estimate_elevation and len(saved.image.view) > 1 else v.elevation
+    view = (v.azimuth, elevation, v.fov, v.radius)
+    return replace(requested, image=replace(image, view=view, estimate_elevation=False))
 
 
 def _flatten(data: dict, prefix: str = "") -> dict[str, Any]:
