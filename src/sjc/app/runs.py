@@ -155,6 +155,8 @@ def _keep_reference(setup: ImageSetup, run_dir: Path) -> None:
     """The run's own copy of its picture (so --resume needs nothing outside the folder) and reference.json."""
     copy = run_dir / (REFERENCE_COPY + (setup.source.suffix.lower() or ".png"))
     if setup.source.resolve() != copy.resolve():
+        for old in run_dir.glob(REFERENCE_COPY + ".*"):  # a replaced run's (--overwrite)
+            old.unlink()
         shutil.copyfile(setup.source, copy)
     (run_dir / REFERENCE_INFO).write_text(json.dumps(setup.info, indent=2) + "\n")
 

@@ -193,7 +193,9 @@ class Prior(Protocol):
       branches(view, negative_prompt=None) -> methods.Branches: its unguided denoiser and the conditions of the
         prompt, of its unconditional branch and of a negative prompt (csd, nfsd, ism, vsd; sds and sdi guide
         with them when present);
-      online_copy(lr) -> an object with denoise(x, sigma, view) and train_step(y, view, generator) (vsd)."""
+      online_copy(lr) -> an object with denoise(x, sigma, view) and train_step(y, view, generator) (vsd).
+    A third lets image-to-3D use a prior whose data space is not RGB pixels: encode(rgb [B, 3, H, W] in [-1, 1])
+    -> data-space images (Stable Diffusion's VAE latents); an RGB prior needs none."""
 
     prompt: str  # what it was built for ('' for an unconditional prior)
     channels: int  # channels of the data space the field renders (3 for RGB, 4 for SD latents)
