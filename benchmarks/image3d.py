@@ -12,12 +12,14 @@ view) as a 128 px RGBA picture, and lifted to 3D under each condition:
 3D IoU (and its closed form), silhouette IoU and PSNR at held-out views are taken against the object the picture
 shows, whatever the prior made of it; for toy-image the table also names the object its posterior picked. One
 object outside the suite ("a purple cube": a shape and colour pair the prior never saw) is run too, and
-`--only elevation` measures `--image.estimate-elevation` on pictures taken at known elevations.
+`--only elevation` measures `--image.estimate-elevation` on pictures taken at known elevations; `--only sd-cost`
+times Stable Diffusion's reference loss both ways on the tests' tiny model.
 
     python benchmarks/image3d.py                          # every condition on the suite, 2 processes
     python benchmarks/image3d.py --conditions toy-image "reference only" --prompts "an orange torus"
     python benchmarks/image3d.py --set image.rgb_weight=1000 image.mask_weight=100 --label "rgb 1e3"
     python benchmarks/image3d.py --only elevation
+    python benchmarks/image3d.py --only sd-cost                 # SD's reference loss: latents or decoded pixels
     python benchmarks/image3d.py --report-from benchmarks/results/image3d-rows.jsonl
 """
 
@@ -117,13 +119,26 @@ def run_one(job: dict) -> dict:
     }
 
 
+CEILINGS = Path(__file__).parent / "results" / "quality-rows.jsonl"  # the true-render fits of benchmarks/quality.py
+
+
+def ceilings() -> dict[str, dict]:
+    """The ceiling of each suite prompt (the default preset's field fitted to true renders, seed 0), if measured."""
+    if not CEILINGS.exists():
+        return {}
+    rows = [json.loads(line) for line in CEILINGS.read_text().splitlines() if line]
+    return {r["prompt"]: r for r in rows if r["prior"] == "oracle" and r["variant"] == "default" and not r["seed"]}
+
+
 def table(rows: list[dict]) -> str:
-    """A row per prompt, a column pair (3D IoU, closed) per condition; mean and worst over the suite."""
+    """A row per prompt, a column pair (3D IoU, closed) per condition and the prompt's ceiling (the true-render fit
+    of benchmarks/quality.py); mean and worst over the suite."""
     keys = sorted({(r["condition"], r["label"]) for r in rows}, key=lambda k: (CONDITIONS.index(k[0]), k[1]))
     prompts = [p for p in (*SUITE, *OUTSIDE) if any(r["prompt"] == p for r in rows)]
     by = {(r["prompt"], r["condition"], r["label"]): r for r in rows}
+    top = ceilings()
     names = [c + (f" ({label})" if label else "") for c, label in keys]
-    lines = ["| picture of | " + " | ".join(names) + " |", "|---|" + "---|" * len(keys)]
+    lines = ["| picture of | " + " | ".join(names) + " | ceiling |", "|---|" + "---|" * (len(keys) + 1)]
     for p in prompts:
         cells = []
         for c, label in keys:
@@ -135,6 +150,7 @@ def table(rows: list[dict]) -> str:
             if r["picked"] and r["picked"] != p:
                 cell += f" (took it for {r['picked']})"
             cells.append(cell)
+        cells.append(f"{top[p]['iou_3d']:.3f} / {top[p]['iou_3d_closed']:.3f}" if p in top else "")
         lines.append(f"| {p}{' (outside the suite)' if p in OUTSIDE else ''} | " + " | ".join(cells) + " |")
     for name, pick in (("mean", lambda v: sum(v) / len(v)), ("worst", min)):
         cells = []
@@ -144,18 +160,24 @@ def table(rows: list[dict]) -> str:
                 cells.append("")
                 continue
             cells.append(f"{pick([r['iou_3d'] for r in suite]):.3f} / {pick([r['iou_3d_closed'] for r in suite]):.3f}")
+        known = [top[p] for p in SUITE if p in top]
+        cells.append(
+            f"{pick([r['iou_3d'] for r in known]):.3f} / {pick([r['iou_3d_closed'] for r in known]):.3f}"
+            if known
+            else ""
+        )
         lines.append(f"| **suite {name}** | " + " | ".join(cells) + " |")
     right = []
     for c, label in keys:
         suite = [by[(p, c, label)] for p in SUITE if (p, c, label) in by]
         picked = [r for r in suite if r["picked"]]
         right.append(f"{sum(r['picked'] == r['prompt'] for r in picked)}/{len(picked)}" if picked else "")
-    lines.append("| **right object** | " + " | ".join(right) + " |")
+    lines.append("| **right object** | " + " | ".join(right) + " | |")
     seconds = []
     for c, label in keys:
         suite = [by[(p, c, label)] for p in SUITE if (p, c, label) in by]
         seconds.append(f"{sum(r['seconds'] for r in suite) / len(suite):.0f}" if suite else "")
-    lines.append("| **s per picture** | " + " | ".join(seconds) + " |")
+    lines.append("| **s per picture** | " + " | ".join(seconds) + " | |")
     return "\n".join(lines)
 
 
@@ -183,9 +205,48 @@ def elevation_table(elevations: tuple[float, ...], prompts: tuple[str, ...], fol
     return "\n".join(lines)
 
 
+def sd_reference_cost(repeats: int = 20) -> str:
+    """Stable Diffusion's reference colour loss, the two ways: the render's latents against the picture's VAE
+    latents (what sjc does), or the decoded render against the picture (the VAE decoder's forward and backward
+    every step), beside one guided UNet call, on the tests' tiny random SD model at one thread."""
+    import sys
+    import tempfile
+
+    import torch
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+    import tiny_sd
+    from sjc.priors.sd import StableDiffusionPrior, load_components
+
+    torch.set_num_threads(1)
+    folder = tiny_sd.build_tiny_sd(Path(tempfile.mkdtemp(prefix="sjc-tiny-sd-")))
+    prior = StableDiffusionPrior(load_components(str(folder), "cpu", torch.float32), "a cube", resolution=64)
+    render = torch.randn(1, 4, 8, 8, requires_grad=True)
+    picture = torch.rand(1, 3, 64, 64) * 2 - 1
+    latents, vae, scale = prior.encode(picture), prior.latents.vae, prior.latents.scaling_factor
+    cond = prior.condition(None)
+
+    def ms(step) -> float:
+        step()
+        start = time.perf_counter()
+        for _ in range(repeats):
+            step()
+        return (time.perf_counter() - start) / repeats * 1000
+
+    latent = ms(lambda: (render - latents).square().mean().backward())
+    decoded = ms(lambda: (vae.decode(render / scale).sample - picture).square().mean().backward())
+    unet = ms(lambda: prior.denoise(torch.randn(1, 4, 8, 8), torch.tensor([1.0]), cond))
+    return (
+        "| reference colour loss (tiny SD, 8x8 latents, 64 px) | ms a step |\n|---|---|\n"
+        f"| latents against the picture's latents (sjc) | {latent:.3f} |\n"
+        f"| decoded render against the picture (VAE decoder forward + backward) | {decoded:.2f} |\n"
+        f"| for scale: one guided UNet call | {unet:.2f} |"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--only", choices=("lift", "elevation"), default="lift")
+    parser.add_argument("--only", choices=("lift", "elevation", "sd-cost"), default="lift")
     parser.add_argument("--conditions", nargs="+", choices=CONDITIONS, default=list(CONDITIONS))
     parser.add_argument("--prompts", nargs="+", default=[*SUITE, *OUTSIDE])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
@@ -199,6 +260,9 @@ def main() -> None:
 
     if args.report_from is not None:
         print(table([json.loads(line) for path in args.report_from for line in path.read_text().splitlines() if line]))
+        return
+    if args.only == "sd-cost":
+        print(sd_reference_cost())
         return
     if args.only == "elevation":
         prompts = tuple(p for p in args.prompts if p in SUITE)

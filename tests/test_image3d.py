@@ -188,6 +188,19 @@ def test_stable_diffusion_takes_a_picture_as_vae_latents(tmp_path, cache_dir):
     assert json.loads((out / "reference.json").read_text())["mask"] == "alpha"
 
 
+def test_an_unconditional_pixel_prior_takes_a_picture_without_a_prompt(tmp_path, cache_dir):
+    pytest.importorskip("diffusers")
+    import tiny_pixel
+
+    model = tiny_pixel.build_tiny_ddpm(tmp_path / "tiny-ddpm")
+    picture = write_picture(tmp_path / "sphere.png", "a yellow sphere", size=64)
+    out = tmp_path / "pixel"
+    args = ["--prior", "pixel", "--pixel.model", str(model), "--image", str(picture), "--steps", "4"]
+    assert _generate(*args, "--out", str(out), cache_dir=cache_dir) == 0
+    log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert len(log) == 4 and all(r["reference_mask"] > 0 for r in log)
+
+
 def _bad(tmp_path: Path, kind: str) -> Path:
     path = tmp_path / f"{kind}.png"
     if kind == "empty":
