@@ -188,6 +188,17 @@ def test_stable_diffusion_takes_a_picture_as_vae_latents(tmp_path, cache_dir):
     assert json.loads((out / "reference.json").read_text())["mask"] == "alpha"
 
 
+def test_the_learned_toy_prior_takes_a_picture_with_its_prompt(tmp_path, cache_dir):
+    picture = write_picture(tmp_path / "cylinder.png", "a blue cylinder", size=64)
+    out = tmp_path / "learned"
+    args = ["a blue cylinder", "--prior", "toy-learned", "--image", str(picture), "--steps", "6"]
+    assert _generate(*args, "--out", str(out), cache_dir=cache_dir) == 0
+    log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert {"sjc", "reference_rgb", "reference_mask"} <= set(log[-1])
+    metrics = json.loads((out / "metrics.json").read_text())  # measured against the prompt's object
+    assert "object" not in metrics and {"iou_3d", "iou_3d_closed", "silhouette_iou"} <= set(metrics)
+
+
 def test_an_unconditional_pixel_prior_takes_a_picture_without_a_prompt(tmp_path, cache_dir):
     pytest.importorskip("diffusers")
     import tiny_pixel
