@@ -20,6 +20,7 @@ times Stable Diffusion's reference loss both ways on the tests' tiny model.
     python benchmarks/image3d.py --set image.rgb_weight=1000 image.mask_weight=100 --label "rgb 1e3"
     python benchmarks/image3d.py --only elevation
     python benchmarks/image3d.py --only sd-cost                 # SD's reference loss: latents or decoded pixels
+    python benchmarks/image3d.py --only figure --prompts "an orange torus" --runs RUN... --labels LABEL...
     python benchmarks/image3d.py --report-from benchmarks/results/image3d-rows.jsonl
 """
 
@@ -205,6 +206,40 @@ def elevation_table(elevations: tuple[float, ...], prompts: tuple[str, ...], fol
     return "\n".join(lines)
 
 
+def figure(runs: list[Path], labels: list[str], prompt: str, out: Path, size: int = 128) -> None:
+    """A picture for the docs: the first run's reference picture and the true object from four sides (front, side,
+    back, side at 15 degrees), then each run's field from the same four sides, a labelled row each."""
+    import numpy as np
+    from PIL import Image, ImageDraw
+
+    from sjc.app.runs import REFERENCE_COPY, load_run
+    from sjc.core.cameras import View
+    from sjc.outputs.video import render_views
+    from sjc.priors.toy import parse_prompt, render_scene_views
+
+    views = [View(az, 15.0) for az in (0.0, 90.0, 180.0, 270.0)]
+    truth = render_scene_views(parse_prompt(prompt), views, size)[0]
+    tiles = [[((truth[k].permute(1, 2, 0).numpy() + 1) * 127.5).round().clip(0, 255).astype("uint8") for k in range(4)]]
+    for run in runs:
+        _, field, _ = load_run(run)
+        tiles.append(list(render_views(field, views, size)[0]))
+    picture = Image.open(next(Path(runs[0]).glob(REFERENCE_COPY + ".*"))).convert("RGBA")
+    white = Image.new("RGBA", picture.size, (255, 255, 255, 255))
+    picture = np.asarray(Image.alpha_composite(white, picture).convert("RGB").resize((size, size), Image.LANCZOS))
+    label_w, gap = 120, 4
+    sheet = Image.new("RGB", (label_w + 5 * (size + gap), len(tiles) * (size + gap)), "white")
+    draw = ImageDraw.Draw(sheet)
+    for r, (row, label) in enumerate(zip(tiles, ["the picture / the truth", *labels], strict=True)):
+        y = r * (size + gap)
+        draw.text((4, y + size // 2 - 6), label, fill="black")
+        if r == 0:
+            sheet.paste(Image.fromarray(picture), (label_w, y))
+        for c, tile in enumerate(row):
+            sheet.paste(Image.fromarray(np.asarray(tile)), (label_w + (c + 1) * (size + gap), y))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    sheet.save(out)
+
+
 def sd_reference_cost(repeats: int = 20) -> str:
     """Stable Diffusion's reference colour loss, the two ways: the render's latents against the picture's VAE
     latents (what sjc does), or the decoded render against the picture (the VAE decoder's forward and backward
@@ -246,7 +281,10 @@ def sd_reference_cost(repeats: int = 20) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--only", choices=("lift", "elevation", "sd-cost"), default="lift")
+    parser.add_argument("--only", choices=("lift", "elevation", "sd-cost", "figure"), default="lift")
+    parser.add_argument("--runs", type=Path, nargs="*", default=[], help="figure: run folders, one row each")
+    parser.add_argument("--labels", nargs="*", default=[], help="figure: a label per run folder")
+    parser.add_argument("--figure", type=Path, default=Path("docs/images/image-to-3d.png"), help="figure: where")
     parser.add_argument("--conditions", nargs="+", choices=CONDITIONS, default=list(CONDITIONS))
     parser.add_argument("--prompts", nargs="+", default=[*SUITE, *OUTSIDE])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
@@ -260,6 +298,9 @@ def main() -> None:
 
     if args.report_from is not None:
         print(table([json.loads(line) for path in args.report_from for line in path.read_text().splitlines() if line]))
+        return
+    if args.only == "figure":
+        figure(args.runs, args.labels, args.prompts[0], args.figure)
         return
     if args.only == "sd-cost":
         print(sd_reference_cost())

@@ -252,3 +252,9 @@ def test_bad_pictures_and_views_exit_2_with_one_line_and_write_nothing(
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
     assert not out.exists()
+
+
+@pytest.mark.parametrize("command", ["canvas", "sample"])
+def test_the_2d_commands_say_the_image_prior_is_for_generate(command, capsys):
+    assert cli.main([command, "--prior", "toy-image", "--preset", "tiny"]) == 2
+    assert "only sjc generate takes (--image)" in capsys.readouterr().err

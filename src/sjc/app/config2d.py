@@ -10,8 +10,9 @@ from typing import Annotated, Literal
 
 import tyro
 
+from ..core.errors import ConfigError
 from ..core.settings import PAPER_GUIDANCE_SCALE, VSD_LR
-from ..priors import check_prior
+from ..priors import IMAGE_PRIORS, check_prior
 from ..priors.settings import PixelConfig, SDConfig, ToyConfig
 from .config import DEFAULT_THREADS, raise_first
 
@@ -102,6 +103,11 @@ class SampleConfig(Config2D):
 
 def validate_2d(cfg: Config2D) -> None:
     """ConfigError naming the first bad setting of a canvas or sample configuration and what would be valid."""
+    if cfg.prior in IMAGE_PRIORS:
+        raise ConfigError(
+            f"the {cfg.prior} prior is conditioned on a picture, which only sjc generate takes (--image); "
+            "use --prior toy with a prompt here"
+        )
     check_prior(cfg.prior, cfg.prompt)
     lo, hi = cfg.sigma_min, cfg.sigma_max
     checks = [
