@@ -290,6 +290,10 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--set", nargs="*", default=[], metavar="SECTION.KEY=VALUE", help="change every job's config")
     parser.add_argument("--label", default="", help="names the --set variant in the table")
+    parser.add_argument(
+        "--picture-elevation", type=float, default=0.0, help="take the pictures at this elevation (the runs keep "
+        "--image.view's 0 unless --set image.estimate_elevation=True)"
+    )  # fmt: skip
     parser.add_argument("--jobs", type=int, default=2, help="worker processes")
     parser.add_argument("--out", type=Path, default=Path("runs/image3d"), help="pictures and rows go here")
     parser.add_argument("--rows", type=Path, default=None, help="append rows here as they finish; skip rows in it")
@@ -321,8 +325,9 @@ def main() -> None:
     seen = {(r["prompt"], r["condition"], r["label"], r["seed"]) for r in done}
     jobs = []
     for prompt in args.prompts:
-        picture = args.out / "pictures" / f"{prompt.replace(' ', '-')}.png"
-        write_picture(prompt, picture)
+        high = f"-at-{args.picture_elevation:g}" if args.picture_elevation else ""
+        picture = args.out / "pictures" / f"{prompt.replace(' ', '-')}{high}.png"
+        write_picture(prompt, picture, args.picture_elevation)
         for condition in args.conditions:
             if prompt in OUTSIDE and condition == "toy-learned + prompt":
                 continue  # the learned prior knows the suite's prompts only
