@@ -65,8 +65,9 @@ def test_toy_image_takes_the_object_and_its_elevation_from_a_picture_alone(tmp_p
     metrics = json.loads((out / "metrics.json").read_text())
     log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     assert {"sjc", "reference_rgb", "reference_mask"} <= set(log[-1])
-    # Measured at the tiny preset (16^3, 300 steps): 3D IoU 0.37, silhouette IoU 0.82 against the true cone.
-    assert metrics["object"] == "a yellow and blue cone" and metrics["iou_3d"] > 0.3 and metrics["silhouette_iou"] > 0.7
+    # Measured at the tiny preset (16^3, 300 steps): 3D IoU 0.65 against the true cone.
+    assert metrics["object"] == "a yellow and blue cone"
+    assert metrics["iou_3d"] > 0.5 and metrics["silhouette_iou"] > 0.65
 
 
 def test_the_elevation_estimate_recovers_known_elevations():
@@ -105,9 +106,9 @@ def test_a_reference_fitted_with_the_prior_is_reproduced_at_its_view_and_the_pri
             behind = render(field, camera_from_view(back, prior.image_size)).opacity > 0.5
         psnr = 10 * math.log10(4 / float((there - image).square().mean()))
         figures[name] = psnr, float((behind & back_mask).sum() / (behind | back_mask).sum())
-    # Measured (16^3, 300 steps): the reference view 14.2 dB with the prior alone, 19.6 dB with the picture too;
-    # the unseen back's silhouette IoU 0.77 and 0.63: the prior still draws a cylinder's back there.
-    assert figures["both"][0] > figures["prior"][0] + 3 and figures["both"][1] > 0.5
+    # Measured (16^3, 300 steps): the reference view 14.2 dB with the prior alone, 24.5 dB with the picture too;
+    # the unseen back's silhouette IoU 0.77 and 0.86: the prior draws the cylinder's back, the picture helps it.
+    assert figures["both"][0] > figures["prior"][0] + 6 and figures["both"][1] > 0.75
 
 
 def _config(tmp_path, cache_dir, name, picture):

@@ -68,10 +68,10 @@ class ImageConfig:
     median colour of the picture's border."""
     tolerance: int = 40
     """RGB pictures: a pixel within this of the background colour (0-255, on every channel) is background."""
-    rgb_weight: float = 1e3
+    rgb_weight: float = 1e2
     """Weight of the reference colour loss (mean squared error on the object's pixels, in the prior's data
-    space: pixels, or Stable Diffusion's latents of the picture). 1e3 (mask 1e2) measured best of 1e2-1e4 on the
-    toy world; 1e4 (mask 1e3) flattened a cube into a card (docs/image-to-3d.md)."""
+    space: pixels, or Stable Diffusion's latents of the picture). 1e2 with the mask at 1e2 measured best on the toy
+    suite; 1e4 (mask 1e3) flattened a cube into a card (docs/image-to-3d.md)."""
     mask_weight: float = 1e2
     """Weight of the reference mask loss (mean squared error of the render's opacity against the mask)."""
     every: int = 1

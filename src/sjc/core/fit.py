@@ -105,7 +105,7 @@ class Reference:
     image: Tensor  # [C, S, S], the prior's data space at its image size
     mask: Tensor  # [S, S] in [0, 1], 1 on the object
     view: View
-    rgb_weight: float = 1e3
+    rgb_weight: float = 1e2
     mask_weight: float = 1e2
     every: int = 1
     warmup: float = 0.0
