@@ -34,18 +34,9 @@ import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
-SUITE = (
-    "a red and blue cube",
-    "a green cube",
-    "a yellow sphere",
-    "an orange and purple sphere",
-    "a blue cylinder",
-    "a red and green cylinder",
-    "a purple cone",
-    "a yellow and blue cone",
-    "an orange torus",
-    "a green and red torus",
-)
+from sjc.priors.settings import SUITE_PROMPTS
+
+SUITE = SUITE_PROMPTS  # every shape, one- and two-colour
 OUTSIDE = ("a purple cube",)  # a shape-colour pair none of the suite's objects has
 CONDITIONS = ("reference only", "toy-image", "toy + prompt", "toy-learned + prompt", "text only")
 PICTURE_SIZE = 128
