@@ -259,3 +259,27 @@ def test_bad_pictures_and_views_exit_2_with_one_line_and_write_nothing(
 def test_the_2d_commands_say_the_image_prior_is_for_generate(command, capsys):
     assert cli.main([command, "--prior", "toy-image", "--preset", "tiny"]) == 2
     assert "only sjc generate takes (--image)" in capsys.readouterr().err
+
+
+def test_depth_smoothness_has_its_closed_form_and_joins_the_reference_losses(cache_dir):
+    from sjc.core.chaining import depth_smoothness
+
+    y, x = torch.meshgrid(torch.arange(8.0), torch.arange(8.0), indexing="ij")
+    mask = torch.zeros(8, 8)
+    mask[2:6, 1:7] = 1
+    assert float(depth_smoothness(torch.full((8, 8), 3.0), mask)) == 0.0
+    assert float(depth_smoothness(0.5 * x + 2.0, mask)) == pytest.approx(0.25)  # slope 0.5 across, none down
+    bumped = 0.5 * x + 2.0
+    bumped[0, 0] = 100.0  # off the object: not counted
+    assert float(depth_smoothness(bumped, mask)) == pytest.approx(0.25)
+    depth = torch.rand(8, 8, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda d: depth_smoothness(d, mask.double()), (depth,))
+
+    cfg = preset("toy", "tiny")
+    prior = build_prior("toy", "a green cube", toy=dataclasses.replace(cfg.toy, cache_dir=cache_dir))
+    image, mask, _ = render_scene(parse_prompt("a green cube"), camera_from_view(View(0.0, 0.0), prior.image_size))
+    reference = Reference(image, mask.float(), View(0.0, 0.0), depth_smoothness_weight=10.0)
+    losses = reference.losses(build_field(prior, cfg.field), render)
+    assert set(losses) == {"reference_rgb", "reference_mask", "reference_depth_smoothness"}
+    with pytest.raises(Exception, match="weights >= 0"):
+        Reference(image, mask.float(), View(0.0, 0.0), depth_smoothness_weight=-1.0)

@@ -74,6 +74,9 @@ class ImageConfig:
     suite; 1e4 (mask 1e3) flattened a cube into a card (docs/image-to-3d.md)."""
     mask_weight: float = 1e2
     """Weight of the reference mask loss (mean squared error of the render's opacity against the mask)."""
+    depth_smoothness_weight: float = 0.0
+    """Weight of a depth-smoothness term at the reference view: the mean squared difference of neighbouring depth
+    pixels on the object (0 turns it off; not needed on the toy world, where the mask fixes the outline)."""
     every: int = 1
     """Render the reference view every this many steps."""
     warmup: float = 0.0
@@ -358,6 +361,10 @@ def _image_checks(cfg: GenerateConfig) -> list[tuple[bool, str]]:
         (0 <= im.tolerance <= 255, f"--image.tolerance must be in [0, 255], got {im.tolerance}"),
         (im.rgb_weight >= 0, f"--image.rgb-weight must not be negative, got {im.rgb_weight}"),
         (im.mask_weight >= 0, f"--image.mask-weight must not be negative, got {im.mask_weight}"),
+        (
+            im.depth_smoothness_weight >= 0,
+            f"--image.depth-smoothness-weight must not be negative, got {im.depth_smoothness_weight}",
+        ),
         (im.every >= 1, f"--image.every must be at least 1, got {im.every}"),
         (0 <= im.warmup <= 1, f"--image.warmup is a fraction of the run in [0, 1], got {im.warmup}"),
         (

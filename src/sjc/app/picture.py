@@ -125,6 +125,7 @@ def make_reference(prior, picture: Picture, view, image_cfg, name: str = "this p
         view,
         rgb_weight=image_cfg.rgb_weight,
         mask_weight=image_cfg.mask_weight,
+        depth_smoothness_weight=image_cfg.depth_smoothness_weight,
         every=image_cfg.every,
         warmup=image_cfg.warmup,
     )

@@ -147,3 +147,15 @@ def reference_mask_loss(opacity: Tensor, mask: Tensor) -> Tensor:
     """Image-to-3D: the mean squared error between the render's opacity [H, W] and the picture's object mask [H, W]
     (1 on the object, 0 on the background). Gradient 2 (opacity - mask) / (H W)."""
     return (opacity - mask.to(opacity.dtype)).square().mean()
+
+
+def depth_smoothness(depth: Tensor, mask: Tensor) -> Tensor:
+    """Image-to-3D: the mean squared difference of neighbouring pixels of the render's depth [H, W] (across and
+    down), over the pairs whose two pixels are both on the object (`mask` [H, W], 1 on the object, products for
+    soft masks): zero for a constant depth, the squared slope for a plane sloping along one axis."""
+    m = mask.to(depth.dtype)
+    terms = []
+    for dim in (0, 1):
+        pair = m.narrow(dim, 0, m.shape[dim] - 1) * m.narrow(dim, 1, m.shape[dim] - 1)
+        terms.append((depth.diff(dim=dim).square() * pair).sum() / pair.sum().clamp_min(1.0))
+    return sum(terms)

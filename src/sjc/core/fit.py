@@ -97,7 +97,8 @@ class Reference:
 
     Every `every` steps the field is rendered from `view` and two losses pull that render towards the picture:
     `rgb_weight` times the mean squared error of the object's pixels (`chaining.reference_rgb_loss`) and
-    `mask_weight` times that of the render's opacity against `mask` (`chaining.reference_mask_loss`). During
+    `mask_weight` times that of the render's opacity against `mask` (`chaining.reference_mask_loss`), and, with
+    `depth_smoothness_weight`, the render's depth kept smooth over the object (`chaining.depth_smoothness`). During
     the first `warmup` of the run (a fraction of the schedule's steps) only the picture is fitted: the prior is
     not asked, so the object takes the picture's outline before the prior shapes its unseen sides (1: the picture
     alone all run, what one view gives without a prior)."""
@@ -107,6 +108,7 @@ class Reference:
     view: View
     rgb_weight: float = 1e2
     mask_weight: float = 1e2
+    depth_smoothness_weight: float = 0.0
     every: int = 1
     warmup: float = 0.0
 
@@ -114,11 +116,11 @@ class Reference:
         if self.image.dim() != 3 or self.mask.shape != self.image.shape[1:]:
             raise ValueError(f"a Reference needs image [C, S, S] and mask [S, S], got {tuple(self.image.shape)} "
                              f"and {tuple(self.mask.shape)}")  # fmt: skip
-        if self.every < 1 or not 0 <= self.warmup <= 1 or self.rgb_weight < 0 or self.mask_weight < 0:
+        weights = (self.rgb_weight, self.mask_weight, self.depth_smoothness_weight)
+        if self.every < 1 or not 0 <= self.warmup <= 1 or min(weights) < 0:
             raise ConfigError(
                 "a reference is rendered every 1 or more steps, warms up for a fraction of the run in [0, 1] and "
-                f"has weights >= 0; got every {self.every}, warmup {self.warmup}, weights {self.rgb_weight} and "
-                f"{self.mask_weight}"
+                f"has weights >= 0; got every {self.every}, warmup {self.warmup}, weights {weights}"
             )
 
     def camera(self) -> Camera:
@@ -135,6 +137,9 @@ class Reference:
             losses["reference_rgb"] = self.rgb_weight * chaining.reference_rgb_loss(out.image, self.image, self.mask)
         if self.mask_weight > 0:
             losses["reference_mask"] = self.mask_weight * chaining.reference_mask_loss(out.opacity, self.mask)
+        if self.depth_smoothness_weight > 0:
+            smooth = chaining.depth_smoothness(out.depth, self.mask)
+            losses["reference_depth_smoothness"] = self.depth_smoothness_weight * smooth
         return losses
 
 
