@@ -26,7 +26,7 @@ from typing import Any
 
 from ..core.errors import UserError
 from .batch_report import REPORT_FILES
-from .config import GenerateConfig, check_prompt, slug
+from .config import GenerateConfig, check_prompt, picture_title, slug
 
 JOB_KEYS = ("prompt", "seed", "name", "image", "overrides")
 # Flags of `sjc generate` that `sjc batch` sets itself for every run.
@@ -72,7 +72,7 @@ class Job:
     @property
     def title(self) -> str:
         """What names the job's folder: its prompt, else its picture's file name."""
-        return self.prompt or (f"image-{Path(self.image).stem}" if self.image else "")
+        return self.prompt or (picture_title(self.image) if self.image else "")
 
 
 @dataclass
@@ -362,9 +362,9 @@ def job_config(job: Job, options: BatchOptions, run_dir: Path) -> GenerateConfig
     cfg = _quiet_tyro(parse_generate, argv)
     check_prompt(cfg)
     if cfg.image.path is not None:  # an unreadable picture fails its job now, in one line
-        from .picture import read_picture
+        from .picture import check_picture
 
-        read_picture(cfg.image.path, 8, background_colour=cfg.image.background_colour, tolerance=cfg.image.tolerance)
+        check_picture(cfg.image)
     return cfg
 
 

@@ -92,6 +92,20 @@ class ImageConfig:
         radius = rest[1] if len(rest) > 1 else camera.radius
         return View(azimuth=float(az), elevation=float(el), fov=float(fov), radius=float(radius))
 
+    def resolved(self, view) -> ImageConfig:
+        """These settings with `view` written out in full (azimuth, elevation, fov, radius) and nothing left to
+        estimate: what a run saves, so its config reproduces it."""
+        return dataclasses.replace(
+            self, view=(view.azimuth, view.elevation, view.fov, view.radius), estimate_elevation=False
+        )
+
+
+def picture_title(path: str) -> str:
+    """What names a run of a picture without a prompt: image-<the file's name without its suffix>."""
+    from pathlib import Path
+
+    return f"image-{Path(path).stem}"
+
 
 @dataclass(frozen=True)
 class GenerateConfig:

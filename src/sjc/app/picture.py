@@ -76,6 +76,12 @@ def read_picture(
     return Picture(rgb_t.clamp(-1, 1), mask_t.clamp(0, 1), source)
 
 
+def check_picture(image) -> None:
+    """PictureError (one line) when the picture of `image` (`config.ImageConfig`) cannot be used, read as a run would
+    read it, before anything is built or written."""
+    read_picture(image.path, 8, background_colour=image.background_colour, tolerance=image.tolerance)
+
+
 def _border_colour(rgb: np.ndarray) -> tuple[int, int, int]:
     """The median colour of the picture's outermost pixels, 0-255."""
     border = np.concatenate([rgb[0], rgb[-1], rgb[:, 0], rgb[:, -1]])

@@ -77,10 +77,10 @@ def _as_resolved(saved: GenerateConfig, requested: GenerateConfig) -> GenerateCo
     image = requested.image
     if image.path is None or saved.image.path is None or len(image.view) < 2:
         return requested
-    v = image.camera_view(requested.camera)
-    elevation = saved.image.view[1] if image.estimate_elevation and len(saved.image.view) > 1 else v.elevation
-    view = (v.azimuth, elevation, v.fov, v.radius)
-    return replace(requested, image=replace(image, view=view, estimate_elevation=False))
+    view = image.camera_view(requested.camera)
+    if image.estimate_elevation and len(saved.image.view) > 1:
+        view = replace(view, elevation=saved.image.view[1])
+    return replace(requested, image=image.resolved(view))
 
 
 def _flatten(data: dict, prefix: str = "") -> dict[str, Any]:

@@ -52,7 +52,7 @@ from .checkpoint import (
     restore,
     save_checkpoint,
 )
-from .config import GenerateConfig, from_dict, slug, to_json
+from .config import GenerateConfig, from_dict, picture_title, slug, to_json
 from .config2d import Config2D
 from .interrupt import Interrupted, StopRequest, catch_signals
 from .picture import make_reference, picture_size, read_picture
@@ -70,7 +70,7 @@ def run_slug(cfg: GenerateConfig | Config2D) -> str:
     """A folder name for a run: its prompt, else its reference picture's name, else the pixel model's name, else
     the prior's."""
     image = getattr(cfg, "image", None)
-    picture = f"image-{Path(image.path).stem}" if image is not None and image.path else None
+    picture = picture_title(image.path) if image is not None and image.path else None
     return slug(cfg.prompt or picture or (cfg.pixel.model if cfg.prior == "pixel" else cfg.prior))
 
 
@@ -116,26 +116,27 @@ def prior_and_reference(
     view = im.camera_view(cfg.camera)
     read = partial(read_picture, source, background_colour=im.background_colour, tolerance=im.tolerance)
     view, info = _reference_view(cfg, read, view)
-    if prior is None and cfg.prior in IMAGE_PRIORS:
-        prior = prior_from_config(cfg, device, picture=(read(cfg.toy.image_size, BACKGROUND).rgb, view))
-    elif prior is None:
-        prior = prior_from_config(cfg, device)
-    picture = read(picture_size(prior), float(getattr(prior, "background", 1.0)))
+    if prior is None and cfg.prior in IMAGE_PRIORS:  # the prior is the picture's: read it at the toy size once
+        picture = read(cfg.toy.image_size, BACKGROUND)
+        prior = prior_from_config(cfg, device, picture=(picture.rgb, view))
+    else:
+        if prior is None:
+            read(8, BACKGROUND)  # a bad picture fails here, before the prior (maybe gigabytes of weights) loads
+            prior = prior_from_config(cfg, device)
+        picture = read(picture_size(prior), float(getattr(prior, "background", 1.0)))
     posterior = getattr(prior, "posterior", None)  # an image-conditioned prior's: what it took the picture for
     if isinstance(posterior, dict):
         info["posterior"] = {k: round(v, 6) for k, v in sorted(posterior.items(), key=lambda kv: -kv[1])}
         info["object"] = prior.best
     reference = make_reference(prior, picture, view, im, f"the {cfg.prior} prior")
     info = {"picture": str(im.path), "mask": picture.mask_source, **info}
-    resolved = replace(im, view=(view.azimuth, view.elevation, view.fov, view.radius), estimate_elevation=False)
-    return prior, ImageSetup(reference, source, info), replace(cfg, image=resolved)
+    return prior, ImageSetup(reference, source, info), replace(cfg, image=im.resolved(view))
 
 
 def _reference_view(cfg: GenerateConfig, read: Callable, view: View) -> tuple[View, dict]:
     """`view`, its elevation estimated from the picture (`read(size, background)`) when
     --image.estimate-elevation asks (toy priors)."""
     if not cfg.image.estimate_elevation:
-        read(8, BACKGROUND)  # a bad picture fails here, before the prior is built
         return view, {"view": _view_dict(view)}
     from ..priors.settings import SUITE_PROMPTS
     from ..priors.toy_image import ESTIMATE_SIZE, estimate_elevation

@@ -26,7 +26,7 @@ from ..core.errors import ConfigError, UserError
 from ..priors import IMAGE_PRIORS
 from ..priors.settings import SUITE_PROMPTS
 from .config import GenerateConfig, ImageConfig, check_prompt, from_dict, markdown_text, validate
-from .picture import read_picture
+from .picture import check_picture
 from .presets import preset
 from .runlock import LOCK_NAME, holder
 
@@ -186,7 +186,7 @@ def form_image(form: Form, image: ImageConfig) -> ImageConfig:
             f"the view is azimuth, elevation[, fov[, radius]] in degrees, got {form.image_view!r}"
         ) from None
     image = replace(image, path=form.image, view=view, estimate_elevation=bool(form.estimate_elevation))
-    read_picture(image.path, 8, background_colour=image.background_colour, tolerance=image.tolerance)  # one line
+    check_picture(image)  # a bad upload fails the form in one line
     return image
 
 

@@ -19,31 +19,41 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from ..core.cameras import View, camera_from_view, view_bucket
+from ..core.cameras import View, view_bucket
 from ..core.denoisers import ConditionalDenoiser, EmpiricalDenoiser
 from .settings import SUITE_PROMPTS
-from .toy import BACKGROUND, SIGMA_RANGE, make_dataset, parse_prompt, render_scene, render_scene_views
+from .toy import BACKGROUND, SIGMA_RANGE, make_dataset, parse_prompt, render_scene_views
 
 PICTURE_NOISE = 0.1  # the picture's noise s, in [-1, 1] units: a toy render differs from another object's by far more
 ELEVATION_RANGE = (-30.0, 85.0)  # the elevations `estimate_elevation` weighs, degrees
 ESTIMATE_SIZE = 64  # pixels: the side a picture is read at to estimate its elevation
 
 
+def log_likelihoods(
+    picture: Tensor,
+    views: list[View],
+    prompts: tuple[str, ...] = SUITE_PROMPTS,
+    picture_noise: float = PICTURE_NOISE,
+    supersample: int = 1,
+) -> Tensor:
+    """log p(picture | object, view) up to a constant, [objects, views]: -|r_k(v) - picture|^2 / (2 s^2) for a picture
+    [3, S, S] in [-1, 1], with the true renders r_k(v) averaged over `supersample`^2 rays a pixel (as a picture
+    resized by area averages its pixels; 1: one ray through each pixel's centre)."""
+    size, picture = picture.shape[-1], picture.double()
+    rows = []
+    for p in prompts:
+        renders = render_scene_views(parse_prompt(p), views, size * supersample, BACKGROUND)[0]
+        if supersample > 1:
+            renders = torch.nn.functional.avg_pool2d(renders, supersample)
+        rows.append(-(renders.double() - picture).square().sum(dim=(1, 2, 3)) / (2 * picture_noise**2))
+    return torch.stack(rows)
+
+
 def object_posterior(
     picture: Tensor, view: View, prompts: tuple[str, ...] = SUITE_PROMPTS, picture_noise: float = PICTURE_NOISE
 ) -> dict[str, float]:
     """p(object | picture) over `prompts`, for a picture [3, S, S] in [-1, 1] seen from `view` (uniform prior)."""
-    size = picture.shape[-1]
-    camera = camera_from_view(view, size)
-    picture = picture.to(torch.float64)
-    logits = torch.stack(
-        [
-            -(render_scene(parse_prompt(p), camera, BACKGROUND)[0].double() - picture).square().sum()
-            / (2 * picture_noise**2)
-            for p in prompts
-        ]
-    )
-    weights = torch.softmax(logits, dim=0)
+    weights = torch.softmax(log_likelihoods(picture, [view], prompts, picture_noise)[:, 0], dim=0)
     return dict(zip(prompts, weights.tolist(), strict=True))
 
 
@@ -64,13 +74,7 @@ def estimate_elevation(
 
     def logits(candidates: list[float]) -> Tensor:  # [objects, candidates]
         views = [View(view.azimuth, e, view.fov, view.radius) for e in candidates]
-        size = picture.shape[-1]
-        rows = []
-        for p in prompts:
-            renders = render_scene_views(parse_prompt(p), views, size * supersample)[0]
-            renders = torch.nn.functional.avg_pool2d(renders, supersample).double()
-            rows.append(-(renders - picture.double()).square().sum(dim=(1, 2, 3)) / (2 * picture_noise**2))
-        return torch.stack(rows)
+        return log_likelihoods(picture, views, prompts, picture_noise, supersample)
 
     lo, hi = elevations
     coarse = [float(e) for e in range(math.ceil(lo), math.floor(hi) + 1, 3)]
