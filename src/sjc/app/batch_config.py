@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from ..core.errors import UserError
+from ..priors import NETWORK_PRIORS
 from .batch_report import REPORT_FILES
 from .config import GenerateConfig, check_prompt, picture_title, slug
 
@@ -345,8 +346,9 @@ def _unique(name: str, taken: set[str]) -> str:
 
 
 def needs_gpu(cfg: GenerateConfig) -> bool:
-    """Stable Diffusion and the pixel models are GPU work; so is any run told --device cuda."""
-    return cfg.prior in ("sd", "pixel") or cfg.device.startswith("cuda")
+    """The diffusers networks (Stable Diffusion, the pixel models, Zero-1-to-3) are GPU work; so is any run told
+    --device cuda."""
+    return cfg.prior in NETWORK_PRIORS or cfg.device.startswith("cuda")
 
 
 def job_config(job: Job, options: BatchOptions, run_dir: Path) -> GenerateConfig:

@@ -246,7 +246,7 @@ class ServeConfig:
     concurrency: int = 1
     """Runs at a time; more visitors wait in a queue that shows their place. One suits a CPU machine."""
     allow_sd_on_cpu: bool = False
-    """Offer the 'sd' prior without a GPU (minutes a step)."""
+    """Offer the 'sd' and 'zero123' priors without a GPU (minutes a step)."""
     max_grid: int = 64
     """The largest grid (voxels a side) a visitor may ask for, in a new run or a resume."""
     max_steps: int = 20_000
@@ -256,8 +256,9 @@ class ServeConfig:
     max_upload_mb: float = 10.0
     """The largest file gradio's upload route accepts, in MB (the page itself asks for no uploads)."""
     models: tuple[str, ...] = ()
-    """The models the page offers for 'sd' and 'pixel', each NAME=MODEL or MODEL (a diffusers folder or a model id
-    in the Hugging Face cache; nothing is downloaded). Visitors see the names only. None listed: the presets'."""
+    """The models the page offers for 'sd', 'pixel' and 'zero123', each NAME=MODEL or MODEL (a diffusers folder or a
+    model id in the Hugging Face cache; nothing is downloaded). Visitors see the names only. None listed: the
+    presets'."""
 
 
 def serve_models(entries: tuple[str, ...]) -> dict[str, str]:

@@ -23,7 +23,7 @@ from ..core.errors import ConfigError
 from ..core.settings import CameraConfig, FieldConfig, FitSettings, LossConfig, OptimConfig, ScoringConfig
 from ..outputs.settings import ExportConfig
 from ..priors import check_prior
-from ..priors.settings import PixelConfig, SDConfig, ToyConfig
+from ..priors.settings import PixelConfig, SDConfig, ToyConfig, Zero123Config
 
 # One PyTorch thread: the fastest for the toy presets idle or beside other work (a toy step took 18 ms at one
 # thread and 28 ms at two on 2 idle cores; 17 and 39 ms beside a busy process), and within 15% of two threads
@@ -115,7 +115,8 @@ class GenerateConfig:
     """The 2D prior: 'toy' (embedded exact denoiser, nothing downloaded), 'toy-learned' (the small UNet trained on
     the toy world that ships with sjc), 'toy-image' (the exact toy prior of the object in --image, no prompt),
     'sd' (Stable Diffusion: [sd] extra, weights, a GPU), 'pixel' (an
-    unconditional pixel-space diffusers model, no prompt: [sd] extra, weights, a GPU), or your own denoiser:
+    unconditional pixel-space diffusers model, no prompt: [sd] extra, weights, a GPU), 'zero123' (Zero-1-to-3:
+    novel views of the object in --image, no prompt: [sd] extra, weights, a GPU), or your own denoiser:
     'python:PACKAGE.MODULE:FUNCTION' names a function (prompt, device) -> prior (docs/python-api.md)."""
     preset: str = "default"
     """Named set of defaults for the prior ('default', 'tiny' for a smoke test, 'paper'); flags override it."""
@@ -141,6 +142,7 @@ class GenerateConfig:
     toy: ToyConfig = dataclasses.field(default_factory=ToyConfig)
     sd: SDConfig = dataclasses.field(default_factory=SDConfig)
     pixel: PixelConfig = dataclasses.field(default_factory=PixelConfig)
+    zero123: Zero123Config = dataclasses.field(default_factory=Zero123Config)
     image: ImageConfig = dataclasses.field(default_factory=ImageConfig)
     export: ExportConfig = dataclasses.field(default_factory=ExportConfig)
 
@@ -340,6 +342,11 @@ def validate(cfg: GenerateConfig) -> None:
         (
             cfg.prior != "sd" or (cfg.sd.resolution > 0 and cfg.sd.resolution % 8 == 0),
             f"--sd.resolution must be a positive multiple of 8 (the VAE's downsampling), got {cfg.sd.resolution}",
+        ),
+        (
+            cfg.prior != "zero123" or (cfg.zero123.resolution > 0 and cfg.zero123.resolution % 8 == 0),
+            "--zero123.resolution must be a positive multiple of 8 (the VAE's downsampling), got "
+            f"{cfg.zero123.resolution}",
         ),
     ]
     lo, hi = cfg.scoring.sigma_min, cfg.scoring.sigma_max

@@ -13,8 +13,8 @@ import tyro
 from ..core.errors import ConfigError
 from ..core.settings import PAPER_GUIDANCE_SCALE, VSD_LR
 from ..priors import IMAGE_PRIORS, check_prior
-from ..priors.settings import PixelConfig, SDConfig, ToyConfig
-from .config import DEFAULT_THREADS, raise_first
+from ..priors.settings import PixelConfig, SDConfig, ToyConfig, Zero123Config
+from .config import DEFAULT_THREADS, ImageConfig, raise_first
 
 
 @dataclass(frozen=True)
@@ -23,7 +23,8 @@ class Config2D:
     """Text for the toy and sd priors, e.g. "a red cube"; none for the unconditional pixel prior."""
     prior: str = "toy"
     """The 2D prior: 'toy' (embedded exact denoiser), 'toy-learned' (the shipped toy UNet), 'pixel' (unconditional
-    diffusers UNet2DModel), 'sd' (Stable Diffusion), or 'python:PACKAGE.MODULE:FUNCTION' (your own)."""
+    diffusers UNet2DModel), 'sd' (Stable Diffusion), 'zero123' (Zero-1-to-3: the object of --image seen from
+    --view), or 'python:PACKAGE.MODULE:FUNCTION' (your own)."""
     preset: str = "default"
     """Named set of defaults for the prior ('default', 'tiny' for a smoke test, 'paper'); flags override it."""
     seed: int = 0
@@ -41,6 +42,14 @@ class Config2D:
     toy: ToyConfig = dataclasses.field(default_factory=ToyConfig)
     sd: SDConfig = dataclasses.field(default_factory=SDConfig)
     pixel: PixelConfig = dataclasses.field(default_factory=PixelConfig)
+    zero123: Zero123Config = dataclasses.field(default_factory=Zero123Config)
+    image: ImageConfig = dataclasses.field(default_factory=ImageConfig)
+    """--prior zero123: the reference picture (--image) and its camera (--image.view); the losses' weights are
+    sjc generate's only."""
+    view: tuple[float, ...] | None = None
+    """--prior zero123: the camera to draw the object from, azimuth and elevation in degrees (the same world as
+    --image.view: 90 0 is a quarter turn round from a reference at 0 0), then optionally its field of view and
+    radius (default the reference's); None draws the reference view itself."""
 
 
 @dataclass(frozen=True)
@@ -103,12 +112,28 @@ class SampleConfig(Config2D):
 
 def validate_2d(cfg: Config2D) -> None:
     """ConfigError naming the first bad setting of a canvas or sample configuration and what would be valid."""
-    if cfg.prior in IMAGE_PRIORS:
+    if cfg.prior in IMAGE_PRIORS and cfg.prior != "zero123":
         raise ConfigError(
             f"the {cfg.prior} prior is conditioned on a picture, which only sjc generate takes (--image); "
             "use --prior toy with a prompt here"
         )
-    check_prior(cfg.prior, cfg.prompt)
+    if cfg.prior != "zero123" and (cfg.image.path is not None or cfg.view is not None):
+        flag = "--image" if cfg.image.path is not None else "--view"
+        raise ConfigError(f"{flag} draws novel views of a picture with --prior zero123, not --prior {cfg.prior}")
+    check_prior(cfg.prior, cfg.prompt, image=cfg.image.path is not None)
+    if cfg.prior == "zero123":
+        shown = ", ".join(f"{v:g}" for v in cfg.view or ())
+        raise_first(
+            (2 <= len(cfg.image.view) <= 4, "--image.view takes azimuth elevation [fov [radius]]"),
+            (
+                cfg.view is None or 2 <= len(cfg.view) <= 4,
+                f"--view takes azimuth elevation [fov [radius]], got ({shown})",
+            ),
+            (
+                cfg.zero123.resolution > 0 and cfg.zero123.resolution % 8 == 0,
+                f"--zero123.resolution must be a positive multiple of 8, got {cfg.zero123.resolution}",
+            ),
+        )
     lo, hi = cfg.sigma_min, cfg.sigma_max
     checks = [
         (cfg.steps > 0, f"--steps must be positive, got {cfg.steps}"),

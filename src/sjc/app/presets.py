@@ -13,6 +13,7 @@ from ..core.settings import (
     METHODS,
     PAPER_GUIDANCE,
     PAPER_SCHEDULES,
+    CameraConfig,
     FieldConfig,
     LossConfig,
     OptimConfig,
@@ -20,8 +21,8 @@ from ..core.settings import (
 )
 from ..outputs.settings import ExportConfig
 from ..priors import TOY_PRIORS, is_plugin
-from ..priors.settings import LEARNED_GUIDANCE_SCALE, PixelConfig, SDConfig
-from .config import GenerateConfig, TrainConfig
+from ..priors.settings import LEARNED_GUIDANCE_SCALE, PixelConfig, SDConfig, Zero123Config
+from .config import GenerateConfig, ImageConfig, TrainConfig
 from .config2d import CanvasConfig, Config2D, SampleConfig
 
 
@@ -125,6 +126,43 @@ def _pixel_tiny() -> GenerateConfig:
     )
 
 
+# Zero-1-to-3's own 3D reconstruction (its repository's 3drec, SJC's code with the view-conditioned model; the
+# command in its README): 32x32 latents of 256 px pictures, horizontal FoV 49.1 deg (its training renders'), camera
+# radius 2 of its units, guidance 100, Adamax 0.05, 10000 steps, a 100^3 grid over a box of side 1 of its units,
+# sigma uniform over the grid minus the 30 highest and 10 lowest values, no emptiness loss, the reference view's
+# loss at 1e4 and depth smoothness. Its world is half the size of sjc's (objects in a unit cube; sjc's box is [-1,
+# 1]^3), so the radius here is 4 (`priors.zero123.RADIUS_UNITS`). Where sjc differs: the reference colour loss
+# is taken on the latents (as for --prior sd; 3drec decodes the render to pixels), on the object's pixels with a
+# mask loss beside it (weights 1e4 and 1e3: threestudio's zero123 recipe has colour 10x its mask), and its depth
+# smoothness is on the reference view only (1e3, 3drec's 1e4 x 0.1 there); 3drec's near-view consistency loss and
+# its radius jitter (1.8-2.2) are not reproduced. Not measured with real weights (none can be read where sjc is
+# developed; docs/zero123.md).
+ZERO123_RADIUS, ZERO123_FOV = 4.0, 49.1
+ZERO123_SAMPLE_GUIDANCE = 3.0  # `sjc sample`'s: the scale of Zero-1-to-3's own novel-view pipeline
+
+
+def _zero123_paper() -> GenerateConfig:
+    return GenerateConfig(
+        field=FieldConfig(resolution=100, background="texture"),
+        camera=CameraConfig(radius=ZERO123_RADIUS, fov_min=ZERO123_FOV, fov_max=ZERO123_FOV, test_fov=ZERO123_FOV),
+        losses=LossConfig(emptiness_weight=0.0),
+        image=ImageConfig(rgb_weight=1e4, mask_weight=1e3, depth_smoothness_weight=1e3),
+        export=ExportConfig(turntable_size=32),
+    )
+
+
+def _zero123_tiny() -> GenerateConfig:
+    # Seconds on a CPU with a tiny test model: a 16^3 grid seen as 8x8 latents (64 px pictures).
+    base = _zero123_paper()
+    return dataclasses.replace(
+        base,
+        field=dataclasses.replace(base.field, resolution=16),
+        zero123=Zero123Config(resolution=64),
+        train=TrainConfig(steps=20, checkpoint_every=10, validate_every=10, log_every=1),
+        export=ExportConfig(turntable_frames=8, turntable_size=8),
+    )
+
+
 def _toy_learned_default() -> GenerateConfig:
     # The exact toy prior's preset with the learned network (same grid, renders and losses), except sigma:
     # annealed from 10 down to 0.1. The network never saw an empty or foggy image; at the exact prior's random
@@ -159,6 +197,8 @@ PRESETS: dict[str, dict[str, Any]] = {
     # For Stable Diffusion the paper's settings are the defaults.
     "sd": {"default": _sd_paper, "tiny": _sd_tiny, "paper": _sd_paper, "refined": _sd_refined},
     "pixel": {"default": _pixel_paper, "tiny": _pixel_tiny, "paper": _pixel_paper},
+    # For Zero-1-to-3 its authors' 3D reconstruction settings are the defaults.
+    "zero123": {"default": _zero123_paper, "tiny": _zero123_tiny, "paper": _zero123_paper},
 }
 
 
@@ -200,8 +240,8 @@ def method_preset(scoring: ScoringConfig, method: str) -> ScoringConfig:
 # --- sjc canvas and sjc sample ------------------------------------------------------------------
 # (default, tiny) steps per prior. Annealed from sigma 80 at lr 0.2, the toy canvas ends 1e-5 RMS from a render
 # after 100 steps (32 px), and 0.002 after 60 (tiny, 16 px; 30 leave 0.02); network priors need more.
-_CANVAS_STEPS = {"toy": (100, 60), "toy-learned": (100, 20), "pixel": (500, 4), "sd": (500, 4)}
-_SAMPLE_STEPS = {"toy": (40, 12), "toy-learned": (40, 8), "pixel": (40, 4), "sd": (40, 4)}
+_CANVAS_STEPS = {"toy": (100, 60), "toy-learned": (100, 20), "pixel": (500, 4), "sd": (500, 4), "zero123": (500, 4)}
+_SAMPLE_STEPS = {"toy": (40, 12), "toy-learned": (40, 8), "pixel": (40, 4), "sd": (40, 4), "zero123": (40, 4)}
 # The toy priors' own range (0.1 to 1.5) is the 3D loop's; their exact or trained denoisers hold far beyond it.
 # Sampling and the canvas start from sigma 80, as EDM does for images in [-1, 1]: annealed over 0.1-1.5 a canvas
 # never forgets its noisy start and lands on the render nearest to it (a frame-filling close-up); from 80, PAAS
@@ -216,10 +256,13 @@ def _preset_2d(cls: type, steps: dict[str, tuple[int, int]], prior: str, name: s
     default, tiny = steps.get(prior, steps["toy"])
     if prior in TOY_PRIORS:
         changes["sigma_max"] = _TOY_SIGMA_MAX
-    if base.scoring.guidance_scale != ScoringConfig().guidance_scale:  # a prior's own scale (toy-learned: none)
+    own = base.scoring.guidance_scale != ScoringConfig().guidance_scale  # a prior's own scale (toy-learned: none)
+    if own and "guidance_scale" not in changes:
         changes["guidance_scale"] = base.scoring.guidance_scale
     steps_ = tiny if name == "tiny" else default
-    return cls(prior=prior, preset=name, toy=toy, sd=base.sd, pixel=base.pixel, steps=steps_, **changes)
+    return cls(
+        prior=prior, preset=name, toy=toy, sd=base.sd, pixel=base.pixel, zero123=base.zero123, steps=steps_, **changes
+    )
 
 
 def canvas_preset(prior: str, name: str, method: str = "paas") -> CanvasConfig:
@@ -238,4 +281,6 @@ def sample_preset(prior: str, name: str) -> SampleConfig:
     changes: dict = {"samples": 4} if name == "tiny" else {}
     if prior in TOY_PRIORS:
         changes["sigma_min"] = _TOY_SAMPLE_SIGMA_MIN
+    if prior == "zero123":  # its diffusers pipeline's novel-view sampling scale, not the 3D reconstruction's 100
+        changes["guidance_scale"] = ZERO123_SAMPLE_GUIDANCE
     return _preset_2d(SampleConfig, _SAMPLE_STEPS, prior, name, **changes)

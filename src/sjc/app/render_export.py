@@ -50,6 +50,11 @@ def decoder_for(cfg: GenerateConfig, field: VoxelField, device: torch.device) ->
             from ..priors.sd import LatentDecoder
 
             return LatentDecoder.from_pretrained(cfg.sd.model, device=device)
+        case "zero123":
+            from ..priors.sd import LatentDecoder
+            from ..priors.zero123 import KIND
+
+            return LatentDecoder.from_pretrained(cfg.zero123.model, device=device, kind=KIND)
         case _:
             return prior_from_config(cfg, device).decode
 

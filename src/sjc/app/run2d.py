@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ import torch
 from safetensors.torch import save_file
 from torch import Tensor
 
+from ..core.cameras import View
 from ..core.canvas import canvas_sigmas, karras_sigmas, optimise_canvas, sample_ode, snap_to_grid
 from ..core.denoisers import Prior
 from ..core.fit import make_generators, pick_device
@@ -43,14 +45,48 @@ class Result2D:
 
 
 def prior_2d(cfg: Config2D, device: torch.device) -> Prior:
-    """The prior of a canvas or sample configuration."""
+    """The prior of a canvas or sample configuration (for zero123, bound to its picture and that picture's camera;
+    a bad picture fails before any weights load)."""
+    picture = None
+    if cfg.image.path is not None:
+        from .picture import read_picture
+
+        im = cfg.image
+        rgb = read_picture(im.path, cfg.zero123.resolution, 1.0, im.background_colour, im.tolerance).rgb
+        picture = (rgb, views_2d(cfg)[0])
     return build_prior(
-        cfg.prior, cfg.prompt, device=device, toy=cfg.toy, sd=cfg.sd, pixel=cfg.pixel, guidance_scale=cfg.guidance_scale
+        cfg.prior,
+        cfg.prompt,
+        device=device,
+        toy=cfg.toy,
+        sd=cfg.sd,
+        pixel=cfg.pixel,
+        zero123=cfg.zero123,
+        guidance_scale=cfg.guidance_scale,
+        picture=picture,
     )
+
+
+def views_2d(cfg: Config2D) -> tuple[View | None, View | None]:
+    """The reference picture's camera (None without --image) and the camera the images are drawn from (None: any
+    view, or for zero123 the reference's), the field of view and radius defaulting to the prior's preset camera."""
+    if cfg.image.path is None:
+        return None, None
+    from .presets import preset
+
+    reference = cfg.image.camera_view(preset(cfg.prior, cfg.preset).camera)
+    if cfg.view is None:
+        return reference, None
+    az, el, *rest = cfg.view
+    fov = rest[0] if rest else reference.fov
+    radius = rest[1] if len(rest) > 1 else reference.radius
+    return reference, View(float(az), float(el), float(fov), float(radius))
 
 
 def default_out(cfg: Config2D) -> Path:
     slug = run_slug(cfg)
+    if cfg.view is not None:  # each novel view of a picture in its own folder
+        slug += "-view" + "-".join(f"{v:g}" for v in cfg.view[:2])
     if isinstance(cfg, CanvasConfig):
         return Path("runs") / "canvas" / f"{slug}-{cfg.scoring}-{cfg.schedule}"
     return Path("runs") / "sample" / f"{slug}-{cfg.sampler}"
@@ -81,6 +117,7 @@ def run_canvas(cfg: CanvasConfig) -> Result2D:
     finals_t = torch.cat(finals)
     rgb = _decode(prior, finals_t)
     summary = {"command": "canvas", "config": to_dict(cfg), "sigma_range": [lo, hi], "quality": _quality(cfg, rgb)}
+    summary.update(_views(cfg))
     return Result2D(out, _write(out, summary, rows, finals_t, rgb, frames, "final", cfg.seeds), summary)
 
 
@@ -96,7 +133,7 @@ def _one_canvas(cfg: CanvasConfig, prior: Prior, seed: int, sigma_range: tuple[f
         prior.denoise,
         x.to(device),
         canvas_sigmas(cfg.schedule, cfg.steps, *sigma_range, gens["sigma"]),
-        prior.condition(None),
+        prior.condition(views_2d(cfg)[1]),
         scoring=cfg.scoring,
         lr=cfg.lr,
         n_noise=cfg.n_noise,
@@ -108,10 +145,14 @@ def _one_canvas(cfg: CanvasConfig, prior: Prior, seed: int, sigma_range: tuple[f
     return x, kept, records
 
 
-def _scorer(cfg: CanvasConfig, prior: Prior, sigma_range: tuple[float, float]) -> Scorer | None:
-    """The canvas's distillation method bound to the prior (None for paas and naive)."""
+def _scorer(cfg: CanvasConfig, prior: Prior, sigma_range: tuple[float, float]) -> Callable | None:
+    """The canvas's distillation method bound to the prior and --view (None for paas and naive)."""
     if cfg.scoring in ("paas", "naive"):
         return None
+    view = views_2d(cfg)[1]
+    if view is not None:  # the canvas asks for any view (None); a picture's novel view is this one
+        scorer = _scorer(dataclasses.replace(cfg, view=None), prior, sigma_range)
+        return lambda x, sigma, _, generator: scorer(x, sigma, view, generator)
     return Scorer(
         cfg.scoring,
         prior,
@@ -140,7 +181,7 @@ def run_sample(cfg: SampleConfig, batch: int = 8) -> Result2D:
     device = pick_device(cfg.device)
     prior = prior_2d(cfg, device)
     out = _prepare(cfg)
-    cond = prior.condition(None)
+    cond = prior.condition(views_2d(cfg)[1])
     sigmas = sample_sigmas(cfg, prior)
     shape = (prior.channels, prior.image_size, prior.image_size)
     noise = [torch.randn(shape, generator=make_generators(cfg.seed + k)["init"]) for k in range(cfg.samples)]
@@ -156,11 +197,20 @@ def run_sample(cfg: SampleConfig, batch: int = 8) -> Result2D:
     pairs = zip(sigmas[:-1].tolist(), sigmas[1:].tolist(), strict=True)
     rows = [{"step": i, "sigma": s, "sigma_next": t, "step_size": s - t} for i, (s, t) in enumerate(pairs)]
     summary = {"command": "sample", "config": to_dict(cfg), "sigmas": sigmas.tolist(), "quality": _quality(cfg, rgb)}
+    summary.update(_views(cfg))
     files = _write(out, summary, rows, finals_t, rgb, frames, "samples", columns=min(8, cfg.samples))
     return Result2D(out, files, summary)
 
 
 # --- quality and files --------------------------------------------------------------------
+def _views(cfg: Config2D) -> dict:
+    """For a picture's novel views: the reference camera and the drawn one, written out in full."""
+    reference, view = views_2d(cfg)
+    if reference is None:
+        return {}
+    return {"reference_view": dataclasses.asdict(reference), "view": dataclasses.asdict(view or reference)}
+
+
 def _quality(cfg: Config2D, rgb: Tensor) -> dict | None:
     """Toy prompts: nearest-render distance and prompt accuracy (`metrics.nearest_image_quality`)."""
     if cfg.prior not in TOY_PRIORS:

@@ -84,6 +84,7 @@ def prior_from_config(cfg: GenerateConfig, device: torch.device | str = "cpu", p
         toy=cfg.toy,
         sd=cfg.sd,
         pixel=cfg.pixel,
+        zero123=cfg.zero123,
         guidance_scale=cfg.scoring.guidance_scale,
         picture=picture,
     )
@@ -116,8 +117,8 @@ def prior_and_reference(
     view = im.camera_view(cfg.camera)
     read = partial(read_picture, source, background_colour=im.background_colour, tolerance=im.tolerance)
     view, info = _reference_view(cfg, read, view)
-    if prior is None and cfg.prior in IMAGE_PRIORS:  # the prior is the picture's: read it at the toy size once
-        picture = read(cfg.toy.image_size, BACKGROUND)
+    if prior is None and cfg.prior in IMAGE_PRIORS:  # the prior is the picture's: read it at its size once
+        picture = read(_image_prior_size(cfg), BACKGROUND)
         prior = prior_from_config(cfg, device, picture=(picture.rgb, view))
     else:
         if prior is None:
@@ -131,6 +132,11 @@ def prior_and_reference(
     reference = make_reference(prior, picture, view, im, f"the {cfg.prior} prior")
     info = {"picture": str(im.path), "mask": picture.mask_source, **info}
     return prior, ImageSetup(reference, source, info), replace(cfg, image=im.resolved(view))
+
+
+def _image_prior_size(cfg: GenerateConfig) -> int:
+    """The side, in pixels, at which a prior of `IMAGE_PRIORS` sees its picture (on white, as both were trained)."""
+    return cfg.zero123.resolution if cfg.prior == "zero123" else cfg.toy.image_size
 
 
 def _reference_view(cfg: GenerateConfig, read: Callable, view: View) -> tuple[View, dict]:
@@ -332,7 +338,7 @@ def run_fit(
 def evaluate(field: VoxelField, cfg: GenerateConfig, prior: Prior | None = None) -> dict | None:
     """Quality figures against the ground truth, where the prior has one (the toy world: the prompt's object,
     or the one the toy-image prior took its picture for)."""
-    if cfg.prior in IMAGE_PRIORS and prior is not None:
+    if cfg.prior == "toy-image" and prior is not None:
         truth = prior.best
     elif cfg.prior in TOY_PRIORS:
         truth = cfg.prompt
@@ -342,7 +348,7 @@ def evaluate(field: VoxelField, cfg: GenerateConfig, prior: Prior | None = None)
     from ..priors.toy import parse_prompt
 
     metrics = evaluate_field(field, parse_prompt(truth), threshold=0.5)
-    return {"object": truth, **metrics} if cfg.prior in IMAGE_PRIORS else metrics
+    return {"object": truth, **metrics} if cfg.prior == "toy-image" else metrics
 
 
 def _json_safe(value):

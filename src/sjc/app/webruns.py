@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from ..core.errors import ConfigError, UserError
-from ..priors import IMAGE_PRIORS
+from ..priors import IMAGE_PRIORS, NETWORK_PRIORS
 from ..priors.settings import SUITE_PROMPTS
 from .config import GenerateConfig, ImageConfig, check_prompt, from_dict, markdown_text, validate
 from .picture import check_picture
@@ -55,7 +55,7 @@ class Form:
     emptiness_weight: float | None = None
     guidance_scale: float | None = None
     threads: int | None = None
-    model: str | None = None  # the weights of 'sd' and 'pixel'
+    model: str | None = None  # the weights of 'sd', 'pixel' and 'zero123'
     image: str | None = None  # image-to-3D: the uploaded reference picture (a file on this server)
     image_view: str | None = None  # its camera: "azimuth, elevation[, fov[, radius]]" in degrees
     estimate_elevation: bool = False
@@ -85,14 +85,14 @@ class Limits:
 
 
 def available_priors(allow_sd_on_cpu: bool = False) -> list[str]:
-    """The priors the page offers: the toy ones always; 'pixel' with the [sd] extra; 'sd' with the extra and
-    a GPU (or `allow_sd_on_cpu`: Stable Diffusion takes minutes a step on a CPU)."""
+    """The priors the page offers: the toy ones always; 'pixel' with the [sd] extra; 'sd' and 'zero123' with the
+    extra and a GPU (or `allow_sd_on_cpu`: their UNets take minutes a step on a CPU)."""
     priors = ["toy", "toy-learned", "toy-image"]
     if importlib.util.find_spec("diffusers") is None:
         return priors
     priors.append("pixel")
     if allow_sd_on_cpu or _has_cuda():
-        priors.insert(2, "sd")
+        priors[2:2] = ["sd", "zero123"]
     return priors
 
 
@@ -159,7 +159,7 @@ def form_config(
         ),
         threads=whole_number(form.threads, cfg.threads, "threads"),
     )
-    if form.model and form.prior in ("sd", "pixel"):
+    if form.model and form.prior in NETWORK_PRIORS:
         if form.model not in limits.models:
             offered = ", ".join(limits.models) or "none (the preset's model is used)"
             raise ConfigError(f"model {form.model!r} is not offered on this server; it offers: {offered}")

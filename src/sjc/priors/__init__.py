@@ -1,10 +1,11 @@
 """The 2D priors: which exist, which take a prompt, and `build_prior`, the one way to make one.
 
 Built in: 'toy' (the exact toy-world denoiser), 'toy-learned' (the shipped toy UNet), 'toy-image' (the toy
-world's exact prior given a picture instead of a prompt), 'sd' (Stable Diffusion through diffusers) and 'pixel'
-(unconditional diffusers UNet2DModels). Any other denoiser plugs in as
-'python:PACKAGE.MODULE:FUNCTION' or an `sjc.priors` entry point: a function (prompt, device) -> prior, e.g.
-a `DenoiserPrior`. Importing this package imports no torch (the command line's help stays fast).
+world's exact prior given a picture instead of a prompt), 'sd' (Stable Diffusion through diffusers), 'pixel'
+(unconditional diffusers UNet2DModels) and 'zero123' (Zero-1-to-3: novel views of a reference picture). Any
+other denoiser plugs in as 'python:PACKAGE.MODULE:FUNCTION' or an `sjc.priors` entry point: a function
+(prompt, device) -> prior, e.g. a `DenoiserPrior`. Importing this package imports no torch (the command line's
+help stays fast).
 """
 
 from __future__ import annotations
@@ -12,18 +13,28 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from ..core.errors import ConfigError
-from .settings import PixelConfig, SDConfig, ToyConfig
+from .settings import PixelConfig, SDConfig, ToyConfig, Zero123Config
 
 if TYPE_CHECKING:
     import torch
 
     from ..core.denoisers import Prior
 
-BUILT_IN = ("toy", "toy-learned", "toy-image", "sd", "pixel")
+BUILT_IN = ("toy", "toy-learned", "toy-image", "sd", "pixel", "zero123")
 TOY_PRIORS = ("toy", "toy-learned")  # the toy world's priors of a prompt: ground truth, quality figures, --toy
-IMAGE_PRIORS = ("toy-image",)  # conditioned on the reference picture (--image) instead of a prompt
+IMAGE_PRIORS = ("toy-image", "zero123")  # conditioned on the reference picture (--image) instead of a prompt
 UNCONDITIONAL = ("pixel",)
-__all__ = ["BUILT_IN", "IMAGE_PRIORS", "TOY_PRIORS", "DenoiserPrior", "build_prior", "check_prior", "is_plugin"]
+NETWORK_PRIORS = ("sd", "pixel", "zero123")  # diffusers checkpoints: the [sd] extra, weights, GPU work
+__all__ = [
+    "BUILT_IN",
+    "IMAGE_PRIORS",
+    "NETWORK_PRIORS",
+    "TOY_PRIORS",
+    "DenoiserPrior",
+    "build_prior",
+    "check_prior",
+    "is_plugin",
+]
 
 
 def is_plugin(name: str) -> bool:
@@ -44,9 +55,10 @@ def check_prior(name: str, prompt: str, image: bool = False) -> None:
         if not image:
             raise ConfigError(f"the {name} prior draws the object of a picture: give one with --image PICTURE.png")
         if prompt.strip():
+            alternative = "--prior toy" if name == "toy-image" else "--prior sd"
             raise ConfigError(
                 f"the {name} prior takes a picture, not a prompt (got {prompt!r}); drop the prompt, or use "
-                "--prior toy with both"
+                f"{alternative} with both"
             )
         return
     if name in UNCONDITIONAL and prompt.strip():
@@ -66,6 +78,7 @@ def build_prior(
     toy: ToyConfig = ToyConfig(),
     sd: SDConfig = SDConfig(),
     pixel: PixelConfig = PixelConfig(),
+    zero123: Zero123Config = Zero123Config(),
     guidance_scale: float | None = None,
     picture: tuple[torch.Tensor, Any] | None = None,
 ) -> Prior:
@@ -121,6 +134,13 @@ def build_prior(
             p = pixel
             return PixelPrior.from_pretrained(
                 p.model, device=device, dtype=p.dtype, resolution=p.resolution, data_range=p.data_range
+            )
+        case "zero123":
+            from .zero123 import Zero123Prior
+
+            rgb, view = picture
+            return Zero123Prior.from_pretrained(
+                rgb, view, zero123.model, device=device, dtype=zero123.dtype, resolution=zero123.resolution, **guidance
             )
         case _:
             from .custom import build_plugin

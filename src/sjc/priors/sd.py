@@ -92,11 +92,15 @@ class LatentDecoder:
         self.shift_factor = float(getattr(vae.config, "shift_factor", None) or 0.0)
 
     @classmethod
-    def from_pretrained(cls, model: str = SDConfig.model, *, device: torch.device | str = "cpu") -> LatentDecoder:
-        """Read the VAE of `model` (folder or hub id) in float32; WeightsNotFoundError says where it looked."""
-        source, _ = locate(model, KIND)
-        lib = import_classes(model, KIND, {"vae": CLASSES["vae"]})
-        with reading(model, KIND, source):
+    def from_pretrained(
+        cls, model: str = SDConfig.model, *, device: torch.device | str = "cpu", kind: ModelKind | None = None
+    ) -> LatentDecoder:
+        """Read the VAE of `model` (folder or hub id; a checkpoint of `kind`, Stable Diffusion's by default) in
+        float32; WeightsNotFoundError says where it looked."""
+        kind = kind or KIND
+        source, _ = locate(model, kind)
+        lib = import_classes(model, kind, {"vae": CLASSES["vae"]})
+        with reading(model, kind, source):
             vae = lib["vae"].from_pretrained(source, subfolder="vae", torch_dtype=torch.float32)
         return cls(vae.to(device).eval().requires_grad_(False), device)
 

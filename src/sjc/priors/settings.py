@@ -70,3 +70,19 @@ class PixelConfig:
     data_range: Literal["auto", "unit", "signed"] = "auto"
     """Pixel range the network was trained on: 'unit' [0, 1], 'signed' [-1, 1]; 'auto' is [0, 1] for score-SDE
     VE checkpoints and [-1, 1] for DDPM ones. Images are [-1, 1] here either way (sigma in those units)."""
+
+
+# Zero-1-to-3's conversion to diffusers with its camera projection in its own folder (cc_projection/).
+ZERO123_MODEL = "kxic/zero123-xl"
+
+
+@dataclass(frozen=True)
+class Zero123Config:
+    model: str = ZERO123_MODEL
+    """Zero-1-to-3 weights in diffusers layout (unet/ of 8 input channels, vae/, image_encoder/, cc_projection/,
+    scheduler/): a local folder, or a Hugging Face model id in your HF cache (docs/zero123.md)."""
+    dtype: Literal["auto", "float16", "bfloat16", "float32"] = "auto"
+    """Precision of the UNet and image encoder: 'auto' is float16 on CUDA and float32 on CPU."""
+    resolution: int = 256
+    """Side of the images the prior scores, in pixels (Zero-1-to-3 was trained at 256); the field renders latents
+    of resolution / 8, and the reference picture is read at this size."""
