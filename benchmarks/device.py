@@ -12,6 +12,9 @@ paper's setting with a full-size (random-weight) Stable Diffusion 1.5, in one co
    i.e. `sjc generate`'s loop) at the "sd" preset (guidance 100, 100^3 grid, 64x64 latents, 512 px). Seconds per
    step and the projected minutes per 10k steps (with the validation renders and checkpoints of a run), beside
    the official figure: 25 min per 10k steps on an A5000.
+2b. The same for image-to-3D with Zero-1-to-3: an SD-1.5-shaped UNet of 8 input channels, the VAE, CLIP ViT-L/14's
+   vision tower and the camera projection, random weights, at the "zero123" preset (100^3 grid, 32x32 latents,
+   guidance 100, the reference view's losses every step): ms a step and peak memory.
 3. Tests: `pytest -m gpu` (skipped without SJC_SD_MODEL) and `pytest tests/test_render.py tests/test_sd.py`,
    whose render tests run on CUDA too where it is present.
 
@@ -335,21 +338,12 @@ def build_sd_parts(small: bool, device: torch.device, dtype: torch.dtype):
     return parts, params
 
 
-def _fit_run(cfg, parts, device, steps: int, run_dir: Path) -> tuple[list[float], object]:
+def _fit_run(cfg, prior, device, steps: int, run_dir: Path, reference=None) -> tuple[list[float], object]:
     """sjc's fit loop with a run folder (logs, validation, checkpoints: `sjc generate`'s loop) for `steps`
     steps; the wall seconds of each step (every step ends in host syncs: loss values, gradient norm)."""
     from sjc.app.runs import prepare_run_dir, run_fit
     from sjc.core.fit import build_field, make_generators, make_optimizer
-    from sjc.priors.sd import StableDiffusionPrior
 
-    prior = StableDiffusionPrior(
-        parts,
-        cfg.prompt,
-        guidance_scale=cfg.scoring.guidance_scale,
-        negative_prompt=cfg.sd.negative_prompt,
-        resolution=cfg.sd.resolution,
-        device=device,
-    )
     gens = make_generators(cfg.train.seed, device)
     field = build_field(prior, cfg.field, device, generator=gens["init"])
     optimizer = make_optimizer(field, cfg.optim)
@@ -362,52 +356,73 @@ def _fit_run(cfg, parts, device, steps: int, run_dir: Path) -> tuple[list[float]
     cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, steps=steps, schedule_steps=10_000))
     cfg = dataclasses.replace(cfg, out=str(run_dir))
     prepare_run_dir(run_dir, cfg, overwrite=True)  # as `sjc generate`: the folder and its config.json
-    run_fit(field, prior, cfg, run_dir, optimizer=optimizer, gens=gens, callback=clock, progress=False)
+    run_fit(
+        field, prior, cfg, run_dir, optimizer=optimizer, gens=gens, callback=clock, progress=False, reference=reference
+    )
     return [b - a for a, b in zip(stamps, stamps[1:], strict=False)], (prior, field, optimizer, gens, cfg)
 
 
+def _sd_prior(cfg, small: bool, device: torch.device, dtype: torch.dtype):
+    """A Stable-Diffusion-1.5-sized (or tiny) random-weight prior of `cfg`, its parameter counts, no reference."""
+    from sjc.priors.sd import StableDiffusionPrior
+
+    parts, params = build_sd_parts(small, device, dtype)
+    prior = StableDiffusionPrior(
+        parts,
+        cfg.prompt,
+        guidance_scale=cfg.scoring.guidance_scale,
+        negative_prompt=cfg.sd.negative_prompt,
+        resolution=cfg.sd.resolution,
+        device=device,
+    )
+    return prior, params, None
+
+
 def sjc_steps(rep: Report, device: torch.device, small: bool, warmup: int, timed: int) -> None:
+    cfg = preset("sd", "tiny" if small else "paper")
+    cfg = dataclasses.replace(cfg, prompt="a DSLR photo of a hamburger", device=str(device))
+    side = cfg.sd.resolution // 8
+    rep.line(
+        f"== whole SJC steps: sd preset '{cfg.preset}' ({cfg.field.resolution}^3 grid, "
+        f"{side}x{side} latents, guidance {cfg.scoring.guidance_scale:g}, "
+        f"skip_empty {cfg.field.skip_empty}), {'tiny' if small else 'SD 1.5-sized'} random-weight prior, "
+        f"{warmup} warm-up + {timed} timed steps of app.runs.run_fit"
+    )
+    result = {"preset": cfg.preset, "grid": cfg.field.resolution, "latent": side}
+    result["guidance"] = cfg.scoring.guidance_scale
+    rep.data["sjc steps"] = _time_steps(rep, cfg, cfg.sd.dtype, _sd_prior, device, small, warmup, timed, result)
+
+
+def _time_steps(rep: Report, cfg, dtype_name: str, make_prior, device, small, warmup, timed, result) -> dict:
+    """Build the prior (`make_prior(cfg, small, device, dtype)` -> prior, parameter counts, reference) and time
+    `warmup` + `timed` steps of the run loop, a validation render and a checkpoint; the projected minutes per 10k."""
     from sjc.app.checkpoint import save_checkpoint
     from sjc.app.config import to_json
     from sjc.app.runs import save_validation
     from sjc.core.fit import NonFiniteError
     from sjc.priors.loading import resolve_dtype
 
-    cfg = preset("sd", "tiny" if small else "paper")
-    cfg = dataclasses.replace(cfg, prompt="a DSLR photo of a hamburger", device=str(device))
-    rep.line(
-        f"== whole SJC steps: sd preset '{cfg.preset}' ({cfg.field.resolution}^3 grid, "
-        f"{cfg.sd.resolution // 8}x{cfg.sd.resolution // 8} latents, guidance {cfg.scoring.guidance_scale:g}, "
-        f"skip_empty {cfg.field.skip_empty}), {'tiny' if small else 'SD 1.5-sized'} random-weight prior, "
-        f"{warmup} warm-up + {timed} timed steps of app.runs.run_fit"
-    )
-    result = {
-        "preset": cfg.preset,
-        "grid": cfg.field.resolution,
-        "latent": cfg.sd.resolution // 8,
-        "guidance": cfg.scoring.guidance_scale,
-    }
-    dtypes = [resolve_dtype(cfg.sd.dtype, device)] + ([torch.bfloat16] if device.type == "cuda" else [])
+    dtypes = [resolve_dtype(dtype_name, device)] + ([torch.bfloat16] if device.type == "cuda" else [])
     for dtype in dtypes:  # float16 (sjc's choice on CUDA); bfloat16 only if random weights overflow float16
         t0 = time.perf_counter()
-        parts, params = build_sd_parts(small, device, dtype)
+        prior, params, reference = make_prior(cfg, small, device, dtype)
         sync(device)
         build_s = time.perf_counter() - t0
+        reset_peak(device)  # the weights stay counted; a transient of building them does not
         rep.line(
             "  parameters: "
             + ", ".join(f"{k} {v / 1e6:.1f} M" for k, v in params.items())
             + f"; built in {build_s:.1f} s, {str(dtype).removeprefix('torch.')}"
         )
-        reset_peak(device)
         with tempfile.TemporaryDirectory() as tmp:
             try:
                 seconds, (prior, field, optimizer, gens, run_cfg) = _fit_run(
-                    cfg, parts, device, warmup + timed, Path(tmp) / "run"
+                    cfg, prior, device, warmup + timed, Path(tmp) / "run", reference
                 )
             except NonFiniteError as e:
                 rep.line(f"  {dtype}: {e}")
                 result[f"non-finite {dtype}"] = str(e)
-                del parts
+                del prior
                 continue
             peak = peak_mib(device)
             # What a run adds every 500 / 1000 steps: a validation render (VAE decode) and a checkpoint.
@@ -455,7 +470,89 @@ def sjc_steps(rep: Report, device: torch.device, small: bool, warmup: int, timed
             f"(x{OFFICIAL_MIN_PER_10K * 60 / per_10k:.2f})"
         )
         break
-    rep.data["sjc steps"] = result
+    return result
+
+
+# --- 2b. whole image-to-3D steps with a Zero-1-to-3-sized prior -----------------------------------------
+# CLIP ViT-L/14's vision tower with its 768-wide projection: Zero-1-to-3's image encoder.
+ZERO123_VISION = dict(
+    hidden_size=1024,
+    intermediate_size=4096,
+    num_hidden_layers=24,
+    num_attention_heads=16,
+    image_size=224,
+    patch_size=14,
+    projection_dim=768,
+    hidden_act="quick_gelu",
+)
+SMALL_VISION = dict(
+    hidden_size=16, intermediate_size=24, num_hidden_layers=2, num_attention_heads=2, image_size=32, patch_size=8,
+    projection_dim=32,
+)  # fmt: skip
+ZERO123_DEMO_GB = 22  # the authors' README: their novel-view demo uses about 22 GB of GPU memory
+
+
+def _zero123_prior(cfg, small: bool, device: torch.device, dtype: torch.dtype):
+    """A Zero-1-to-3-sized (or tiny) random-weight prior bound to a picture of a disc, and the run's reference."""
+    import numpy as np
+    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+    from imageio import v3 as iio
+    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    from sjc.app.picture import make_reference, read_picture
+    from sjc.priors.zero123 import Zero123Components, Zero123Prior
+
+    torch.manual_seed(0)
+    unet_config = (SMALL_UNET if small else SD15_UNET) | {"in_channels": 8}
+    vision = SMALL_VISION if small else ZERO123_VISION
+    with torch.device(device):
+        unet = UNet2DConditionModel(**unet_config)
+        vae = AutoencoderKL(**(SMALL_VAE if small else SD15_VAE))
+        encoder = CLIPVisionModelWithProjection(CLIPVisionConfig(**vision))
+        projection = torch.nn.Linear(vision["projection_dim"] + 4, unet_config["cross_attention_dim"])
+    schedule = DDPMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False)
+    modules = (("unet", unet), ("vae", vae), ("image encoder", encoder), ("cc_projection", projection))
+    params = {n: sum(p.numel() for p in m.parameters()) for n, m in modules}
+    parts = Zero123Components(
+        unet=unet.to(device=device, dtype=dtype).eval().requires_grad_(False),
+        vae=vae.to(device=device, dtype=torch.float32).eval().requires_grad_(False),
+        image_encoder=encoder.to(device=device, dtype=dtype).eval().requires_grad_(False),
+        projection=projection.eval().requires_grad_(False),
+        alphas_cumprod=schedule.alphas_cumprod.clone(),
+        prediction_type="epsilon",
+    )
+    size = cfg.zero123.resolution
+    yy, xx = np.mgrid[:size, :size]
+    rgba = np.zeros((size, size, 4), np.uint8)
+    rgba[(xx - size / 2) ** 2 + (yy - size / 2) ** 2 < (size / 4) ** 2] = [200, 60, 40, 255]
+    path = Path(tempfile.mkdtemp(prefix="sjc-picture-")) / "disc.png"
+    iio.imwrite(path, rgba)
+    picture = read_picture(path, size)
+    view = cfg.image.camera_view(cfg.camera)
+    prior = Zero123Prior(
+        parts, picture.rgb, view, guidance_scale=cfg.scoring.guidance_scale, resolution=size, device=device
+    )
+    return prior, params, make_reference(prior, picture, view, cfg.image)
+
+
+def zero123_steps(rep: Report, device: torch.device, small: bool, warmup: int, timed: int) -> None:
+    cfg = preset("zero123", "tiny" if small else "paper")
+    cfg = dataclasses.replace(cfg, device=str(device), image=dataclasses.replace(cfg.image, path="disc.png"))
+    side = cfg.zero123.resolution // 8
+    rep.line(
+        f"== whole image-to-3D steps: zero123 preset '{cfg.preset}' ({cfg.field.resolution}^3 grid, "
+        f"{side}x{side} latents, guidance {cfg.scoring.guidance_scale:g}, the reference view every step), "
+        f"{'tiny' if small else 'Zero-1-to-3-sized'} random-weight prior, {warmup} warm-up + {timed} timed steps"
+    )
+    result = {"preset": cfg.preset, "grid": cfg.field.resolution, "latent": side}
+    result["guidance"] = cfg.scoring.guidance_scale
+    result = _time_steps(rep, cfg, cfg.zero123.dtype, _zero123_prior, device, small, warmup, timed, result)
+    if "peak GPU MiB" in result:
+        rep.line(
+            f"  peak {result['peak GPU MiB'] / 1024:.1f} GiB (the weights and the steps) beside the authors' "
+            f"{ZERO123_DEMO_GB} GB for their novel-view demo"
+        )
+    rep.data["zero123 steps"] = result
 
 
 # --- 3. tests ----------------------------------------------------------------------------------------
@@ -504,14 +601,14 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=None, help="timed SJC steps (default 100, small 3)")
     parser.add_argument("--tests", choices=("all", "gpu", "none"), default=None, help="default all, small gpu")
     parser.add_argument("--test-budget", type=float, default=240.0, help="seconds for the tests at most")
-    parser.add_argument("--only", nargs="*", choices=("agree", "speed", "steps", "tests"), default=None)
+    parser.add_argument("--only", nargs="*", choices=("agree", "speed", "steps", "zero123", "tests"), default=None)
     parser.add_argument("--out", default=os.environ.get("OUT") or str(ROOT / "out" / "device"))
     args = parser.parse_args()
     device = torch.device(args.device)
     warmup = args.warmup if args.warmup is not None else (2 if args.small else 30)
     timed = args.steps if args.steps is not None else (3 if args.small else 100)
     which = args.tests or ("gpu" if args.small else "all")
-    only = set(args.only or ("agree", "speed", "steps", "tests"))
+    only = set(args.only or ("agree", "speed", "steps", "zero123", "tests"))
     rep = Report(Path(args.out))
     start = time.perf_counter()
     environment(rep, device)
@@ -520,6 +617,7 @@ def main() -> None:
         ("agree", lambda: render_agreement(rep, device, args.small)),
         ("speed", lambda: render_speed(rep, device, args.small)),
         ("steps", lambda: sjc_steps(rep, device, args.small, warmup, timed)),
+        ("zero123", lambda: zero123_steps(rep, device, args.small, warmup, timed)),
         ("tests", lambda: tests(rep, which, args.test_budget)),
     ]
     for name, section in sections:

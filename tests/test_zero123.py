@@ -341,3 +341,25 @@ def test_misuse_gets_one_line_and_exit_2(argv, message, capsys):
     assert cli.main([*argv, "--dry-run"]) == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_the_page_offers_zero123_beside_sd_and_loads_an_offered_model(picture_file, tmp_path):
+    from sjc.app.webruns import Form, Limits, available_priors, form_config
+    from sjc.core.errors import ConfigError
+
+    assert "zero123" in available_priors(allow_sd_on_cpu=True)
+    limits = Limits(models={"zero123-xl": "/models/zero123-xl"})
+    form = Form("", prior="zero123", preset="tiny", model="zero123-xl", image=str(picture_file), image_view="30, 10")
+    cfg = form_config(form, tmp_path, ["zero123"], limits)
+    assert cfg.zero123.model == "/models/zero123-xl" and cfg.image.path == str(picture_file)
+    assert cfg.image.view[:2] == (30.0, 10.0) and cfg.out == str(tmp_path / "image-ball-s0")
+    with pytest.raises(ConfigError, match="upload one first"):
+        form_config(Form("", prior="zero123", preset="tiny"), tmp_path, ["zero123"], limits)
+
+
+def test_a_batch_of_zero123_jobs_counts_as_gpu_work(picture_file):
+    from sjc.app.batch_config import needs_gpu
+    from sjc.app.cli import parse_generate
+
+    cfg = parse_generate(["--prior", "zero123", "--image", str(picture_file), "--preset", "tiny"])
+    assert needs_gpu(cfg) and not needs_gpu(parse_generate(["a red cube", "--preset", "tiny"]))
