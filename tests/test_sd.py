@@ -280,3 +280,36 @@ def test_the_refined_preset_grows_the_grid_with_the_tiny_model(sd_folders, tmp_p
     # 6^3 for the first 4 steps (two thirds of 6), 12^3 for the last 2; checkpoints hold each step's grid.
     assert [load_run(out, step)[1].resolution for step in (2, 4, 6)] == [6, 6, 12]
     assert (out / "mesh.glb").exists() or (out / "views.png").exists()
+
+
+def test_a_compiled_unet_gives_the_same_denoiser_and_a_failed_compile_falls_back(parts, monkeypatch):
+    import warnings
+
+    from sjc.priors import loading
+
+    monkeypatch.setattr(loading, "COMPILE_BACKEND", "eager")  # dynamo's tracing, no code generation (fast)
+    plain = _prior(parts, guidance_scale=7.5)
+    traced = _prior(parts, guidance_scale=7.5, compile="default")
+    assert isinstance(traced.unet, loading.CompiledNetwork) and traced.unet.dtype == plain.unet.dtype
+    cond = plain.condition(View(30.0, 10.0))
+    z, sigma = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(3)), torch.full((2,), 2.0)
+    expected = plain.denoise(z, sigma, cond)
+    assert torch.allclose(traced.denoise(z, sigma, cond), expected, atol=1e-5)
+    assert traced.unet.failure is None
+
+    def no_compiler(module, **options):
+        def broken(*args, **kwargs):
+            raise RuntimeError("no C++ compiler found")
+
+        return broken
+
+    monkeypatch.setattr(torch, "compile", no_compiler)
+    fallback = _prior(parts, guidance_scale=7.5, compile="reduce-overhead")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        first = fallback.denoise(z, sigma, cond)
+        second = fallback.denoise(z, sigma, cond)
+    assert torch.equal(first, expected) and torch.equal(second, expected)
+    assert [str(w.message) for w in caught] == [
+        "torch.compile of the network failed (RuntimeError: no C++ compiler found); it runs uncompiled"
+    ]

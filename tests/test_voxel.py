@@ -77,7 +77,7 @@ def test_refresh_occupancy_marks_every_cell_touching_density_and_grows_by_the_di
     assert not tight[0, 0, 0] and tight.float().mean() < 0.1
     fraction = field.refresh_occupancy(threshold=1e-4, dilation=2)
     assert (field.occupancy >= tight).all() and field.occupancy.sum() > tight.sum()
-    assert fraction == field.occupancy.float().mean().item()
+    assert fraction.item() == field.occupancy.float().mean().item()
 
 
 def test_cell_query_bounds_the_density_from_below_and_reads_the_occupancy():

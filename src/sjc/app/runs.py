@@ -204,14 +204,19 @@ class RunRecorder:
         t, done = self.cfg.train, info.step
         stopping = bool(self.user(info)) if self.user is not None else False
         stopping = stopping or self.stop.requested
-        if done % t.log_every == 0 or done == info.steps:
+        logs = done % t.log_every == 0 or done == info.steps
+        validates = bool(t.validate_every) and done % t.validate_every == 0
+        saves = done % t.checkpoint_every == 0 or done == info.steps or stopping
+        if logs or validates or saves:
+            info.check()  # a NaN since the last read (a GPU reads the loop's guard rarely) stops the run here
+        if logs:
             record = {"step": done, "sigma": info.sigma, **info.losses, "grad_norm": info.grad_norm}
             record["seconds"] = round(time.perf_counter() - self.clock, 3)
             with open(self.run_dir / "log.jsonl", "a") as log:
                 log.write(json.dumps(record) + "\n")
-        if t.validate_every and done % t.validate_every == 0:
+        if validates:
             save_validation(info.field, self.prior, self.cfg, self.run_dir / "validation" / f"step_{done:07d}.png")
-        if done % t.checkpoint_every == 0 or done == info.steps or stopping:
+        if saves:
             path = checkpoint_path(self.run_dir, done)
             save_checkpoint(path, info.field, self.optimizer, self.gens, done, to_json(self.cfg))
             prune_checkpoints(self.run_dir, t.keep_checkpoints)
@@ -310,10 +315,11 @@ def run_fit(
     callback: Callable[[FitStep], bool | None] | None = None,
     progress: bool = True,
     reference: Reference | None = None,
+    check_every: int | None = None,
 ) -> FitResult:
     """`core.fit.fit` with a run's settings (and image-to-3D's `reference`); with `run_dir`, its logs, validation
-    renders and checkpoints
-    (`RunRecorder`), and Interrupted raised once a requested `stop` is checkpointed."""
+    renders and checkpoints (`RunRecorder`, which reads the non-finite guard before it writes anything), and
+    Interrupted raised once a requested `stop` is checkpointed. `check_every`: `core.fit.fit`'s."""
     gens = gens or make_generators(cfg.train.seed, field.grid.device)
     optimizer = optimizer or make_optimizer(field, cfg.optim)
     if run_dir is not None:
@@ -332,6 +338,7 @@ def run_fit(
         callback=callback,
         progress=progress,
         reference=reference,
+        check_every=check_every,
     )
 
 

@@ -233,15 +233,31 @@ def make_scorer(scoring: ScoringConfig, prior: Prior) -> methods.Scorer | None:
 
 @dataclass
 class FitStep:
-    """What the callback sees after each step."""
+    """What the callback sees after each step. `losses` and `grad_norm` are read from the device when first asked
+    for (on a GPU, a wait for the step to finish: a callback that reads them every step gives up the loop's
+    asynchrony); `check()` raises NonFiniteError if a value of this or an earlier step stopped being finite, and
+    is what a callback calls before it saves anything."""
 
     step: int  # steps done, counting this one
     steps: int  # steps of the whole fit
     sigma: float
-    losses: dict[str, float]
-    grad_norm: float
+    loss_values: dict[str, Tensor]  # 0-d tensors on the field's device, detached
+    grad_norm_value: Tensor
     field: VoxelField
     image: Tensor  # the training render of this step [1, C, H, W], data space, detached (a live preview)
+    guard: FiniteGuard | None = None
+
+    @property
+    def losses(self) -> dict[str, float]:
+        return {name: float(value) for name, value in self.loss_values.items()}
+
+    @property
+    def grad_norm(self) -> float:
+        return float(self.grad_norm_value)
+
+    def check(self) -> None:
+        if self.guard is not None:
+            self.guard.check()
 
 
 @dataclass
@@ -266,6 +282,7 @@ class FitLoop:
     scorer: methods.Scorer | None = None  # the score estimate of a method other than paas and naive
     reference: Reference | None = None  # image-to-3D: the picture and its camera
     reference_camera: Camera | None = None
+    guard: FiniteGuard = dataclasses.field(default_factory=lambda: FiniteGuard(1))
 
     @classmethod
     def create(
@@ -282,6 +299,7 @@ class FitLoop:
         cameras: CameraSampler | None = None,
         render_fn: RenderFn | None = None,
         reference: Reference | None = None,
+        check_every: int | None = None,
     ) -> FitLoop:
         """The loop of `fit` (see there); a ConfigError for a sigma schedule the prior cannot serve."""
         n_schedule = schedule_steps or steps
@@ -299,6 +317,7 @@ class FitLoop:
             make_scorer(settings.scoring, prior),
             reference,
             reference.camera() if reference is not None else None,
+            FiniteGuard(check_every or default_check_every(field.grid.device)),
         )
 
 
@@ -316,36 +335,78 @@ def _checked_reference(reference: Reference, prior: Prior, device: torch.device)
 @dataclass
 class StepResult:
     sigma: float
-    losses: dict[str, float]
-    grad_norm: float
+    losses: dict[str, Tensor]  # 0-d, on the field's device, detached: read them (float) only when needed
+    grad_norm: Tensor
     image: Tensor  # the training render [1, C, H, W], detached
+
+
+# Named regions of a step, for `torch.profiler` (benchmarks/device.py --profile: where each millisecond goes).
+REGIONS = ("camera", "schedules", "render", "score", "losses", "backward", "guard", "optimizer")
+
+
+def _region(name: str):
+    return torch.profiler.record_function(f"sjc.{name}")
 
 
 def sjc_step(field: VoxelField, loop: FitLoop, step: int) -> StepResult:
     """One Score Jacobian Chaining update of `field` at 0-based `step`."""
-    prior, c, s, ref = loop.prior, loop.settings.losses, loop.settings.scoring, loop.reference
-    camera, view = loop.cameras(loop.gens["camera"], prior.image_size)
-    cond = prior.condition(view)
-    prepare_step(field, loop.optimizer, loop.settings, step, loop.schedule_steps)
-    out = loop.render(field, camera)
+    prior, ref = loop.prior, loop.reference
+    with _region("camera"):
+        camera, view = loop.cameras(loop.gens["camera"], prior.image_size)
+        cond = prior.condition(view)
+    with _region("schedules"):
+        prepare_step(field, loop.optimizer, loop.settings, step, loop.schedule_steps)
+    with _region("render"):
+        out = loop.render(field, camera)
     sigma = loop.sigmas(step, loop.gens["sigma"])
     reference_only = ref is not None and step < ref.warmup * loop.schedule_steps
+    with _region("score"):
+        g = _score(loop, out.image, sigma, view, cond, reference_only)
+    with _region("losses"):
+        losses = _losses(field, loop, step, out, g, reference_only)
+        total = sum(losses.values())
+    with _region("backward"):
+        loop.optimizer.zero_grad(set_to_none=True)
+        total.backward()
+    with _region("guard"):
+        values = {k: v.detach() for k, v in losses.items()}
+        guard = loop.guard
+        guard.observe(step, [(f"{name} loss", value) for name, value in values.items()])
+        grads = [(name, p.grad) for name, p in field.named_parameters() if p.grad is not None]
+        norms = [torch.linalg.vector_norm(g) for _, g in grads]
+        grad_norm = torch.linalg.vector_norm(torch.stack(norms))
+        guard.observe(step, [(f"gradient of {name}", g) for name, g in grads], norms)
+        guard.observe(step, [("gradient norm", grad_norm)])  # finite entries whose norm overflows
+    with _region("optimizer"):
+        loop.optimizer.step()
+    with _region("guard"):  # e.g. an overflowing update: found before it is saved
+        guard.observe(step, [(f"parameter {name}", p.detach()) for name, p in field.named_parameters()])
+    return StepResult(sigma, values, grad_norm, out.image.detach())
+
+
+def _score(loop: FitLoop, image: Tensor, sigma: float, view: View | None, cond, reference_only: bool) -> Tensor:
+    """The score estimate g chained into the render: PAAS (paper Eq. 16), naive, or another method's."""
+    s = loop.settings.scoring
     if reference_only:  # the warm-up of image-to-3D: the picture alone
-        g = torch.zeros_like(out.image)
-    elif loop.scorer is not None:
-        g = loop.scorer(out.image, sigma, view, loop.gens["noise"])
-    elif s.method == "naive":
-        g = chaining.naive_grad(prior.denoise, out.image.detach(), sigma, cond)
-    else:
-        g = chaining.paas_grad(
-            prior.denoise,
-            out.image,
-            sigma,
-            cond,
-            n_noise=s.n_noise,
-            variance_reduced=s.variance_reduced,
-            generator=loop.gens["noise"],
-        )
+        return torch.zeros_like(image)
+    if loop.scorer is not None:
+        return loop.scorer(image, sigma, view, loop.gens["noise"])
+    if s.method == "naive":
+        return chaining.naive_grad(loop.prior.denoise, image.detach(), sigma, cond)
+    return chaining.paas_grad(
+        loop.prior.denoise,
+        image,
+        sigma,
+        cond,
+        n_noise=s.n_noise,
+        variance_reduced=s.variance_reduced,
+        generator=loop.gens["noise"],
+    )
+
+
+def _losses(field: VoxelField, loop: FitLoop, step: int, out: Rendering, g: Tensor, reference_only: bool) -> dict:
+    """The step's loss terms by name: the chained score, then the regularisers and the reference's that are on."""
+    c, ref = loop.settings.losses, loop.reference
     losses = {"sjc": chaining.chain_surrogate(out.image, g)}
     w_empty = chaining.emptiness_weight_at(
         step, loop.schedule_steps, c.emptiness_weight, c.emptiness_multiplier, c.emptiness_switch
@@ -360,15 +421,7 @@ def sjc_step(field: VoxelField, loop: FitLoop, step: int) -> StepResult:
         losses["tv"] = c.tv_weight * chaining.total_variation(field.grid[0, 0])
     if ref is not None and (reference_only or step % ref.every == 0):
         losses.update(ref.losses(field, loop.render, loop.reference_camera))
-    total = sum(losses.values())
-    loop.optimizer.zero_grad(set_to_none=True)
-    total.backward()
-    values = {k: v.item() for k, v in losses.items()}
-    grad_norm = _checked_grad_norm(field, values, step)
-    loop.optimizer.step()
-    for name, param in field.named_parameters():  # e.g. an overflowing update: stop before it is saved
-        _check_finite(f"parameter {name}", param.detach(), step)
-    return StepResult(sigma, values, grad_norm, out.image.detach())
+    return losses
 
 
 def prepare_step(
@@ -396,18 +449,89 @@ def decay_learning_rates(optimizer: torch.optim.Optimizer, final: float, step: i
         group["lr"] = group.setdefault("initial_lr", group["lr"]) * factor
 
 
-def _checked_grad_norm(field: VoxelField, losses: dict[str, float], step: int) -> float:
-    """The norm of the whole gradient, after checking that the loss terms and gradients are finite."""
-    for name, value in losses.items():
-        if not math.isfinite(value):
-            raise _non_finite(f"{name} loss", value, step)
-    grads = {name: p.grad for name, p in field.named_parameters() if p.grad is not None}
-    grad_norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads.values()])).item()
-    if not math.isfinite(grad_norm):
-        for name, grad in grads.items():
-            _check_finite(f"gradient of {name}", grad, step)
-        raise _non_finite("gradient norm", grad_norm, step)  # finite entries whose norm overflows
-    return grad_norm
+# On a GPU the loop reads its losses and its non-finite guard back every this many steps, not every step: a read
+# waits for the device to finish the step, and the next step's launches wait with it (a run's checkpoints, logs and
+# validation renders read it too, before they write). The CPU runs each operation as it is called: reading costs
+# nothing there, so it reads every step and stops before a non-finite update is kept.
+DEVICE_CHECK_EVERY = 25
+
+
+def default_check_every(device: torch.device | str) -> int:
+    return 1 if torch.device(device).type == "cpu" else DEVICE_CHECK_EVERY
+
+
+class FiniteGuard:
+    """The fit loop's watch for NaN and inf in its losses, gradients and parameters.
+
+    Every `every` steps (`due`) the values are read at once, as they are observed, and the first non-finite one
+    raises NonFiniteError before the step's update is kept. Between reads the check stays on the device: the first
+    non-finite value, the step and the quantity are recorded there without waiting, and `check()` reads them (the
+    loop calls it every `every` steps, a run before anything is saved) and raises for the first bad step, so the
+    message names the same quantity and step either way."""
+
+    def __init__(self, every: int = 1) -> None:
+        self.every = every
+        self.names: list[str] = []  # quantity names by code
+        self._codes: dict[tuple[str, ...], Tensor] = {}
+        self.first: tuple[Tensor, Tensor, Tensor] | None = None  # step (-1: none), quantity code, value
+
+    @property
+    def eager(self) -> bool:
+        return self.every == 1
+
+    def due(self, step: int) -> bool:
+        """Whether the loop reads the guard after 0-based `step`."""
+        return (step + 1) % self.every == 0
+
+    def observe(self, step: int, quantities: list[tuple[str, Tensor]], norms: list[Tensor] | None = None) -> None:
+        """Watch each (name, tensor) of 0-based `step`; `norms`, when given, are the tensors' norms (finite exactly
+        when the tensors are), watched in their place between reads."""
+        if not quantities:
+            return
+        if self.eager:
+            for k, (name, value) in enumerate(quantities):
+                if norms is None or not math.isfinite(float(norms[k])):
+                    _check_finite(name, value.detach(), step)
+            return
+        if norms is not None:
+            quantities = [(name, norm) for (name, _), norm in zip(quantities, norms, strict=True)]
+        flats = [value.detach().reshape(-1) for _, value in quantities]
+        firsts = []  # each tensor's first non-finite element (its first element when it has none), in float64
+        bad = []
+        for flat in flats:
+            finite = torch.isfinite(flat)
+            where = torch.argmin(finite.to(torch.uint8)).reshape(1)
+            firsts.append(flat.gather(0, where).to(torch.float64))
+            bad.append(~finite.all())
+        bad_t = torch.stack(bad)
+        which = torch.argmax(bad_t.to(torch.uint8)).reshape(1)
+        value = torch.cat(firsts).gather(0, which)[0]
+        code = self._code_tensor(tuple(name for name, _ in quantities), value.device).gather(0, which)[0]
+        if self.first is None:
+            self.first = (value.new_tensor(-1.0), code.new_tensor(-1), value.new_tensor(0.0))
+        seen, old_code, old_value = self.first
+        new = bad_t.any() & (seen < 0)
+        self.first = (
+            torch.where(new, float(step), seen),
+            torch.where(new, code, old_code),
+            torch.where(new, value, old_value),
+        )
+
+    def _code_tensor(self, names: tuple[str, ...], device: torch.device) -> Tensor:
+        if names not in self._codes:  # built once per set of names: no copy to the device each step
+            for name in names:
+                if name not in self.names:
+                    self.names.append(name)
+            self._codes[names] = torch.tensor([self.names.index(n) for n in names], device=device)
+        return self._codes[names]
+
+    def check(self) -> None:
+        """Read what was observed since the last read (a wait on a GPU); NonFiniteError for its first bad value."""
+        if self.first is None:
+            return
+        step, code, value = (float(t) for t in self.first)
+        if step >= 0:
+            raise _non_finite(self.names[int(code)], value, int(step))
 
 
 def _check_finite(quantity: str, value: Tensor, step: int) -> None:
@@ -439,6 +563,7 @@ def fit(
     callback: Callable[[FitStep], bool | None] | None = None,
     progress: bool = True,
     reference: Reference | None = None,
+    check_every: int | None = None,
 ) -> FitResult:
     """Optimise `field` for steps [start_step, steps) against `prior`; with a `reference`, also towards its
     picture at its camera (image-to-3D).
@@ -446,7 +571,9 @@ def fit(
     `schedule_steps` is the length the step-dependent schedules (emptiness switch, annealed sigma) span
     (default `steps`). `cameras` and `render_fn` default to the paper's cameras (`settings.camera`) and
     `render` (`settings.field`). `callback(FitStep)` runs after every step; a true return stops the loop
-    (FitResult.stopped). A NaN or inf raises NonFiniteError before the update of its step is kept."""
+    (FitResult.stopped). A NaN or inf raises NonFiniteError: on the CPU before the update of its step is kept; on
+    a GPU at the next read of the guard (every `check_every` steps, default `DEVICE_CHECK_EVERY`, and whenever
+    a callback calls `FitStep.check()`), naming the step where it appeared."""
     loop = FitLoop.create(
         field,
         prior,
@@ -459,15 +586,20 @@ def fit(
         cameras=cameras,
         render_fn=render_fn,
         reference=reference,
+        check_every=check_every,
     )
     desc = getattr(prior, "prompt", "") or "sjc"
     bar = tqdm(range(start_step, steps), initial=start_step, total=steps, disable=not progress, desc=desc)
+    guard = loop.guard
     try:
         for step in bar:
             r = sjc_step(field, loop, step)
-            bar.set_postfix(sigma=f"{r.sigma:.3f}", loss=f"{sum(r.losses.values()):.3g}", refresh=False)
-            info = FitStep(step + 1, steps, r.sigma, r.losses, r.grad_norm, field, r.image)
+            info = FitStep(step + 1, steps, r.sigma, r.losses, r.grad_norm, field, r.image, guard)
+            if guard.due(step) or step + 1 == steps:
+                guard.check()
+                bar.set_postfix(sigma=f"{r.sigma:.3f}", loss=f"{sum(info.losses.values()):.3g}", refresh=False)
             if callback is not None and callback(info):
+                guard.check()
                 return FitResult(field, step + 1, stopped=step + 1 < steps)
     finally:
         bar.close()

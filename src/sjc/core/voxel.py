@@ -63,6 +63,7 @@ class VoxelField(nn.Module):
         # kernels of fused.py on the CPU). A runtime choice, not saved.
         self.lookup = "auto"
         self.register_buffer("aabb", torch.tensor([[-half_size] * 3, [half_size] * 3]), persistent=False)
+        self.half_size = float(half_size)  # the box's size on the host too: sizes need no read from the device
 
         n = resolution
         grid = torch.zeros(1, 1 + channels, n, n, n)
@@ -88,7 +89,7 @@ class VoxelField(nn.Module):
 
     @property
     def voxel_size(self) -> float:
-        return float(self.aabb[1, 0] - self.aabb[0, 0]) / self.resolution
+        return 2 * self.half_size / self.resolution
 
     @property
     def step_size(self) -> float:
@@ -170,17 +171,17 @@ class VoxelField(nn.Module):
         return flat
 
     @torch.no_grad()
-    def refresh_occupancy(self, threshold: float = 1e-4, dilation: int = 2) -> float:
+    def refresh_occupancy(self, threshold: float = 1e-4, dilation: int = 2) -> Tensor:
         """Mark for empty-space skipping every cell with a corner voxel whose alpha exceeds `threshold`,
         grown by `dilation` cells each way (so the surface can still grow until the next refresh).
-        Returns the fraction of cells marked."""
+        Returns the fraction of cells marked, a 0-d tensor on the field's device (read it only when needed)."""
         occupied = (self.voxel_alpha() > threshold).to(self.grid.dtype)[None, None]
         # A cell [z, y, x] spans voxel centres z..z+1 (etc.): occupied if any of its 8 corners is.
         cells = F.max_pool3d(F.pad(occupied, (0, 1, 0, 1, 0, 1)), 2, stride=1)
         if dilation > 0:
             cells = F.max_pool3d(cells, 2 * dilation + 1, stride=1, padding=dilation)
         self.occupancy = cells[0, 0] > 0
-        return float(self.occupancy.float().mean())
+        return self.occupancy.float().mean()
 
     def background(self, dirs: Tensor) -> Tensor:
         """Background features [R, C] seen along unit directions [R, 3]."""
@@ -203,7 +204,7 @@ class VoxelField(nn.Module):
 
     def voxel_centres(self) -> Tensor:
         """World coordinates [n, n, n, 3] (x, y, z) of the voxel centres, indexed [z, y, x]."""
-        n, lo = self.resolution, float(self.aabb[0, 0])
+        n, lo = self.resolution, -self.half_size
         c = lo + (torch.arange(n, dtype=self.grid.dtype, device=self.grid.device) + 0.5) * self.voxel_size
         zz, yy, xx = torch.meshgrid(c, c, c, indexing="ij")
         return torch.stack([xx, yy, zz], dim=-1)

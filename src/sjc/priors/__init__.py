@@ -126,6 +126,7 @@ def build_prior(
                 dtype=sd.dtype,
                 negative_prompt=sd.negative_prompt,
                 resolution=sd.resolution,
+                compile=sd.compile,
                 **guidance,
             )
         case "pixel":
@@ -140,7 +141,14 @@ def build_prior(
 
             rgb, view = picture
             return Zero123Prior.from_pretrained(
-                rgb, view, zero123.model, device=device, dtype=zero123.dtype, resolution=zero123.resolution, **guidance
+                rgb,
+                view,
+                zero123.model,
+                device=device,
+                dtype=zero123.dtype,
+                resolution=zero123.resolution,
+                compile=zero123.compile,
+                **guidance,
             )
         case _:
             from .custom import build_plugin

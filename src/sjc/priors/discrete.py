@@ -39,6 +39,7 @@ class DiscreteDenoiser:
         self.network = network
         self.prediction_type = prediction_type
         self.sigmas = sigmas_from_alphas_cumprod(alphas_cumprod)
+        self._grid: Tensor | None = None  # the grid on the device last asked for
         if not bool((self.sigmas[1:] > self.sigmas[:-1]).all()):
             raise ValueError("alphas_cumprod must decrease strictly with the timestep")
 
@@ -50,17 +51,25 @@ class DiscreteDenoiser:
     def sigma_max(self) -> float:
         return float(self.sigmas[-1])
 
+    def _grid_on(self, device: torch.device) -> Tensor:
+        if self._grid is None or self._grid.device != device:
+            self._grid = self.sigmas.to(device)
+        return self._grid
+
     def timestep(self, sigma: Tensor) -> Tensor:
-        """Index [B] (long) of the grid value nearest to each sigma [B]."""
-        sigma = torch.as_tensor(sigma, dtype=torch.float64).reshape(-1, 1).cpu()
-        return (sigma - self.sigmas[None]).abs().argmin(dim=1)
+        """Index [B] (long) of the grid value nearest to each sigma [B], on sigma's device (no read back to the
+        host: on a GPU the step's launches keep running ahead)."""
+        sigma = torch.as_tensor(sigma)
+        grid = self._grid_on(sigma.device)
+        return (sigma.to(torch.float64).reshape(-1, 1) - grid[None]).abs().argmin(dim=1)
 
     def __call__(self, x: Tensor, sigma: Tensor, cond: Any = None) -> Tensor:
         """x [B, C, H, W] noised as y + sigma n, sigma [B] (or a scalar) -> E[y | x] [B, C, H, W]."""
-        t = self.timestep(torch.as_tensor(sigma).reshape(-1).expand(x.shape[0]))  # a scalar or [B]
-        s = self.sigmas[t].to(device=x.device, dtype=x.dtype).reshape(-1, *([1] * (x.dim() - 1)))
+        sigma = torch.as_tensor(sigma, device=x.device)
+        t = self.timestep(sigma.reshape(-1).expand(x.shape[0]))  # a scalar or [B]
+        s = self._grid_on(x.device)[t].to(dtype=x.dtype).reshape(-1, *([1] * (x.dim() - 1)))
         scale = 1 / (1 + s**2).sqrt()  # = sqrt(alphas_cumprod[t])
-        out = self.network(x * scale, t.to(x.device), cond).to(x.dtype)
+        out = self.network(x * scale, t, cond).to(x.dtype)
         if self.prediction_type == "epsilon":
             return x - s * out
         if self.prediction_type == "v_prediction":

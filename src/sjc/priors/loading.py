@@ -140,3 +140,45 @@ def reading(model: str, kind: ModelKind, source: Path | str) -> Iterator[None]:
         where = f"the folder {Path(source).resolve()}" if local else where_on_hub(model)
         reason = str(err).strip().splitlines()[0].rstrip(".")
         raise kind.not_found(model, where, reason, local) from None
+
+
+# --- the network call: torch.compile, when asked ---------------------------------------------------
+COMPILE_MODES = ("off", "default", "reduce-overhead", "max-autotune")
+COMPILE_BACKEND = "inductor"  # torch.compile's backend (the tests use 'eager': tracing without code generation)
+
+
+class CompiledNetwork:
+    """A diffusers network called through `torch.compile` (static shapes: the guided batch of two has one shape a
+    run), falling back to the plain module, once and with a warning, if compiling or the compiled call fails (no
+    compiler on the machine, an unsupported operator). Attributes (`dtype`, `config`) are the module's."""
+
+    def __init__(self, module: Any, mode: str = "default") -> None:
+        if mode not in COMPILE_MODES[1:]:
+            raise ValueError(f"unknown compile mode {mode!r}; use one of {', '.join(COMPILE_MODES)}")
+        self.module, self.mode, self.failure = module, mode, None
+        options = {} if mode == "default" else {"mode": mode}
+        if COMPILE_BACKEND != "inductor":
+            options = {"backend": COMPILE_BACKEND}
+        self.compiled = torch.compile(module, dynamic=False, **options)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if self.failure is None:
+            try:
+                return self.compiled(*args, **kwargs)
+            except Exception as err:  # noqa: BLE001 - any failure of the compiler: run the plain module instead
+                self.failure = f"{type(err).__name__}: {str(err).strip().splitlines()[0] if str(err).strip() else ''}"
+                warnings.warn(f"torch.compile of the network failed ({self.failure}); it runs uncompiled", stacklevel=2)
+        return self.module(*args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.module, name)
+
+
+def compiled(module: Any, mode: str, device: torch.device) -> Any:
+    """`module` as the priors call it: itself for mode 'off', else a `CompiledNetwork`; on CUDA in channels-last
+    memory layout (the convolutions' fastest there) when compiled."""
+    if mode == "off":
+        return module
+    if torch.device(device).type == "cuda":
+        module = module.to(memory_format=torch.channels_last)
+    return CompiledNetwork(module, mode)

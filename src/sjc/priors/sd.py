@@ -20,7 +20,7 @@ from ..core.errors import ConfigError
 from ..core.methods import Branches
 from ..core.settings import PAPER_GUIDANCE_SCALE
 from .discrete import DiscreteDenoiser
-from .loading import ModelKind, import_classes, locate, reading, resolve_dtype
+from .loading import ModelKind, compiled, import_classes, locate, reading, resolve_dtype
 from .settings import SDConfig
 
 KIND = ModelKind(
@@ -132,9 +132,10 @@ class StableDiffusionPrior:
         view_prompts: bool = True,
         resolution: int = 512,
         device: torch.device | str = "cpu",
+        compile: str = "off",
     ) -> None:
         self.parts, self.device = parts, torch.device(device)
-        self.unet, self.vae = parts.unet, parts.vae
+        self.unet, self.vae = compiled(parts.unet, compile, self.device), parts.vae
         self.channels = int(parts.unet.config.in_channels)
         self.latents = LatentDecoder(parts.vae, device)
         self.vae_factor, self.scaling_factor = self.latents.factor, self.latents.scaling_factor

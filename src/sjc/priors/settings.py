@@ -56,6 +56,10 @@ class SDConfig:
     """Side of the images the prior scores, in pixels; the field renders latents of resolution / 8 (64 for 512)."""
     negative_prompt: str = ""
     """Text of the unconditional branch of classifier-free guidance ('' is the paper's empty prompt)."""
+    compile: Literal["off", "default", "reduce-overhead", "max-autotune"] = "off"
+    """Call the UNet through torch.compile with this mode ('reduce-overhead' adds CUDA graphs); 'off' runs it as
+    it is. A machine that cannot compile falls back to 'off' with a warning. Measure it on your GPU with
+    benchmarks/device.py (docs/CONVENTIONS.md, "The GPU step")."""
 
 
 @dataclass(frozen=True)
@@ -86,3 +90,7 @@ class Zero123Config:
     resolution: int = 256
     """Side of the images the prior scores, in pixels (Zero-1-to-3 was trained at 256); the field renders latents
     of resolution / 8, and the reference picture is read at this size."""
+    compile: Literal["off", "default", "reduce-overhead", "max-autotune"] = "off"
+    """Call the UNet through torch.compile with this mode ('reduce-overhead' adds CUDA graphs); 'off' runs it as
+    it is. A machine that cannot compile falls back to 'off' with a warning. Measure it on your GPU with
+    benchmarks/device.py (docs/CONVENTIONS.md, "The GPU step")."""

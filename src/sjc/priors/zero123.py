@@ -33,7 +33,7 @@ from ..core.errors import ConfigError
 from ..core.methods import Branches
 from ..core.settings import PAPER_GUIDANCE_SCALE
 from .discrete import DiscreteDenoiser
-from .loading import ModelKind, WeightsNotFoundError, import_classes, locate, reading, resolve_dtype
+from .loading import ModelKind, WeightsNotFoundError, compiled, import_classes, locate, reading, resolve_dtype
 from .sd import LatentDecoder
 from .settings import ZERO123_MODEL, Zero123Config
 
@@ -207,9 +207,10 @@ class Zero123Prior:
         guidance_scale: float = PAPER_GUIDANCE_SCALE,
         resolution: int = Zero123Config.resolution,
         device: torch.device | str = "cpu",
+        compile: str = "off",
     ) -> None:
         self.parts, self.device, self.reference = parts, torch.device(device), reference
-        self.unet, self.vae = parts.unet, parts.vae
+        self.unet, self.vae = compiled(parts.unet, compile, self.device), parts.vae
         self.channels = int(parts.vae.config.latent_channels)
         self.latents = LatentDecoder(parts.vae, device)
         self.vae_factor, self.scaling_factor = self.latents.factor, self.latents.scaling_factor
