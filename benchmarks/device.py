@@ -15,6 +15,10 @@ paper's setting with a full-size (random-weight) Stable Diffusion 1.5, in one co
 2b. The same for image-to-3D with Zero-1-to-3: an SD-1.5-shaped UNet of 8 input channels, the VAE, CLIP ViT-L/14's
    vision tower and the camera projection, random weights, at the "zero123" preset (100^3 grid, 32x32 latents,
    guidance 100, the reference view's losses every step): ms a step and peak memory.
+2c. The sd preset's step run each way in one process: the non-finite guard read every step (as before the loop
+   kept its values on the device) against every 25, the UNet compiled (--compile-modes) or not; ms a step from
+   CUDA events, no sync of the timing's own; then a torch.profiler breakdown by the step's named regions (camera,
+   render, score and the network inside it, losses, backward, guard, optimizer) and the host's waits.
 3. Tests: `pytest -m gpu` (skipped without SJC_SD_MODEL) and `pytest tests/test_render.py tests/test_sd.py`,
    whose render tests run on CUDA too where it is present.
 
@@ -555,6 +559,123 @@ def zero123_steps(rep: Report, device: torch.device, small: bool, warmup: int, t
     rep.data["zero123 steps"] = result
 
 
+# --- 2c. the step, run each way, and where its milliseconds go ------------------------------------------
+WAITS = ("cudaStreamSynchronize", "cudaDeviceSynchronize", "aten::_local_scalar_dense", "aten::item", "aten::nonzero")
+
+
+def _step_times(loop, field, device, first: int, count: int) -> list[float]:
+    """Milliseconds of each of `count` steps from 0-based `first`, as `core.fit.fit` runs them (the guard read when
+    due), timed without a sync of their own: CUDA events between steps on a GPU, the host clock on a CPU."""
+    from sjc.core.fit import sjc_step
+
+    def one(step: int) -> None:
+        sjc_step(field, loop, step)
+        if loop.guard.due(step):
+            loop.guard.check()
+
+    if device.type != "cuda":
+        stamps = [time.perf_counter()]
+        for k in range(count):
+            one(first + k)
+            stamps.append(time.perf_counter())
+        return [1e3 * (b - a) for a, b in zip(stamps, stamps[1:], strict=False)]
+    events = [torch.cuda.Event(enable_timing=True) for _ in range(count + 1)]
+    events[0].record()
+    for k in range(count):
+        one(first + k)
+        events[k + 1].record()
+    sync(device)
+    return [a.elapsed_time(b) for a, b in zip(events, events[1:], strict=False)]
+
+
+def _loop(cfg, parts, device, check_every: int, compile_mode: str):
+    from sjc.core.fit import FitLoop, build_field, make_generators
+    from sjc.priors.sd import StableDiffusionPrior
+
+    prior = StableDiffusionPrior(
+        parts,
+        cfg.prompt,
+        guidance_scale=cfg.scoring.guidance_scale,
+        resolution=cfg.sd.resolution,
+        device=device,
+        compile=compile_mode,
+    )
+    gens = make_generators(cfg.train.seed, device)
+    field = build_field(prior, cfg.field, device, generator=gens["init"])
+    loop = FitLoop.create(field, prior, cfg.fit_settings(), steps=10_000, generators=gens, check_every=check_every)
+    return loop, field
+
+
+def step_variants(rep: Report, device: torch.device, small: bool, warmup: int, timed: int, modes, profile: bool):
+    """The sd preset's step run each way in one process: the non-finite guard read every step (the loop before it
+    kept its values on the device) or every `DEVICE_CHECK_EVERY`, the UNet compiled in each of `modes` or not;
+    then a profile of the default way by the step's named regions."""
+    from sjc.core.fit import DEVICE_CHECK_EVERY
+    from sjc.priors.loading import resolve_dtype
+
+    cfg = preset("sd", "tiny" if small else "paper")
+    cfg = dataclasses.replace(cfg, prompt="a DSLR photo of a hamburger", device=str(device))
+    parts, _ = build_sd_parts(small, device, resolve_dtype(cfg.sd.dtype, device))
+    rep.line(
+        f"== the step each way: sd preset '{cfg.preset}', {warmup} warm-up (compiling included) + {timed} timed "
+        "steps, no sync of the timing's own"
+    )
+    variants = [("guard read every step (before)", 1, "off"), (f"guard read every {DEVICE_CHECK_EVERY}", None, "off")]
+    variants += [(f"every {DEVICE_CHECK_EVERY} + compile {m}", None, m) for m in modes if m != "off"]
+    results = {}
+    for label, every, mode in variants:
+        t = time.perf_counter()
+        loop, field = _loop(cfg, parts, device, every or DEVICE_CHECK_EVERY, mode)
+        _step_times(loop, field, device, 0, warmup)
+        warm_s = time.perf_counter() - t
+        ms = _step_times(loop, field, device, warmup, timed)
+        failure = getattr(loop.prior.unet, "failure", None)
+        results[label] = {"median ms": statistics.median(ms), "mean ms": statistics.fmean(ms), "warm-up s": warm_s}
+        results[label]["compile failure"] = failure
+        rep.line(
+            f"  {label:38s} median {statistics.median(ms):7.1f} ms  mean {statistics.fmean(ms):7.1f} ms  "
+            f"({warmup} warm-up steps {warm_s:.0f} s){'  COMPILE FAILED: ' + failure if failure else ''}"
+        )
+        del loop, field
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    rep.data["step variants"] = results
+    if profile:
+        _profile(rep, cfg, parts, device, warmup, min(timed, 20))
+
+
+def _profile(rep: Report, cfg, parts, device, warmup: int, count: int) -> None:
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    from sjc.core.fit import DEVICE_CHECK_EVERY, REGIONS
+
+    loop, field = _loop(cfg, parts, device, DEVICE_CHECK_EVERY, "off")
+    _step_times(loop, field, device, 0, warmup)
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    t = time.perf_counter()
+    with torch_profile(activities=activities) as prof:
+        _step_times(loop, field, device, warmup, count)
+    wall = 1e3 * (time.perf_counter() - t) / count
+    events = {e.key: e for e in prof.key_averages()}
+
+    def device_ms(e) -> float:
+        return getattr(e, "device_time_total", getattr(e, "cuda_time_total", 0.0)) / 1e3 / count
+
+    rep.line(f"== where a step's {wall:.1f} ms go (profiled, {count} steps; host = launching, device = kernels)")
+    rows = {}
+    for name in [f"sjc.{r}" for r in REGIONS] + ["sjc.network"]:
+        if name in events:
+            e = events[name]
+            rows[name] = {"host ms": e.cpu_time_total / 1e3 / count, "device ms": device_ms(e)}
+            rep.line(f"  {name:16s} host {rows[name]['host ms']:7.2f} ms   device {rows[name]['device ms']:7.2f} ms")
+    waits = {k: events[k].cpu_time_total / 1e3 / count for k in WAITS if k in events}
+    for k, v in waits.items():
+        rep.line(f"  host waits: {k:28s} {v:7.2f} ms a step ({events[k].count / count:.1f} a step)")
+    rep.data["profile"] = {"wall ms a step": wall, "regions": rows, "waits": waits, "steps": count}
+    (rep.out / "profile_table.txt").write_text(prof.key_averages().table(sort_by="cpu_time_total", row_limit=60))
+
+
 # --- 3. tests ----------------------------------------------------------------------------------------
 def run_pytest(rep: Report, label: str, args: list[str], timeout: float) -> None:
     env = dict(os.environ)
@@ -600,15 +721,25 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=None, help="untimed SJC steps (default 30, small 2)")
     parser.add_argument("--steps", type=int, default=None, help="timed SJC steps (default 100, small 3)")
     parser.add_argument("--tests", choices=("all", "gpu", "none"), default=None, help="default all, small gpu")
-    parser.add_argument("--test-budget", type=float, default=240.0, help="seconds for the tests at most")
-    parser.add_argument("--only", nargs="*", choices=("agree", "speed", "steps", "zero123", "tests"), default=None)
+    parser.add_argument("--test-budget", type=float, default=150.0, help="seconds for the tests at most")
+    parser.add_argument(
+        "--only", nargs="*", choices=("agree", "speed", "steps", "zero123", "variants", "tests"), default=None
+    )
+    parser.add_argument(
+        "--profile", action="store_true", help="only the step variants and the profile (--only variants)"
+    )
+    parser.add_argument(
+        "--compile-modes", nargs="*", default=["default"], help="torch.compile modes the variants try (and off)"
+    )
     parser.add_argument("--out", default=os.environ.get("OUT") or str(ROOT / "out" / "device"))
     args = parser.parse_args()
     device = torch.device(args.device)
     warmup = args.warmup if args.warmup is not None else (2 if args.small else 30)
     timed = args.steps if args.steps is not None else (3 if args.small else 100)
     which = args.tests or ("gpu" if args.small else "all")
-    only = set(args.only or ("agree", "speed", "steps", "zero123", "tests"))
+    only = set(
+        args.only or (("variants",) if args.profile else ("agree", "speed", "steps", "zero123", "variants", "tests"))
+    )
     rep = Report(Path(args.out))
     start = time.perf_counter()
     environment(rep, device)
@@ -618,6 +749,10 @@ def main() -> None:
         ("speed", lambda: render_speed(rep, device, args.small)),
         ("steps", lambda: sjc_steps(rep, device, args.small, warmup, timed)),
         ("zero123", lambda: zero123_steps(rep, device, args.small, warmup, timed)),
+        (
+            "variants",
+            lambda: step_variants(rep, device, args.small, warmup, timed, args.compile_modes, profile=True),
+        ),
         ("tests", lambda: tests(rep, which, args.test_budget)),
     ]
     for name, section in sections:

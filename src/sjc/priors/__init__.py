@@ -134,7 +134,12 @@ def build_prior(
 
             p = pixel
             return PixelPrior.from_pretrained(
-                p.model, device=device, dtype=p.dtype, resolution=p.resolution, data_range=p.data_range
+                p.model,
+                device=device,
+                dtype=p.dtype,
+                resolution=p.resolution,
+                data_range=p.data_range,
+                compile=p.compile,
             )
         case "zero123":
             from .zero123 import Zero123Prior

@@ -20,7 +20,7 @@ from torch import Tensor
 from ..core.denoisers import Denoiser
 from ..core.errors import ConfigError
 from .discrete import DiscreteDenoiser
-from .loading import ModelKind, WeightsNotFoundError, import_classes, locate, reading, resolve_dtype
+from .loading import ModelKind, WeightsNotFoundError, compiled, import_classes, locate, reading, resolve_dtype
 from .settings import PixelConfig
 
 VE_SCHEDULER = "ScoreSdeVeScheduler"
@@ -140,9 +140,10 @@ class PixelPrior:
         resolution: int | None = None,
         data_range: str = "auto",
         device: torch.device | str = "cpu",
+        compile: str = "off",
     ) -> None:
         self.parts, self.kind, self.device = parts, parts.kind, torch.device(device)
-        self.unet = parts.unet
+        self.unet = compiled(parts.unet, compile, self.device)
         self.image_size = int(resolution or _sample_size(self.unet.config))
         factor = 2 ** (len(self.unet.config.block_out_channels) - 1)
         if self.image_size % factor:

@@ -74,6 +74,8 @@ class PixelConfig:
     data_range: Literal["auto", "unit", "signed"] = "auto"
     """Pixel range the network was trained on: 'unit' [0, 1], 'signed' [-1, 1]; 'auto' is [0, 1] for score-SDE
     VE checkpoints and [-1, 1] for DDPM ones. Images are [-1, 1] here either way (sigma in those units)."""
+    compile: Literal["off", "default", "reduce-overhead", "max-autotune"] = "off"
+    """Call the UNet through torch.compile with this mode, as --sd.compile."""
 
 
 # Zero-1-to-3's conversion to diffusers with its camera projection in its own folder (cc_projection/).
