@@ -20,7 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from sjc.app.config import slug
+from sjc.app.settings.config import slug
 from sjc.priors.settings import SUITE_PROMPTS as SUITE
 
 KEYS = ("iou_3d", "silhouette_iou", "psnr", "shape_accuracy")
@@ -28,7 +28,7 @@ KEYS = ("iou_3d", "silhouette_iou", "psnr", "shape_accuracy")
 
 def warm_cache(preset_name: str, cache: Path) -> None:
     """Render every prompt's toy data set once, so neither side pays for it."""
-    from sjc.app.presets import preset
+    from sjc.app.settings.presets import preset
     from sjc.priors.toy import make_dataset
 
     toy = preset("toy", preset_name).toy

@@ -35,8 +35,8 @@ def run_job(job: tuple) -> dict:
     prompt, kind, method, sigma_range, seeds, prior_name = job
     import torch
 
-    from sjc.app.presets import canvas_preset, sample_preset
-    from sjc.app.run2d import prior_2d, sample_sigmas
+    from sjc.app.commands.run2d import prior_2d, sample_sigmas
+    from sjc.app.settings.presets import canvas_preset, sample_preset
     from sjc.core.canvas import canvas_sigmas, optimise_canvas, sample_ode
     from sjc.core.fit import make_generators
     from sjc.outputs.metrics import nearest_image_quality

@@ -52,7 +52,7 @@ import torch  # noqa: E402
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))  # tiny_sd: the offline tokenizer files
 
-from sjc.app.presets import preset  # noqa: E402
+from sjc.app.settings.presets import preset  # noqa: E402
 from sjc.core import chaining  # noqa: E402
 from sjc.core.cameras import camera_from_view, sample_training_view  # noqa: E402
 from sjc.core.official import render_official  # noqa: E402
@@ -345,7 +345,7 @@ def build_sd_parts(small: bool, device: torch.device, dtype: torch.dtype):
 def _fit_run(cfg, prior, device, steps: int, run_dir: Path, reference=None) -> tuple[list[float], object]:
     """sjc's fit loop with a run folder (logs, validation, checkpoints: `sjc generate`'s loop) for `steps`
     steps; the wall seconds of each step (every step ends in host syncs: loss values, gradient norm)."""
-    from sjc.app.runs import prepare_run_dir, run_fit
+    from sjc.app.runs.generate import prepare_run_dir, run_fit
     from sjc.core.fit import build_field, make_generators, make_optimizer
 
     gens = make_generators(cfg.train.seed, device)
@@ -400,9 +400,9 @@ def sjc_steps(rep: Report, device: torch.device, small: bool, warmup: int, timed
 def _time_steps(rep: Report, cfg, dtype_name: str, make_prior, device, small, warmup, timed, result) -> dict:
     """Build the prior (`make_prior(cfg, small, device, dtype)` -> prior, parameter counts, reference) and time
     `warmup` + `timed` steps of the run loop, a validation render and a checkpoint; the projected minutes per 10k."""
-    from sjc.app.checkpoint import save_checkpoint
-    from sjc.app.config import to_json
-    from sjc.app.runs import save_validation
+    from sjc.app.runs.checkpoint import save_checkpoint
+    from sjc.app.runs.generate import save_validation
+    from sjc.app.settings.config import to_json
     from sjc.core.fit import NonFiniteError
     from sjc.priors.loading import resolve_dtype
 
@@ -503,7 +503,7 @@ def _zero123_prior(cfg, small: bool, device: torch.device, dtype: torch.dtype):
     from imageio import v3 as iio
     from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
 
-    from sjc.app.picture import make_reference, read_picture
+    from sjc.app.runs.picture import make_reference, read_picture
     from sjc.priors.zero123 import Zero123Components, Zero123Prior
 
     torch.manual_seed(0)

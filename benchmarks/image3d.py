@@ -60,7 +60,7 @@ def write_picture(prompt: str, path: Path, elevation: float = 0.0) -> None:
 
 def job_config(job: dict):
     """The GenerateConfig of a job: the prior's default preset, the condition, then `--set` changes."""
-    from sjc.app.presets import preset
+    from sjc.app.settings.presets import preset
 
     condition = job["condition"]
     prior = {"toy-image": "toy-image", "toy-learned + prompt": "toy-learned"}.get(condition, "toy")
@@ -80,7 +80,7 @@ def run_one(job: dict) -> dict:
     """Lift one picture under one condition and evaluate it against the object it shows (a worker process)."""
     import torch
 
-    from sjc.app.runs import prior_and_reference, run_fit
+    from sjc.app.runs.generate import prior_and_reference, run_fit
     from sjc.core.fit import build_field, make_generators
     from sjc.outputs.metrics import evaluate_field
     from sjc.priors.toy import parse_prompt
@@ -175,7 +175,7 @@ def table(rows: list[dict]) -> str:
 
 def elevation_table(elevations: tuple[float, ...], prompts: tuple[str, ...], folder: Path) -> str:
     """`--image.estimate-elevation` against pictures taken at known elevations, starting from 0 degrees."""
-    from sjc.app.picture import read_picture
+    from sjc.app.runs.picture import read_picture
     from sjc.core.cameras import View
     from sjc.priors.toy_image import estimate_elevation
 
@@ -203,7 +203,7 @@ def figure(runs: list[Path], labels: list[str], prompt: str, out: Path, size: in
     import numpy as np
     from PIL import Image, ImageDraw
 
-    from sjc.app.runs import REFERENCE_COPY, load_run
+    from sjc.app.runs.generate import REFERENCE_COPY, load_run
     from sjc.core.cameras import View
     from sjc.outputs.video import render_views
     from sjc.priors.toy import parse_prompt, render_scene_views

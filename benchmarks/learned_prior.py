@@ -26,8 +26,8 @@ import torch
 
 from canvas import run_job as canvas_job
 from quality import run_one as generate_job
-from sjc.app.run2d import tile
-from sjc.app.train_prior_config import TrainPriorConfig
+from sjc.app.commands.run2d import tile
+from sjc.app.settings.train_prior_config import TrainPriorConfig
 from sjc.outputs.metrics import train_prompt_classifier
 from sjc.priors import TOY_PRIORS
 

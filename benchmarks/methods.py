@@ -36,7 +36,7 @@ IMAGES = Path(__file__).parent.parent / "docs" / "images"
 
 def method_changes(prior: str, preset_name: str, method: str, lr: float | None) -> dict:
     """The config changes of `method`'s preset over the prior's (as run_one's `changes`)."""
-    from sjc.app.presets import method_preset, preset
+    from sjc.app.settings.presets import method_preset, preset
 
     base = preset(prior, preset_name).scoring
     scoring = method_preset(base, method)
@@ -242,7 +242,7 @@ def costs(repeats: int = 10) -> str:
     includes the copy's training step."""
     import torch
 
-    from sjc.app.presets import preset
+    from sjc.app.settings.presets import preset
     from sjc.core import methods
     from sjc.core.settings import PAPER_GUIDANCE
     from sjc.priors import build_prior
@@ -287,7 +287,7 @@ def figure(views_dir: Path, prior: str, variants: list[str], path: Path) -> None
     import imageio.v3 as iio
     import torch
 
-    from sjc.app.run2d import tile
+    from sjc.app.commands.run2d import tile
 
     files = [views_dir / f"{prior}--{v}.pt" for v in dict.fromkeys(variants)]
     missing = [f.name for f in files if not f.exists()]
@@ -304,8 +304,8 @@ def canvases(prior_name: str, path: Path, steps: int) -> dict:
     import imageio.v3 as iio
     import torch
 
-    from sjc.app.presets import canvas_preset
-    from sjc.app.run2d import _one_canvas, _quality, prior_2d, tile
+    from sjc.app.commands.run2d import _one_canvas, _quality, prior_2d, tile
+    from sjc.app.settings.presets import canvas_preset
 
     torch.set_num_threads(1)
     base = dataclasses.replace(canvas_preset(prior_name, "default"), prompt=FIGURE_PROMPT)

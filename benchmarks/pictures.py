@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from sjc.app.runs import load_run
+from sjc.app.runs.generate import load_run
 from sjc.core.cameras import View, camera_from_view
 from sjc.core.render import render
 from sjc.outputs.mesh import extract_mesh

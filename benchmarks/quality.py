@@ -34,7 +34,7 @@ import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
-from sjc.app.train_prior_config import TrainPriorConfig
+from sjc.app.settings.train_prior_config import TrainPriorConfig
 from sjc.priors import TOY_PRIORS
 
 SUITE = TrainPriorConfig().prompts  # every shape, one- and two-colour; the learned prior's classes
@@ -149,7 +149,7 @@ def _override(cfg, changes: dict):
 
 def job_config(job: dict):
     """The GenerateConfig of a job: the prior's preset, the prompt, the step count and seed, then the changes."""
-    from sjc.app.presets import preset
+    from sjc.app.settings.presets import preset
 
     cfg = dataclasses.replace(preset(job["prior"], job["preset"]), prompt=job["prompt"])
     train = {"seed": job.get("seed", 0)}
@@ -184,7 +184,7 @@ def run_one(job: dict) -> dict:
     """Fit one prompt under one variant and evaluate it (runs in a worker process)."""
     import torch
 
-    from sjc.app.runs import prior_from_config, run_fit
+    from sjc.app.runs.generate import prior_from_config, run_fit
     from sjc.core.cameras import camera_from_view
     from sjc.core.fit import build_field, make_generators
     from sjc.core.render import render
@@ -237,7 +237,7 @@ def run_one(job: dict) -> dict:
 
 
 def _slug(job: dict) -> str:
-    from sjc.app.config import slug
+    from sjc.app.settings.config import slug
 
     prior = "oracle" if job.get("oracle") else job["prior"]
     return slug(f"{prior} {job['variant']} seed {job.get('seed', 0)} {job['prompt']}")

@@ -37,7 +37,7 @@ from pathlib import Path
 
 import torch
 
-from sjc.app.presets import preset
+from sjc.app.settings.presets import preset
 from sjc.core import chaining
 from sjc.core import fit as trainer
 from sjc.core.cameras import Camera, camera_from_view, sample_training_view, turntable_views
@@ -219,7 +219,7 @@ def _official_render(field, camera, **_):
 
 def toy_step_ms(steps: int, warmup: int) -> dict[str, float]:
     """Median milliseconds of core.fit.sjc_step (toy prior, default preset) per renderer, interleaved."""
-    from sjc.app.runs import prior_from_config
+    from sjc.app.runs.generate import prior_from_config
 
     cfg = dataclasses.replace(preset("toy", "default"), prompt=TOY_PROMPT)
     prior, cpu = prior_from_config(cfg, torch.device("cpu")), torch.device("cpu")

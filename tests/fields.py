@@ -6,8 +6,8 @@ from pathlib import Path
 
 import torch
 
-from sjc.app.checkpoint import checkpoint_path, save_checkpoint
-from sjc.app.config import GenerateConfig, to_json
+from sjc.app.runs.checkpoint import checkpoint_path, save_checkpoint
+from sjc.app.settings.config import GenerateConfig, to_json
 from sjc.core.voxel import VoxelField
 
 RADIUS = 0.5

@@ -21,8 +21,8 @@ import pytest
 if os.environ.get("SJC_RAY_NETNS") != "1":
     pytest.skip("run inside a loopback-only network namespace by tests/test_batch.py", allow_module_level=True)
 
-from sjc.app.batch import read_attempts, read_result  # noqa: E402
-from sjc.app.checkpoint import list_checkpoints  # noqa: E402
+from sjc.app.batch.runner import read_attempts, read_result  # noqa: E402
+from sjc.app.runs.checkpoint import list_checkpoints  # noqa: E402
 
 TINY = ("--preset", "tiny", "--train.checkpoint-every", "20", "--train.log-every", "10")
 

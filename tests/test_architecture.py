@@ -1,7 +1,8 @@
 """The package's layers (docs/ARCHITECTURE.md): each module imports only its own layer and those below it.
 
-core < priors < outputs < app, with the package root (the Python API) above them all. Every import counts,
-at the top of a module or inside a function, absolute or relative.
+core < priors < outputs < app, with the package root (the Python API) above them all; inside app, its groups
+settings < runs < web, batch < commands. No import circle anywhere. Every import counts, at the top of a module or
+inside a function, absolute or relative.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ import pytest
 
 PACKAGE = Path(__file__).parent.parent / "src" / "sjc"
 ORDER = ("core", "priors", "outputs", "app")  # each layer may import the layers before it
+# The app's groups, each importing only the groups below it (web and batch never each other).
+APP_GROUPS = {"settings": 0, "runs": 1, "web": 2, "batch": 2, "commands": 3}
 
 
 def layer_of(module: str) -> str:
@@ -102,3 +105,82 @@ def test_the_rule_catches_a_forbidden_import(tmp_path, where, source, expected):
     (root / where).write_text(source)
     found = violations(root)
     assert len(found) == 1 and found[0].endswith(expected), found
+
+
+def import_graph(root: Path) -> dict[str, set[str]]:
+    """module -> the sjc modules it imports (a package's __init__ counts as the package)."""
+    graph: dict[str, set[str]] = {}
+    for path in sorted(root.rglob("*.py")):
+        name = module_name(path, root)
+        graph.setdefault(name, set()).update(m for _, m in imports_of(path, root) if m != name)
+    return graph
+
+
+def circles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components of more than one module (Tarjan), each sorted."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    found: list[list[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        for w in graph.get(v, ()):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while True:
+                w = stack.pop()
+                component.append(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return found
+
+
+def test_no_module_takes_part_in_an_import_circle():
+    assert circles(import_graph(PACKAGE)) == []
+
+
+def test_the_circle_check_finds_a_planted_circle(tmp_path):
+    root = tmp_path / "sjc"
+    (root / "app").mkdir(parents=True)
+    for name, source in {
+        "a": "from .b import x\n",
+        "b": "def f():\n    from .c import y\n",
+        "c": "from . import a\n",
+    }.items():
+        (root / "app" / f"{name}.py").write_text(source)
+    (root / "app" / "d.py").write_text("from .a import z\n")  # uses the circle, is not in it
+    (root / "__init__.py").write_text("")
+    (root / "app" / "__init__.py").write_text("")
+    assert circles(import_graph(root)) == [["sjc.app.a", "sjc.app.b", "sjc.app.c"]]
+
+
+def app_group(module: str) -> str | None:
+    parts = module.split(".")
+    return parts[2] if len(parts) > 3 and parts[1] == "app" else None
+
+
+def test_the_app_groups_import_only_the_groups_below_them():
+    bad = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        importer = app_group(module_name(path, PACKAGE))
+        if importer is None:
+            continue
+        for line, imported in imports_of(path, PACKAGE):
+            group = app_group(imported)
+            if group is not None and group != importer and APP_GROUPS[group] >= APP_GROUPS[importer]:
+                bad.append(f"{path.relative_to(PACKAGE.parent)}:{line}: {importer} imports {imported}")
+    assert bad == []
+    assert {p.name for p in (PACKAGE / "app").iterdir() if p.is_dir() and p.name != "__pycache__"} == set(APP_GROUPS)

@@ -14,9 +14,9 @@ import trimesh
 
 import tiny_sd  # sets HF_HUB_OFFLINE before diffusers is imported
 from fields import save_run, sphere_field
-from sjc.app import cli
-from sjc.app.presets import preset
-from sjc.app.render_export import decoder_for, upsampling
+from sjc.app.commands import cli
+from sjc.app.commands.render_export import decoder_for, upsampling
+from sjc.app.settings.presets import preset
 from sjc.outputs.mesh import GREY
 from sjc.priors.sd import StableDiffusionPrior, load_components
 
@@ -118,7 +118,7 @@ def test_user_mistakes_exit_2_with_the_fix(toy_run, args, message, capsys):
 @pytest.mark.parametrize("command", ["render", "export"])
 def test_help_documents_the_flags_without_importing_torch(command):
     code = (
-        "import sys\nfrom sjc.app import cli\n"
+        "import sys\nfrom sjc.app.commands import cli\n"
         f"try:\n    cli.main([{command!r}, '--help'])\nexcept SystemExit:\n    pass\n"
         "print('TORCH' if 'torch' in sys.modules else 'NO-TORCH')"
     )

@@ -17,9 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from sjc.app import cli
-from sjc.app.batch import MISSING_RAY, check_resources, continue_config, describe, run_seconds
-from sjc.app.batch_config import (
+from sjc.app.batch.jobs import (
     BatchOptions,
     Job,
     JobFileError,
@@ -30,9 +28,11 @@ from sjc.app.batch_config import (
     resolve_jobs,
     tyro_message,
 )
-from sjc.app.batch_report import aggregate, summary_markdown, summary_row, write_reports
-from sjc.app.config import slug, to_json
-from sjc.app.runs import generate
+from sjc.app.batch.report import aggregate, summary_markdown, summary_row, write_reports
+from sjc.app.batch.runner import MISSING_RAY, check_resources, continue_config, describe, run_seconds
+from sjc.app.commands import cli
+from sjc.app.runs.generate import generate
+from sjc.app.settings.config import slug, to_json
 from sjc.core.errors import UserError
 
 TESTS = Path(__file__).parent
@@ -178,7 +178,7 @@ def test_without_ray_the_command_asks_for_the_extra(tmp_path, capsys, monkeypatc
 
 def test_help_imports_neither_torch_nor_ray():
     code = (
-        "import sys\nfrom sjc.app import cli\ncli.main(['batch', '--help'])\n"
+        "import sys\nfrom sjc.app.commands import cli\ncli.main(['batch', '--help'])\n"
         "print('HEAVY' if {'torch', 'ray'} & set(sys.modules) else 'LIGHT')"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)

@@ -11,7 +11,7 @@ import imageio.v3 as iio
 import pytest
 import torch
 
-from sjc.app import cli
+from sjc.app.commands import cli
 from sjc.core.canvas import canvas_sigmas, karras_sigmas, optimise_canvas, sample_ode, snap_to_grid
 from sjc.core.chaining import paas_grad
 from sjc.core.denoisers import EmpiricalDenoiser, GaussianDenoiser, PointMassDenoiser
@@ -116,8 +116,8 @@ def test_paas_draws_its_own_noise_for_each_image_of_a_batch():
 
 
 def test_sample_uses_the_prior_s_own_sigma_range():
-    from sjc.app.config2d import SampleConfig
-    from sjc.app.run2d import sample_sigmas
+    from sjc.app.commands.run2d import sample_sigmas
+    from sjc.app.settings.config2d import SampleConfig
     from sjc.priors import DenoiserPrior
 
     prior = DenoiserPrior(GaussianDenoiser(0.0, 0.5), channels=3, image_size=4, sigma_min=0.05, sigma_max=5.0)
@@ -204,7 +204,7 @@ def test_2d_user_mistakes_exit_2_and_results_are_not_overwritten(toy_cache, tmp_
 @pytest.mark.parametrize("command", ["canvas", "sample"])
 def test_2d_help_does_not_import_torch(command):
     code = (
-        "import sys\nfrom sjc.app import cli\n"
+        "import sys\nfrom sjc.app.commands import cli\n"
         f"try:\n    cli.main([{command!r}, '--help'])\nexcept SystemExit:\n    pass\n"
         "print('TORCH' if 'torch' in sys.modules else 'NO-TORCH')"
     )

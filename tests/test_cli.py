@@ -5,9 +5,9 @@ import sys
 
 import pytest
 
-from sjc.app import cli
-from sjc.app.config import GenerateConfig, from_dict, to_dict, validate
-from sjc.app.presets import preset
+from sjc.app.commands import cli
+from sjc.app.settings.config import GenerateConfig, from_dict, to_dict, validate
+from sjc.app.settings.presets import preset
 
 
 def _run(*args, **kw):
@@ -17,7 +17,7 @@ def _run(*args, **kw):
 @pytest.mark.parametrize("args", [["--help"], ["generate", "--help"], ["train-prior", "--help"], ["sample", "--help"]])
 def test_help_does_not_import_torch(args):
     code = (
-        "import sys\nfrom sjc.app import cli\n"
+        "import sys\nfrom sjc.app.commands import cli\n"
         f"try:\n    cli.main({args!r})\nexcept SystemExit:\n    pass\n"
         "print('TORCH' if 'torch' in sys.modules else 'NO-TORCH')"
     )
@@ -93,7 +93,7 @@ def test_an_unavailable_device_is_a_user_error(capsys, tmp_path):
 
 def test_the_package_and_the_prior_registry_import_no_torch():
     code = (
-        "import sys\nimport sjc, sjc.priors, sjc.app.presets\n"
+        "import sys\nimport sjc, sjc.priors, sjc.app.settings.presets\n"
         "sjc.priors.check_prior('toy', 'a red cube')\nassert sjc.__version__\n"
         "print('TORCH' if 'torch' in sys.modules else 'NO-TORCH')"
     )

@@ -10,9 +10,9 @@ import pytest
 import torch
 import trimesh
 
-from sjc.app import cli
-from sjc.app.presets import preset
-from sjc.app.runs import generate, load_run
+from sjc.app.commands import cli
+from sjc.app.runs.generate import generate, load_run
+from sjc.app.settings.presets import preset
 from sjc.outputs.metrics import mesh_occupancy, shape_scores
 from sjc.priors.toy import COLOURS
 

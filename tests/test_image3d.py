@@ -15,10 +15,10 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-from sjc.app import cli
-from sjc.app.checkpoint import list_checkpoints
-from sjc.app.presets import preset
-from sjc.app.runs import generate
+from sjc.app.commands import cli
+from sjc.app.runs.checkpoint import list_checkpoints
+from sjc.app.runs.generate import generate
+from sjc.app.settings.presets import preset
 from sjc.core.cameras import View, camera_from_view
 from sjc.core.fit import Reference, build_field, fit
 from sjc.core.render import render
@@ -124,8 +124,8 @@ def _config(tmp_path, cache_dir, name, picture):
 
 
 def test_a_stopped_image_run_resumes_from_its_own_copy_of_the_picture_bit_identical(tmp_path, cache_dir, monkeypatch):
-    monkeypatch.setattr("sjc.app.runs.write_outputs", lambda *args: {})
-    monkeypatch.setattr("sjc.app.runs.evaluate", lambda *args: None)
+    monkeypatch.setattr("sjc.app.runs.generate.write_outputs", lambda *args: {})
+    monkeypatch.setattr("sjc.app.runs.generate.evaluate", lambda *args: None)
     picture = write_picture(tmp_path / "pictures" / "torus.png", "an orange torus")
     whole = generate(_config(tmp_path, cache_dir, "whole", picture), progress=False)
     stop_at_20 = lambda s: s.step == 20  # noqa: E731

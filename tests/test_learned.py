@@ -12,9 +12,9 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from sjc.app import cli
-from sjc.app.train_prior import TrainPriorError, draw_sigmas, drop_conditions, load_training_state, train_prior
-from sjc.app.train_prior_config import TrainPriorConfig
+from sjc.app.commands import cli
+from sjc.app.commands.train_prior import TrainPriorError, draw_sigmas, drop_conditions, load_training_state, train_prior
+from sjc.app.settings.train_prior_config import TrainPriorConfig
 from sjc.core.cameras import View
 from sjc.priors.learned import (
     VIEWS,
@@ -178,7 +178,7 @@ def test_a_resumed_training_run_is_bit_identical_to_an_uninterrupted_one(tmp_pat
     states = []
     for name in ("straight", "split"):
         cfg = tiny_config(tmp_path / name)
-        from sjc.app.train_prior import build_model
+        from sjc.app.commands.train_prior import build_model
 
         model, ema = build_model(cfg), build_model(cfg)
         opt = torch.optim.Adam(model.parameters())
@@ -247,8 +247,8 @@ def test_generate_with_the_learned_prior_runs_end_to_end_and_refuses_unknown_pro
 
 @pytest.mark.slow
 def test_the_learned_prior_makes_the_two_colour_cube_with_paas_and_a_worse_one_naively():
-    from sjc.app.presets import preset
-    from sjc.app.runs import prior_from_config, run_fit
+    from sjc.app.runs.generate import prior_from_config, run_fit
+    from sjc.app.settings.presets import preset
     from sjc.core.fit import build_field, make_generators
     from sjc.outputs.metrics import evaluate_field
 

@@ -7,10 +7,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from sjc.app import cli
-from sjc.app.checkpoint import list_checkpoints
-from sjc.app.presets import preset
-from sjc.app.runs import generate, load_run
+from sjc.app.commands import cli
+from sjc.app.runs.checkpoint import list_checkpoints
+from sjc.app.runs.generate import generate, load_run
+from sjc.app.settings.presets import preset
 from sjc.core import chaining
 from sjc.core.cameras import View, camera_from_view
 from sjc.core.errors import ConfigError
@@ -111,8 +111,8 @@ def _c2f_config(tmp_path, cache_dir, name: str, steps: int = 60):
 
 
 def test_a_run_stopped_before_an_upsampling_and_resumed_after_it_ends_bit_identical(tmp_path, monkeypatch):
-    monkeypatch.setattr("sjc.app.runs.write_outputs", lambda *args: {})
-    monkeypatch.setattr("sjc.app.runs.evaluate", lambda *args: None)
+    monkeypatch.setattr("sjc.app.runs.generate.write_outputs", lambda *args: {})
+    monkeypatch.setattr("sjc.app.runs.generate.evaluate", lambda *args: None)
     cache = str(tmp_path / "cache")
     reference = generate(_c2f_config(tmp_path, cache, "reference"), progress=False)
     assert reference.field.resolution == 16
@@ -198,7 +198,7 @@ def test_the_levers_are_refused_by_resume_but_accepted_by_every_prior():
         cfg = preset(prior, "tiny")
         assert cfg.losses.opacity_weight == 0 and cfg.optim.lr_decay == 1 and not cfg.field.upsample_at
     with pytest.raises(ConfigError):
-        from sjc.app.config import validate
+        from sjc.app.settings.config import validate
 
         validate(dataclasses.replace(preset("toy", "tiny"), prompt="a red cube", field=FieldConfig(upsample_at=(0.5,))))
 

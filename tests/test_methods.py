@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 
-from sjc.app import cli
-from sjc.app.presets import canvas_preset, preset
+from sjc.app.commands import cli
+from sjc.app.settings.presets import canvas_preset, preset
 from sjc.core import chaining, methods
 from sjc.core.canvas import optimise_canvas
 from sjc.core.denoisers import GaussianDenoiser, PointMassDenoiser

@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from sjc.app.picture import PictureError, read_picture
+from sjc.app.runs.picture import PictureError, read_picture
 from sjc.core.cameras import View, camera_from_view
 from sjc.core.chaining import reference_mask_loss, reference_rgb_loss
 from sjc.core.render import render

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import tiny_pixel  # sets HF_HUB_OFFLINE before diffusers is imported
-from sjc.app import cli
+from sjc.app.commands import cli
 from sjc.core.denoisers import GaussianDenoiser
 from sjc.core.errors import ConfigError
 from sjc.priors import check_prior

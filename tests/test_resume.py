@@ -16,12 +16,12 @@ import torch
 from safetensors.torch import load_file
 
 from oracle import OraclePrior, two_colour_sphere
-from sjc.app import cli
-from sjc.app.checkpoint import list_checkpoints
-from sjc.app.config import to_json
-from sjc.app.interrupt import Interrupted, StopRequest, catch_signals
-from sjc.app.presets import preset
-from sjc.app.runs import load_run, run_fit
+from sjc.app.commands import cli
+from sjc.app.runs.checkpoint import list_checkpoints
+from sjc.app.runs.generate import load_run, run_fit
+from sjc.app.runs.interrupt import Interrupted, StopRequest, catch_signals
+from sjc.app.settings.config import to_json
+from sjc.app.settings.presets import preset
 from sjc.core import fit as trainer
 from sjc.core.fit import NonFiniteError, build_field, make_generators
 
@@ -58,8 +58,8 @@ def _assert_same_state(a, b):
 @pytest.fixture
 def no_exports(monkeypatch):
     """The training loop of `sjc generate` without the turntable, mesh and metrics it writes after."""
-    monkeypatch.setattr("sjc.app.runs.write_outputs", lambda *args: {})
-    monkeypatch.setattr("sjc.app.runs.evaluate", lambda *args: None)
+    monkeypatch.setattr("sjc.app.runs.generate.write_outputs", lambda *args: {})
+    monkeypatch.setattr("sjc.app.runs.generate.evaluate", lambda *args: None)
 
 
 @pytest.fixture(scope="module")
@@ -67,8 +67,8 @@ def reference(tmp_path_factory, cache_dir):
     """An uninterrupted run (it also fills the toy-data cache the other runs read)."""
     out = tmp_path_factory.mktemp("reference") / "run"
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr("sjc.app.runs.write_outputs", lambda *args: {})
-        mp.setattr("sjc.app.runs.evaluate", lambda *args: None)
+        mp.setattr("sjc.app.runs.generate.write_outputs", lambda *args: {})
+        mp.setattr("sjc.app.runs.generate.evaluate", lambda *args: None)
         assert cli.main(_args(out, cache_dir)) == 0
     return (*_final(out), _log(out))
 
@@ -234,9 +234,9 @@ def test_nan_in_the_density_stops_the_run_at_its_step_and_keeps_the_last_good_ch
 
 
 def test_a_full_disk_keeps_the_previous_checkpoint(tmp_path, cache_dir, monkeypatch, capsys):
-    import sjc.app.checkpoint
+    import sjc.app.runs.checkpoint
 
-    real_save = sjc.app.checkpoint.save_file
+    real_save = sjc.app.runs.checkpoint.save_file
 
     def full_disk(tensors, filename, metadata=None):
         if "step_0000004" in filename:
@@ -245,7 +245,7 @@ def test_a_full_disk_keeps_the_previous_checkpoint(tmp_path, cache_dir, monkeypa
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), filename)
         return real_save(tensors, filename, metadata=metadata)
 
-    monkeypatch.setattr("sjc.app.checkpoint.save_file", full_disk)
+    monkeypatch.setattr("sjc.app.runs.checkpoint.save_file", full_disk)
     out = tmp_path / "run"
     assert cli.main(_args(out, cache_dir, "--steps", "6", "--train.checkpoint-every", "2")) == 2
     err = capsys.readouterr().err

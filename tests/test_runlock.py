@@ -14,15 +14,15 @@ import time
 
 import pytest
 
-from sjc.app.cli import main
-from sjc.app.presets import preset
-from sjc.app.runlock import LOCK_NAME, RunBusy, RunLock, holder
-from sjc.app.runs import generate
-from sjc.app.webruns import list_runs, open_run
+from sjc.app.commands.cli import main
+from sjc.app.runs.generate import generate
+from sjc.app.runs.runlock import LOCK_NAME, RunBusy, RunLock, holder
+from sjc.app.settings.presets import preset
+from sjc.app.web.jobs import list_runs, open_run
 
 HOLD = """
 import sys, time
-from sjc.app.runlock import RunLock
+from sjc.app.runs.runlock import RunLock
 lock = RunLock(sys.argv[1]).acquire()
 print("held", flush=True)
 time.sleep(120)

@@ -14,9 +14,9 @@ import pytest
 import torch
 
 import tiny_sd  # sets HF_HUB_OFFLINE before diffusers is imported
-from sjc.app import cli
-from sjc.app.presets import preset
-from sjc.app.runs import load_run
+from sjc.app.commands import cli
+from sjc.app.runs.generate import load_run
+from sjc.app.settings.presets import preset
 from sjc.core.cameras import View
 from sjc.core.fit import FitLoop, SigmaSchedule, build_field, make_generators, make_optimizer, sjc_step
 from sjc.priors.loading import WeightsNotFoundError, hub_cache_dir, resolve_dtype

@@ -162,7 +162,7 @@ def test_training_with_skipping_refreshes_the_grid_on_schedule(monkeypatch):
     import dataclasses
 
     from oracle import OraclePrior, two_colour_sphere
-    from sjc.app.presets import preset
+    from sjc.app.settings.presets import preset
     from sjc.core.fit import FitLoop, build_field, make_generators, sjc_step
 
     cfg = preset("toy", "tiny")

@@ -11,9 +11,9 @@ import torch
 
 import sjc.core.fit as trainer
 from oracle import OraclePrior, two_colour_sphere
-from sjc.app.checkpoint import list_checkpoints
-from sjc.app.presets import preset
-from sjc.app.runs import load_run, prepare_run_dir, run_fit
+from sjc.app.runs.checkpoint import list_checkpoints
+from sjc.app.runs.generate import load_run, prepare_run_dir, run_fit
+from sjc.app.settings.presets import preset
 from sjc.core.fit import (
     DEVICE_CHECK_EVERY,
     FiniteGuard,

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from oracle import OraclePrior, two_colour_sphere
-from sjc.app.presets import preset
-from sjc.app.runs import load_run, run_fit
+from sjc.app.runs.generate import load_run, run_fit
+from sjc.app.settings.presets import preset
 from sjc.core.cameras import View, camera_from_view
 from sjc.core.fit import NonFiniteError, build_field, make_generators
 from sjc.core.render import render

@@ -12,7 +12,7 @@ import torch
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from sjc.app import cli
+from sjc.app.commands import cli
 from sjc.core import fit as trainer
 
 PROMPT = "a red and blue cube"

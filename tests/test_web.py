@@ -18,8 +18,8 @@ import pytest
 pytest.importorskip("gradio")
 from gradio_client import Client  # noqa: E402
 
-from sjc.app.checkpoint import list_checkpoints  # noqa: E402
-from sjc.app.config import markdown_text  # noqa: E402
+from sjc.app.runs.checkpoint import list_checkpoints  # noqa: E402
+from sjc.app.settings.config import markdown_text  # noqa: E402
 from sjc.priors.toy import PromptError, parse_prompt  # noqa: E402
 from webserver import http_get, running_server  # noqa: E402
 

@@ -13,14 +13,13 @@ from pathlib import Path
 
 import pytest
 
-from sjc.app.checkpoint import list_checkpoints
-from sjc.app.cli import main
-from sjc.app.config import markdown_text, to_json
-from sjc.app.presets import preset
-from sjc.app.resume import resume_config as check_resume
-from sjc.app.resume import resume_defaults
-from sjc.app.web import Page, progress_html, prune_cache
-from sjc.app.webruns import (
+from sjc.app.commands.cli import main
+from sjc.app.runs.checkpoint import list_checkpoints
+from sjc.app.settings.config import markdown_text, to_json
+from sjc.app.settings.presets import preset
+from sjc.app.settings.saved import resume_config as check_resume
+from sjc.app.settings.saved import resume_defaults
+from sjc.app.web.jobs import (
     Form,
     Job,
     Limits,
@@ -33,6 +32,7 @@ from sjc.app.webruns import (
     resume_config,
     zip_run,
 )
+from sjc.app.web.page import Page, progress_html, prune_cache
 from sjc.core.errors import ConfigError
 from sjc.priors.toy import PromptError
 

@@ -275,8 +275,8 @@ def test_a_tiny_image_to_3d_run_end_to_end_then_resumed_rendered_and_exported(mo
 
     import imageio.v3 as iio
 
-    from sjc.app import cli
-    from sjc.app.runs import load_run
+    from sjc.app.commands import cli
+    from sjc.app.runs.generate import load_run
 
     out = tmp_path / "ball"
     args = ["generate", "--prior", "zero123", "--image", str(picture_file), "--zero123.model", str(model_dir)]
@@ -307,7 +307,7 @@ def test_a_tiny_image_to_3d_run_end_to_end_then_resumed_rendered_and_exported(mo
 def test_sample_and_canvas_draw_a_novel_view_of_the_picture(model_dir, picture_file, tmp_path, capsys):
     import json
 
-    from sjc.app import cli
+    from sjc.app.commands import cli
 
     common = ["--prior", "zero123", "--image", str(picture_file), "--zero123.model", str(model_dir), "--preset", "tiny"]
     assert cli.main(["sample", *common, "--view", "90", "10", "--out", str(tmp_path / "s")]) == 0
@@ -318,8 +318,8 @@ def test_sample_and_canvas_draw_a_novel_view_of_the_picture(model_dir, picture_f
     assert cli.main(["canvas", *common, "--view", "180", "0", "--scoring", "sds", "--out", str(tmp_path / "c")]) == 0
     assert json.loads((tmp_path / "c" / "summary.json").read_text())["view"]["azimuth"] == 180.0
     # The default folder names the view, so two views of one picture do not collide.
-    from sjc.app.cli import parse_2d
-    from sjc.app.run2d import default_out
+    from sjc.app.commands.run2d import default_out
+    from sjc.app.settings.parse import parse_2d
 
     cfg = parse_2d("sample", ["--prior", "zero123", "--image", str(picture_file), "--view", "90", "10"])
     assert default_out(cfg).name == "image-ball-view90-10-heun"
@@ -336,7 +336,7 @@ def test_sample_and_canvas_draw_a_novel_view_of_the_picture(model_dir, picture_f
     ],
 )
 def test_misuse_gets_one_line_and_exit_2(argv, message, capsys):
-    from sjc.app import cli
+    from sjc.app.commands import cli
 
     assert cli.main([*argv, "--dry-run"]) == 2
     err = capsys.readouterr().err
@@ -344,7 +344,7 @@ def test_misuse_gets_one_line_and_exit_2(argv, message, capsys):
 
 
 def test_the_page_offers_zero123_beside_sd_and_loads_an_offered_model(picture_file, tmp_path):
-    from sjc.app.webruns import Form, Limits, available_priors, form_config
+    from sjc.app.web.jobs import Form, Limits, available_priors, form_config
     from sjc.core.errors import ConfigError
 
     assert "zero123" in available_priors(allow_sd_on_cpu=True)
@@ -358,8 +358,8 @@ def test_the_page_offers_zero123_beside_sd_and_loads_an_offered_model(picture_fi
 
 
 def test_a_batch_of_zero123_jobs_counts_as_gpu_work(picture_file):
-    from sjc.app.batch_config import needs_gpu
-    from sjc.app.cli import parse_generate
+    from sjc.app.batch.jobs import needs_gpu
+    from sjc.app.settings.parse import parse_generate
 
     cfg = parse_generate(["--prior", "zero123", "--image", str(picture_file), "--preset", "tiny"])
     assert needs_gpu(cfg) and not needs_gpu(parse_generate(["a red cube", "--preset", "tiny"]))

@@ -58,15 +58,15 @@ API = {
     "write_outputs": "outputs.files",
     "ExportConfig": "outputs.settings",
     # app: reference pictures for image-to-3D
-    "read_picture": "app.picture",
-    "make_reference": "app.picture",
-    "ImageConfig": "app.config",
+    "read_picture": "app.runs.picture",
+    "make_reference": "app.runs.picture",
+    "ImageConfig": "app.settings.config",
     # app: run folders and configurations
-    "GenerateConfig": "app.config",
-    "preset": "app.presets",
-    "generate": "app.runs",
-    "load_run": "app.runs",
-    "RunResult": "app.runs",
+    "GenerateConfig": "app.settings.config",
+    "preset": "app.settings.presets",
+    "generate": "app.runs.generate",
+    "load_run": "app.runs.generate",
+    "RunResult": "app.runs.generate",
 }
 __all__ = ["__version__", *API]
 

@@ -2,6 +2,6 @@
 
 import sys
 
-from sjc.app.cli import main
+from sjc.app.commands.cli import main
 
 sys.exit(main())

@@ -5,7 +5,7 @@ PAAS (paper Eq. 16), and back-propagate -(g * y).sum() plus the emptiness and ce
 voxels with Adamax. Image-to-3D adds a `Reference`: a picture seen from a known camera, whose render there
 is pulled towards the picture (colour and mask) while the prior scores every other view. The camera sampler
 and the render function are parameters (the paper's perspective cameras and `render` by default); a callback
-sees every step and may stop the loop. Files are the app's business: `sjc.app.runs` adds logs, validation
+sees every step and may stop the loop. Files are the app's business: `sjc.app.runs.generate` adds logs, validation
 renders, checkpoints and resume on top of this loop.
 """
 
@@ -327,7 +327,7 @@ def _checked_reference(reference: Reference, prior: Prior, device: torch.device)
     if tuple(reference.image.shape) != shape:
         raise ConfigError(
             f"the reference picture is {tuple(reference.image.shape)} but this prior renders {shape} "
-            "(channels, height, width of its data space); bring it there first (`sjc.app.picture`)"
+            "(channels, height, width of its data space); bring it there first (`sjc.app.runs.picture`)"
         )
     return reference.to(device)
 

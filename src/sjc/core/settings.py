@@ -1,7 +1,7 @@
 """Settings of the SJC core: the field, the training cameras, the score estimate, the losses and the optimiser.
 
 Frozen dataclasses whose field docstrings become `sjc generate --help` (under --field., --camera., ...).
-Defaults are the paper's (official code) values unless a comment says otherwise; `sjc.app.presets` holds
+Defaults are the paper's (official code) values unless a comment says otherwise; `sjc.app.settings.presets` holds
 what each prior's presets change. Imports no torch.
 """
 

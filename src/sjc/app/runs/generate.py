@@ -20,11 +20,11 @@ from pathlib import Path
 import imageio.v3 as iio
 import torch
 
-from ..core import methods
-from ..core.cameras import View, camera_from_view
-from ..core.denoisers import Prior
-from ..core.errors import UserError
-from ..core.fit import (
+from ...core import methods
+from ...core.cameras import View, camera_from_view
+from ...core.denoisers import Prior
+from ...core.errors import UserError
+from ...core.fit import (
     CameraSampler,
     FitResult,
     FitStep,
@@ -37,26 +37,18 @@ from ..core.fit import (
     make_optimizer,
     pick_device,
 )
-from ..core.render import render
-from ..core.voxel import VoxelField
-from ..outputs.files import write_outputs
-from ..outputs.video import to_uint8
-from ..priors import IMAGE_PRIORS, TOY_PRIORS, build_prior
-from ..priors.toy import BACKGROUND
-from .checkpoint import (
-    CheckpointError,
-    checkpoint_path,
-    list_checkpoints,
-    prune_checkpoints,
-    read_checkpoint,
-    restore,
-    save_checkpoint,
-)
-from .config import GenerateConfig, from_dict, picture_title, slug, to_json
-from .config2d import Config2D
+from ...core.render import render
+from ...core.voxel import VoxelField
+from ...outputs.files import write_outputs
+from ...outputs.video import to_uint8
+from ...priors import IMAGE_PRIORS, TOY_PRIORS, build_prior
+from ...priors.toy import BACKGROUND
+from .checkpoint import CheckpointError, checkpoint_path, list_checkpoints, prune_checkpoints, read_checkpoint, restore, save_checkpoint
+from ..settings.config import GenerateConfig, from_dict, picture_title, slug, to_json
+from ..settings.config2d import Config2D
 from .interrupt import Interrupted, StopRequest, catch_signals
 from .picture import make_reference, picture_size, read_picture
-from .resume import restore_run
+from .restore import restore_run
 from .runlock import RunLock
 
 VALIDATION_VIEW = View(azimuth=30.0, elevation=20.0)
@@ -144,8 +136,8 @@ def _reference_view(cfg: GenerateConfig, read: Callable, view: View) -> tuple[Vi
     --image.estimate-elevation asks (toy priors)."""
     if not cfg.image.estimate_elevation:
         return view, {"view": _view_dict(view)}
-    from ..priors.settings import SUITE_PROMPTS
-    from ..priors.toy_image import ESTIMATE_SIZE, estimate_elevation
+    from ...priors.settings import SUITE_PROMPTS
+    from ...priors.toy_image import ESTIMATE_SIZE, estimate_elevation
 
     prompts = SUITE_PROMPTS if cfg.prior in IMAGE_PRIORS else (cfg.prompt,)
     elevation, _ = estimate_elevation(read(ESTIMATE_SIZE, BACKGROUND).rgb, view, prompts)
@@ -351,8 +343,8 @@ def evaluate(field: VoxelField, cfg: GenerateConfig, prior: Prior | None = None)
         truth = cfg.prompt
     else:
         return None
-    from ..outputs.metrics import evaluate_field
-    from ..priors.toy import parse_prompt
+    from ...outputs.metrics import evaluate_field
+    from ...priors.toy import parse_prompt
 
     metrics = evaluate_field(field, parse_prompt(truth), threshold=0.5)
     return {"object": truth, **metrics} if cfg.prior == "toy-image" else metrics

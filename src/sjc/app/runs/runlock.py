@@ -20,7 +20,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..core.errors import UserError
+from ...core.errors import UserError
 
 try:
     import fcntl

@@ -15,9 +15,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from ..core.errors import UserError
-from .config import markdown_text
-from .webruns import (
+from ...core.errors import UserError
+from ..settings.config import markdown_text
+from .jobs import (
     EXAMPLE_PROMPTS,
     PRESETS,
     SCORING,

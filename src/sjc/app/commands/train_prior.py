@@ -22,13 +22,13 @@ from safetensors.torch import save_file
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from ..core.cameras import view_bucket
-from ..core.errors import UserError
-from ..priors.learned import VIEWS, EDMDenoiser, ToyUNet, UNetSpec, edm_loss_weight, save_weights
-from ..priors.toy import make_dataset, parse_prompt
-from .config import to_json
-from .interrupt import Interrupted, catch_signals
-from .train_prior_config import TrainPriorConfig
+from ...core.cameras import view_bucket
+from ...core.errors import UserError
+from ...priors.learned import VIEWS, EDMDenoiser, ToyUNet, UNetSpec, edm_loss_weight, save_weights
+from ...priors.toy import make_dataset, parse_prompt
+from ..runs.interrupt import Interrupted, catch_signals
+from ..settings.config import to_json
+from ..settings.train_prior_config import TrainPriorConfig
 
 SIGMA_BANDS = (0.1, 0.5, 1.5)  # log.jsonl reports the loss below, between and above these sigmas
 UNIFORM_RANGE = (0.002, 80.0)  # the sampler's range: every sigma it visits is trained on

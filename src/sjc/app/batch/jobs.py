@@ -24,10 +24,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..core.errors import UserError
-from ..priors import NETWORK_PRIORS
-from .batch_report import REPORT_FILES
-from .config import GenerateConfig, check_prompt, picture_title, slug
+from ...core.errors import UserError
+from ...priors import NETWORK_PRIORS
+from ..settings.config import GenerateConfig, check_prompt, picture_title, slug
+from .report import REPORT_FILES
 
 JOB_KEYS = ("prompt", "seed", "name", "image", "overrides")
 # Flags of `sjc generate` that `sjc batch` sets itself for every run.
@@ -175,7 +175,7 @@ def parse_options(argv: list[str]) -> BatchOptions:
 def load_jobs(options: BatchOptions) -> list[Job]:
     """The jobs of the file (or the suite), each seed of --seeds applied to the jobs that name none."""
     if options.suite:
-        from .train_prior_config import TrainPriorConfig
+        from ..settings.train_prior_config import TrainPriorConfig
 
         jobs = [Job(p, where=f"suite prompt {i}") for i, p in enumerate(TrainPriorConfig().prompts, 1)]
     else:
@@ -314,11 +314,11 @@ def check_generate_options(job: Job, options: BatchOptions) -> GenerateConfig:
     flag or preset there is the whole command's mistake (status 2), not every job's."""
     import tyro
 
-    from .cli import _preset_then_flags
-    from .presets import preset
+    from ..settings.parse import preset_then_flags
+    from ..settings.presets import preset
 
     argv = [job.prompt, *options.generate]
-    known = _preset_then_flags(argv)
+    known = preset_then_flags(argv)
     return _quiet_tyro(lambda a: tyro.cli(GenerateConfig, args=a, default=preset(known.prior, known.preset)), argv)
 
 
@@ -353,7 +353,7 @@ def needs_gpu(cfg: GenerateConfig) -> bool:
 
 def job_config(job: Job, options: BatchOptions, run_dir: Path) -> GenerateConfig:
     """The `sjc generate` configuration of a job (UserError with the command's own message otherwise)."""
-    from .cli import parse_generate
+    from ..settings.parse import parse_generate
 
     argv = [job.prompt, *options.generate, *job.overrides]
     if job.seed is not None:
@@ -364,7 +364,7 @@ def job_config(job: Job, options: BatchOptions, run_dir: Path) -> GenerateConfig
     cfg = _quiet_tyro(parse_generate, argv)
     check_prompt(cfg)
     if cfg.image.path is not None:  # an unreadable picture fails its job now, in one line
-        from .picture import check_picture
+        from ..runs.picture import check_picture
 
         check_picture(cfg.image)
     return cfg

@@ -19,11 +19,11 @@ from typing import Annotated, Any, Literal
 
 import tyro
 
-from ..core.errors import ConfigError
-from ..core.settings import CameraConfig, FieldConfig, FitSettings, LossConfig, OptimConfig, ScoringConfig
-from ..outputs.settings import ExportConfig
-from ..priors import check_prior
-from ..priors.settings import PixelConfig, SDConfig, ToyConfig, Zero123Config
+from ...core.errors import ConfigError
+from ...core.settings import CameraConfig, FieldConfig, FitSettings, LossConfig, OptimConfig, ScoringConfig
+from ...outputs.settings import ExportConfig
+from ...priors import check_prior
+from ...priors.settings import PixelConfig, SDConfig, ToyConfig, Zero123Config
 
 # One PyTorch thread: the fastest for the toy presets idle or beside other work (a toy step took 18 ms at one
 # thread and 28 ms at two on 2 idle cores; 17 and 39 ms beside a busy process), and within 15% of two threads
@@ -85,7 +85,7 @@ class ImageConfig:
 
     def camera_view(self, camera: CameraConfig):
         """The reference `View`, the field of view and radius defaulting to `camera`'s test view."""
-        from ..core.cameras import View
+        from ...core.cameras import View
 
         az, el, *rest = self.view
         fov = rest[0] if rest else camera.test_fov
@@ -273,10 +273,10 @@ def markdown_text(text: str) -> str:
 def check_prompt(cfg: GenerateConfig) -> None:
     """The toy priors' prompt grammar (PromptError names the unknown word), checked before a run is started
     elsewhere (a Ray worker, the web page's thread). Imports torch, unlike `validate`."""
-    from ..priors import TOY_PRIORS
+    from ...priors import TOY_PRIORS
 
     if cfg.prior in TOY_PRIORS:
-        from ..priors.toy import parse_prompt
+        from ...priors.toy import parse_prompt
 
         parse_prompt(cfg.prompt)
 

@@ -17,7 +17,7 @@ import os
 from pathlib import Path
 from urllib.parse import quote
 
-from .config import markdown_text
+from ..settings.config import markdown_text
 
 COLUMNS = (
     "name",

@@ -26,11 +26,11 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from ..core.errors import UserError
-from .batch_config import ResolvedJob, load_jobs, parse_options, resolve_jobs
-from .batch_report import summary_row, write_reports
-from .config import GenerateConfig, from_dict, to_dict
-from .resume import write_atomically
+from ...core.errors import UserError
+from ..runs.restore import write_atomically
+from ..settings.config import GenerateConfig, from_dict, to_dict
+from .jobs import ResolvedJob, load_jobs, parse_options, resolve_jobs
+from .report import summary_row, write_reports
 
 RESULT, ATTEMPTS, STOP_FILE = "result.json", "attempts.jsonl", ".stop"
 MISSING_RAY = "install the [batch] extra: pip install 'sjc[batch]'"
@@ -43,10 +43,10 @@ def run_job(config: dict, stop_file: str) -> dict:
     an exception, so Ray retries only what is worth retrying: a worker that died."""
     import torch
 
-    from ..core.fit import NonFiniteError
-    from .checkpoint import list_checkpoints
-    from .interrupt import Interrupted
-    from .runs import generate
+    from ...core.fit import NonFiniteError
+    from ..runs.checkpoint import list_checkpoints
+    from ..runs.generate import generate
+    from ..runs.interrupt import Interrupted
 
     cfg = from_dict(GenerateConfig, config)
     run_dir, stop = Path(cfg.out), Path(stop_file)
@@ -119,7 +119,7 @@ def run_seconds(attempts: list[dict]) -> float:
 
 def finished_record(run_dir: Path, cfg: GenerateConfig, metrics: dict | None) -> dict:
     """result.json of a finished run: what the summaries show, and what marks the run as done."""
-    from .runs import _json_safe
+    from ..runs.generate import _json_safe
 
     attempts = read_attempts(run_dir)
     starts = [a for a in attempts if a["event"] == "start"]
@@ -155,7 +155,7 @@ def is_finished(job: ResolvedJob) -> bool:
 def continue_config(job: ResolvedJob) -> None:
     """A run folder that already holds this run: its saved settings must be the job's (else the job fails with
     the flag that differs), and a raised --steps keeps the schedules' length, as `sjc generate --resume` does."""
-    from .resume import resume_config, resume_defaults
+    from ..settings.saved import resume_config, resume_defaults
 
     if job.error is not None or job.config is None or not (job.run_dir / "config.json").exists():
         return
@@ -283,7 +283,7 @@ def wait_all(ray: Any, refs: dict, retries: int, stop_file: Path, bar: Any, resu
     """Collect every task's result into `results`, a line per run and the bar moving; the first Ctrl-C writes the
     stop file (the runs checkpoint and return), a second one quits at once. Runs lost with their node are left
     out of the lines and the bar; RayLost when Ray itself stops answering."""
-    from .interrupt import catch_signals
+    from ..runs.interrupt import catch_signals
 
     with catch_signals() as stop:
         while refs:

@@ -10,10 +10,10 @@ from typing import Annotated, Literal
 
 import tyro
 
-from ..core.errors import ConfigError
-from ..core.settings import PAPER_GUIDANCE_SCALE, VSD_LR
-from ..priors import IMAGE_PRIORS, check_prior
-from ..priors.settings import PixelConfig, SDConfig, ToyConfig, Zero123Config
+from ...core.errors import ConfigError
+from ...core.settings import PAPER_GUIDANCE_SCALE, VSD_LR
+from ...priors import IMAGE_PRIORS, check_prior
+from ...priors.settings import PixelConfig, SDConfig, ToyConfig, Zero123Config
 from .config import DEFAULT_THREADS, ImageConfig, raise_first
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..priors.settings import SUITE_PROMPTS
+from ...priors.settings import SUITE_PROMPTS
 from .config import raise_first
 
 

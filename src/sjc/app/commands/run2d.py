@@ -21,16 +21,16 @@ import torch
 from safetensors.torch import save_file
 from torch import Tensor
 
-from ..core.cameras import View
-from ..core.canvas import canvas_sigmas, karras_sigmas, optimise_canvas, sample_ode, snap_to_grid
-from ..core.denoisers import Prior
-from ..core.fit import make_generators, pick_device
-from ..core.methods import Scorer
-from ..outputs.video import write_gif, write_mp4
-from ..priors import TOY_PRIORS, build_prior
-from .config import to_dict
-from .config2d import CanvasConfig, Config2D, SampleConfig
-from .runs import RunFolderError, run_slug
+from ...core.cameras import View
+from ...core.canvas import canvas_sigmas, karras_sigmas, optimise_canvas, sample_ode, snap_to_grid
+from ...core.denoisers import Prior
+from ...core.fit import make_generators, pick_device
+from ...core.methods import Scorer
+from ...outputs.video import write_gif, write_mp4
+from ...priors import TOY_PRIORS, build_prior
+from ..runs.generate import RunFolderError, run_slug
+from ..settings.config import to_dict
+from ..settings.config2d import CanvasConfig, Config2D, SampleConfig
 
 TILE_GAP = 2  # white pixels between images in grids
 MIN_TILE = 96  # small images are enlarged (nearest) to at least this many pixels a side
@@ -49,7 +49,7 @@ def prior_2d(cfg: Config2D, device: torch.device) -> Prior:
     a bad picture fails before any weights load)."""
     picture = None
     if cfg.image.path is not None:
-        from .picture import read_picture
+        from ..runs.picture import read_picture
 
         im = cfg.image
         rgb = read_picture(im.path, cfg.zero123.resolution, 1.0, im.background_colour, im.tolerance).rgb
@@ -72,7 +72,7 @@ def views_2d(cfg: Config2D) -> tuple[View | None, View | None]:
     view, or for zero123 the reference's), the field of view and radius defaulting to the prior's preset camera."""
     if cfg.image.path is None:
         return None, None
-    from .presets import preset
+    from ..settings.presets import preset
 
     reference = cfg.image.camera_view(preset(cfg.prior, cfg.preset).camera)
     if cfg.view is None:
@@ -215,7 +215,7 @@ def _quality(cfg: Config2D, rgb: Tensor) -> dict | None:
     """Toy prompts: nearest-render distance and prompt accuracy (`metrics.nearest_image_quality`)."""
     if cfg.prior not in TOY_PRIORS:
         return None
-    from ..outputs.metrics import nearest_image_quality
+    from ...outputs.metrics import nearest_image_quality
 
     t = cfg.toy
     return nearest_image_quality(rgb.cpu(), cfg.prompt, t.n_images, rgb.shape[-1], t.data_seed, t.cache_dir)

@@ -6,7 +6,6 @@ output folders, missing model weights) end with one message and exit status 2, n
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import inspect
 import sys
@@ -14,9 +13,9 @@ from typing import Any
 
 import tyro
 
-from ..core.errors import UserError
-from .config import GenerateConfig, to_json, validate
-from .presets import preset
+from ...core.errors import UserError
+from ..settings.config import to_json
+from ..settings.parse import parse_2d, parse_generate
 
 COMMANDS = {
     "generate": "optimise a 3D voxel field against a 2D diffusion prior and export it",
@@ -41,32 +40,6 @@ commands:
 """
 
 
-def _preset_then_flags(argv: list[str]) -> argparse.Namespace:
-    """--prior, --preset and --resume, read before the full parse: they choose the defaults the flags apply to."""
-    pre = argparse.ArgumentParser(add_help=False)
-    pre.add_argument("--prior", default="toy")
-    pre.add_argument("--preset", default="default")
-    pre.add_argument("--resume", default=None)
-    pre.add_argument("--scoring.method", "--scoring", dest="method", default="paas")
-    return pre.parse_known_args(argv)[0]
-
-
-def parse_generate(argv: list[str]) -> GenerateConfig:
-    """Resolve a GenerateConfig: the preset of --prior/--preset (or a resumed run's settings), then every flag."""
-    from .resume import resume_config, resume_defaults
-
-    known = _preset_then_flags(argv)
-    # A resume starts from the run's saved settings instead of a preset.
-    resumed = known.resume is not None
-    default = preset(known.prior, known.preset, known.method) if not resumed else resume_defaults(known.resume)
-    about = "Optimise a voxel field so its renders look likely to a 2D diffusion prior."
-    cfg = tyro.cli(GenerateConfig, args=argv, default=default, prog="sjc generate", description=about)
-    if known.resume is not None:
-        cfg = resume_config(default, cfg)
-    validate(cfg)
-    return cfg
-
-
 def _print_dry_run(cfg: Any) -> int:
     print(to_json(dataclasses.replace(cfg, dry_run=False)))
     return 0
@@ -88,9 +61,9 @@ def cmd_generate(argv: list[str]) -> int:
     cfg = parse_generate(argv)
     if cfg.dry_run:
         return _print_dry_run(cfg)
-    from ..core.fit import NonFiniteError
-    from .interrupt import Interrupted
-    from .runs import generate
+    from ...core.fit import NonFiniteError
+    from ..runs.generate import generate
+    from ..runs.interrupt import Interrupted
 
     _set_threads(cfg.threads)
     try:
@@ -116,14 +89,14 @@ def cmd_generate(argv: list[str]) -> int:
 
 
 def cmd_render(argv: list[str]) -> int:
-    from .config import RenderConfig
+    from ..settings.config import RenderConfig
 
     rc = tyro.cli(RenderConfig, args=argv, prog="sjc render", description=RenderConfig.__doc__)
     return _asset_command("render", rc)
 
 
 def cmd_export(argv: list[str]) -> int:
-    from .config import ExportMeshConfig
+    from ..settings.config import ExportMeshConfig
 
     ec = tyro.cli(ExportMeshConfig, args=argv, prog="sjc export", description=ExportMeshConfig.__doc__)
     return _asset_command("export", ec)
@@ -141,27 +114,6 @@ def _asset_command(name: str, cfg: Any) -> int:
     for key, path in files.items():
         print(f"  {key:10s} {path}")
     return 0
-
-
-def parse_2d(command: str, argv: list[str]) -> Any:
-    """Resolve a CanvasConfig or SampleConfig: the preset of --prior/--preset, then every flag over it."""
-    from .config2d import CanvasConfig, SampleConfig, validate_2d
-    from .presets import canvas_preset, sample_preset
-
-    cls, make = (CanvasConfig, canvas_preset) if command == "canvas" else (SampleConfig, sample_preset)
-    known = _preset_then_flags(argv)
-    about = {
-        "canvas": "Optimise an image directly (the renderer is the identity) with a 2D prior's score estimate.",
-        "sample": "Draw images from a 2D prior with the deterministic Karras/EDM probability-flow ODE sampler.",
-    }
-    default = (
-        canvas_preset(known.prior, known.preset, known.method)
-        if command == "canvas"
-        else make(known.prior, known.preset)
-    )
-    cfg = tyro.cli(cls, args=argv, default=default, prog=f"sjc {command}", description=about[command])
-    validate_2d(cfg)
-    return cfg
 
 
 def _run_2d(command: str, argv: list[str]) -> int:
@@ -196,7 +148,7 @@ def cmd_sample(argv: list[str]) -> int:
 
 
 def cmd_train_prior(argv: list[str]) -> int:
-    from .train_prior_config import TrainPriorConfig, validate_train_prior
+    from ..settings.train_prior_config import TrainPriorConfig, validate_train_prior
 
     about = inspect.cleandoc(TrainPriorConfig.__doc__ or "")
     cfg = tyro.cli(TrainPriorConfig, args=argv, prog="sjc train-prior", description=about)
@@ -205,8 +157,8 @@ def cmd_train_prior(argv: list[str]) -> int:
         return _print_dry_run(cfg)
     import shlex
 
-    from ..core.fit import pick_device
-    from .interrupt import Interrupted
+    from ...core.fit import pick_device
+    from ..runs.interrupt import Interrupted
     from .train_prior import train_prior
 
     _set_threads(cfg.threads)
@@ -292,8 +244,8 @@ def cmd_serve(argv: list[str]) -> int:
             raise UserError(f"{flag} must be at least 1, got {value}")
     if not cfg.max_upload_mb > 0:
         raise UserError(f"--max-upload-mb must be positive, got {cfg.max_upload_mb}")
-    from .web import serve
-    from .webruns import Limits
+    from ..web.jobs import Limits
+    from ..web.page import serve
 
     limits = Limits(cfg.max_grid, cfg.max_steps, cfg.max_threads, serve_models(cfg.models))
     try:
@@ -305,12 +257,12 @@ def cmd_serve(argv: list[str]) -> int:
 
 def cmd_batch(argv: list[str]) -> int:
     """`sjc batch`: the jobs as Ray tasks (Ray is imported inside, so the core install stays light)."""
-    from .batch_config import HELP
+    from ..batch.jobs import HELP
 
     if "-h" in argv or "--help" in argv:
         print(HELP)
         return 0
-    from .batch import run_batch
+    from ..batch.runner import run_batch
 
     try:
         return run_batch(argv)

@@ -11,14 +11,14 @@ from pathlib import Path
 
 import torch
 
-from ..core.cameras import spiral_views, turntable_views
-from ..core.errors import UserError
-from ..core.fit import pick_device
-from ..core.voxel import VoxelField
-from ..outputs import video
-from ..outputs.mesh import MESH_FORMATS, extract_mesh, is_rgb_field, write_grids, write_mesh
-from .config import ExportMeshConfig, GenerateConfig, RenderConfig
-from .runs import load_run, prior_from_config
+from ...core.cameras import spiral_views, turntable_views
+from ...core.errors import UserError
+from ...core.fit import pick_device
+from ...core.voxel import VoxelField
+from ...outputs import video
+from ...outputs.mesh import MESH_FORMATS, extract_mesh, is_rgb_field, write_grids, write_mesh
+from ..runs.generate import load_run, prior_from_config
+from ..settings.config import ExportMeshConfig, GenerateConfig, RenderConfig
 
 Log = Callable[[str], None]
 FORMATS = (*MESH_FORMATS, "npz")
@@ -47,12 +47,12 @@ def decoder_for(cfg: GenerateConfig, field: VoxelField, device: torch.device) ->
         return None
     match cfg.prior:
         case "sd":
-            from ..priors.sd import LatentDecoder
+            from ...priors.sd import LatentDecoder
 
             return LatentDecoder.from_pretrained(cfg.sd.model, device=device)
         case "zero123":
-            from ..priors.sd import LatentDecoder
-            from ..priors.zero123 import KIND
+            from ...priors.sd import LatentDecoder
+            from ...priors.zero123 import KIND
 
             return LatentDecoder.from_pretrained(cfg.zero123.model, device=device, kind=KIND)
         case _:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..core.errors import UserError
+from ...core.errors import UserError
 
 
 class PictureError(UserError, ValueError):
@@ -118,7 +118,7 @@ def make_reference(prior, picture: Picture, view, image_cfg, name: str = "this p
     (`config.ImageConfig`)."""
     import torch
 
-    from ..core.fit import Reference
+    from ...core.fit import Reference
 
     data = picture_to_data(prior, picture.rgb, name)
     size = prior.image_size

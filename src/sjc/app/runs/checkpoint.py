@@ -18,7 +18,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
-from ..core.errors import UserError
+from ...core.errors import UserError
 
 CHECKPOINT_RE = re.compile(r"step_(\d+)\.safetensors$")
 

@@ -22,13 +22,13 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from ..core.errors import ConfigError, UserError
-from ..priors import IMAGE_PRIORS, NETWORK_PRIORS
-from ..priors.settings import SUITE_PROMPTS
-from .config import GenerateConfig, ImageConfig, check_prompt, from_dict, markdown_text, validate
-from .picture import check_picture
-from .presets import preset
-from .runlock import LOCK_NAME, holder
+from ...core.errors import ConfigError, UserError
+from ...priors import IMAGE_PRIORS, NETWORK_PRIORS
+from ...priors.settings import SUITE_PROMPTS
+from ..runs.picture import check_picture
+from ..runs.runlock import LOCK_NAME, holder
+from ..settings.config import GenerateConfig, ImageConfig, check_prompt, from_dict, markdown_text, validate
+from ..settings.presets import preset
 
 EXAMPLE_PROMPTS = SUITE_PROMPTS  # the toy suite: every shape, one and two colours
 PRESETS = ("tiny", "default", "paper")
@@ -211,7 +211,7 @@ def _num(value: Any, default: float, what: str = "a number") -> float:
 def new_run_dir(runs: Path, cfg: GenerateConfig) -> Path:
     """A new, empty runs/<prompt-slug>-s<seed> (-2, -3, ... when taken), made here so that two visitors starting
     the same prompt at once never share one. The slug keeps [a-z0-9-] alone: no prompt names a folder outside."""
-    from .runs import run_slug
+    from ..runs.generate import run_slug
 
     base = f"{run_slug(cfg)}-s{cfg.train.seed}"
     runs.mkdir(parents=True, exist_ok=True)
@@ -273,14 +273,14 @@ class Job:
         return not self.thread.is_alive()
 
     def _run(self) -> None:
-        from ..priors.loading import WeightsNotFoundError
-        from .interrupt import Interrupted
-        from .runs import generate, prior_and_reference
+        from ...priors.loading import WeightsNotFoundError
+        from ..runs.generate import generate, prior_and_reference
+        from ..runs.interrupt import Interrupted
 
         try:
             import torch
 
-            from ..core.fit import pick_device
+            from ...core.fit import pick_device
 
             if self.cfg.threads:
                 torch.set_num_threads(self.cfg.threads)
@@ -321,7 +321,7 @@ class Job:
                 self.history = self.history[::2]
             self._rates = [(t, s) for t, s in self._rates if now - t < 5.0] + [(now, info.step)]
         if now - self._last_preview > self.PREVIEW_EVERY or info.step == info.steps:
-            from ..outputs.video import to_uint8
+            from ...outputs.video import to_uint8
 
             self.preview, self._last_preview = to_uint8(self._prior.decode(info.image)), now
         return self._stop.is_set()
@@ -356,8 +356,8 @@ def _remove_if_empty(path: Path) -> None:
 def resume_config(run_dir: Path, threads: int | None = None, limits: Limits | None = None) -> GenerateConfig:
     """The config that continues a stopped or unfinished run, as `sjc generate --resume` builds it, checked
     against the server's `limits` like a new run (a run made by `sjc generate` may be larger)."""
-    from .resume import resume_config as checked
-    from .resume import resume_defaults
+    from ..settings.saved import resume_config as checked
+    from ..settings.saved import resume_defaults
 
     saved = resume_defaults(run_dir)
     cfg = checked(saved, saved if threads is None else replace(saved, threads=threads))
@@ -457,7 +457,7 @@ def open_run(runs: Path, name: str) -> RunInfo:
 
 
 def _read_run(path: Path) -> RunInfo:
-    from .checkpoint import list_checkpoints
+    from ..runs.checkpoint import list_checkpoints
 
     data = json.loads((path / "config.json").read_text())
     if not isinstance(data, dict):

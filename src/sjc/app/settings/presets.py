@@ -8,8 +8,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from ..core.errors import ConfigError
-from ..core.settings import (
+from ...core.errors import ConfigError
+from ...core.settings import (
     METHODS,
     PAPER_GUIDANCE,
     PAPER_SCHEDULES,
@@ -19,9 +19,9 @@ from ..core.settings import (
     OptimConfig,
     ScoringConfig,
 )
-from ..outputs.settings import ExportConfig
-from ..priors import TOY_PRIORS, is_plugin
-from ..priors.settings import LEARNED_GUIDANCE_SCALE, PixelConfig, SDConfig, Zero123Config
+from ...outputs.settings import ExportConfig
+from ...priors import TOY_PRIORS, is_plugin
+from ...priors.settings import LEARNED_GUIDANCE_SCALE, PixelConfig, SDConfig, Zero123Config
 from .config import GenerateConfig, ImageConfig, TrainConfig
 from .config2d import CanvasConfig, Config2D, SampleConfig
 

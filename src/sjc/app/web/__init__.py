@@ -1,0 +1,1 @@
+"""`sjc serve`: the web page (`page`, gradio) and its runs without the page (`jobs`)."""
