@@ -133,6 +133,9 @@ class GenerateConfig:
     resume: str | None = None
     """Continue the run in this folder from its newest readable checkpoint, with its saved settings; only
     --steps (raised), --threads, and logging, checkpoint and export settings may change."""
+    config: str | None = None
+    """Start from the settings in this TOML or JSON file instead of a preset (a run's own config.json works as it
+    is; a file may also hold only what differs from its prior's preset); flags given with it override it."""
     field: FieldConfig = dataclasses.field(default_factory=FieldConfig)
     camera: CameraConfig = dataclasses.field(default_factory=CameraConfig)
     scoring: ScoringConfig = dataclasses.field(default_factory=ScoringConfig)

@@ -9,28 +9,44 @@ from typing import Any
 
 import tyro
 
+from ...core.errors import ConfigError
 from .config import GenerateConfig, validate
 from .presets import preset
 
 
 def preset_then_flags(argv: list[str]) -> argparse.Namespace:
-    """--prior, --preset and --resume, read before the full parse: they choose the defaults the flags apply to."""
+    """--prior, --preset, --scoring, --resume and --config, read before the full parse: they choose the defaults the
+    flags apply to. `given` names the ones on the command line."""
     pre = argparse.ArgumentParser(add_help=False)
-    pre.add_argument("--prior", default="toy")
-    pre.add_argument("--preset", default="default")
+    pre.add_argument("--prior", default=None)
+    pre.add_argument("--preset", default=None)
     pre.add_argument("--resume", default=None)
+    pre.add_argument("--config", default=None)
     pre.add_argument("--scoring.method", "--scoring", dest="method", default="paas")
-    return pre.parse_known_args(argv)[0]
+    known = pre.parse_known_args(argv)[0]
+    known.given = {k for k in ("prior", "preset") if getattr(known, k) is not None}
+    known.prior = known.prior or "toy"
+    known.preset = known.preset or "default"
+    return known
 
 
 def parse_generate(argv: list[str]) -> GenerateConfig:
-    """Resolve a GenerateConfig: the preset of --prior/--preset (or a resumed run's settings), then every flag."""
-    from .saved import resume_config, resume_defaults
+    """Resolve a GenerateConfig: the preset of --prior/--preset (or a resumed run's settings, or a settings file's),
+    then every flag."""
+    from .saved import read_settings_file, resume_config, resume_defaults
 
     known = preset_then_flags(argv)
-    # A resume starts from the run's saved settings instead of a preset.
+    # A resume starts from the run's saved settings, --config from the file's, instead of a preset.
     resumed = known.resume is not None
-    default = preset(known.prior, known.preset, known.method) if not resumed else resume_defaults(known.resume)
+    if resumed and known.config is not None:
+        raise ConfigError("--resume continues a run with its own settings; --config starts a new one: pass one")
+    if resumed:
+        default = resume_defaults(known.resume)
+    elif known.config is not None:
+        prior = known.prior if "prior" in known.given else None
+        default = read_settings_file(known.config, prior, known.preset if "preset" in known.given else None)
+    else:
+        default = preset(known.prior, known.preset, known.method)
     about = "Optimise a voxel field so its renders look likely to a 2D diffusion prior."
     cfg = tyro.cli(GenerateConfig, args=argv, default=default, prog="sjc generate", description=about)
     if known.resume is not None:
