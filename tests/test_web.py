@@ -285,3 +285,63 @@ def test_an_uploaded_picture_is_lifted_by_the_toy_image_prior(server, tmp_path):
     assert (run_dir / "reference-picture.png").is_file()
     assert json.loads((run_dir / "reference.json").read_text())["view"]["elevation"] == 15.0
     assert "| the picture shows | a green and red torus |" in out[METRICS]
+
+
+def _post_login(url: str, user: str, password: str) -> tuple[int, str | None]:
+    """Status of gradio's login form and the session cookie it sets."""
+    import urllib.parse
+
+    data = urllib.parse.urlencode({"username": user, "password": password}).encode()
+    request = urllib.request.Request(url + "login", data=data, method="POST")
+    try:
+        with urllib.request.urlopen(request, timeout=10) as reply:
+            cookie = reply.headers.get("set-cookie")
+            return reply.status, cookie.split(";")[0] if cookie else None
+    except urllib.error.HTTPError as err:
+        return err.code, None
+
+
+def _get(url: str, cookie: str | None = None) -> int:
+    request = urllib.request.Request(url, headers={"Cookie": cookie} if cookie else {})
+    try:
+        with urllib.request.urlopen(request, timeout=10) as reply:
+            return reply.status
+    except urllib.error.HTTPError as err:
+        return err.code
+
+
+def test_a_login_guards_the_page_its_api_and_its_files(tmp_path):
+    runs = tmp_path / "runs"
+    (runs / "done").mkdir(parents=True)
+    (runs / "done" / "views.png").write_bytes(b"\x89PNG\r\n\x1a\n")
+    logins = tmp_path / "logins.txt"
+    logins.write_text("# who may use this machine\nbob:hunter2\n\n")
+    with running_server(runs, "--auth", "alice:s3cret", "--auth-file", str(logins)) as (url, _):
+        guarded = [url + "config", url + "gradio_api/info", f"{url}gradio_api/file={runs / 'done' / 'views.png'}"]
+        assert [_get(u) for u in guarded] == [401, 401, 401]
+        assert _post_login(url, "alice", "wrong")[0] == 400
+        assert _post_login(url, "mallory", "s3cret")[0] == 400
+        for user, password in (("alice", "s3cret"), ("bob", "hunter2")):
+            status, cookie = _post_login(url, user, password)
+            assert status == 200 and cookie
+            assert [_get(u, cookie) for u in guarded] == [200, 200, 200]
+
+
+def test_serving_beyond_this_machine_without_a_login_warns_and_bad_logins_are_refused(tmp_path, capsys, monkeypatch):
+    from sjc.app.commands import cli
+    from sjc.app.web import page
+
+    served = []
+    monkeypatch.setattr(page, "serve", lambda *args: served.append(args))
+    assert cli.main(["serve", "--runs", str(tmp_path / "r"), "--host", "0.0.0.0"]) == 0
+    assert "without a login" in capsys.readouterr().err and served[-1][-1] == []
+    assert cli.main(["serve", "--runs", str(tmp_path / "r"), "--host", "0.0.0.0", "--auth", "a:b"]) == 0
+    assert "without a login" not in capsys.readouterr().err and served[-1][-1] == [("a", "b")]
+    for args, message in (
+        (["--auth", "nopassword"], "a login is USER:PASSWORD"),
+        (["--auth", "a:b", "--auth", "a:c"], "the user 'a' is given twice"),
+        (["--auth-file", str(tmp_path / "missing")], "cannot read --auth-file"),
+    ):
+        assert cli.main(["serve", "--runs", str(tmp_path / "r"), *args]) == 2
+        err = capsys.readouterr().err
+        assert message in err and "b:" not in err.replace("USER:PASSWORD", ""), err

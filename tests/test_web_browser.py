@@ -140,3 +140,22 @@ def test_the_page_lifts_an_uploaded_picture(browser, tmp_path):
             Path(target).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy(shot, target)
         page.close()
+
+
+def test_the_page_asks_for_a_login_and_opens_after_it(browser, tmp_path):
+    runs = tmp_path / "runs"
+    with running_server(runs, "--auth", "alice:s3cret") as (url, _):
+        page = browser.new_page(viewport={"width": 1200, "height": 900})
+        page.goto(url, wait_until="networkidle")
+        assert page.locator("#prompt textarea").count() == 0  # nothing of the page before the login
+        page.get_by_label("username").fill("alice")
+        page.get_by_label("password").fill("wrong")
+        page.get_by_role("button", name="Login").click()
+        page.get_by_text("Incorrect Credentials").wait_for(timeout=20_000)
+        page.get_by_label("username").fill("alice")
+        page.get_by_label("password").fill("s3cret")
+        page.get_by_role("button", name="Login").click()
+        page.locator("#prompt textarea").wait_for(state="visible", timeout=30_000)
+        shot = tmp_path / "after-login.png"
+        page.screenshot(path=str(shot))
+        assert page.locator("#generate").is_visible()

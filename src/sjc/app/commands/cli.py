@@ -9,7 +9,8 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import sys
-from typing import Any
+from pathlib import Path
+from typing import Annotated, Any
 
 import tyro
 
@@ -186,7 +187,9 @@ class ServeConfig:
 
     By default the page is reachable from this machine only. --host 0.0.0.0 exposes it to every machine
     that can reach this one: anyone can then start runs (within --max-grid, --max-steps, --max-threads, using
-    this machine's CPU/GPU), and read and download every run in --runs. There is no login."""
+    this machine's CPU/GPU), and read and download every run in --runs, unless --auth or --auth-file asks for a
+    login (gradio's own: the page, its API and its files all need it; served over plain HTTP, so put HTTPS in
+    front of a page reached over the internet)."""
 
     host: str = "127.0.0.1"
     """Address to listen on: 127.0.0.1 is this machine only; 0.0.0.0 is every network (see above)."""
@@ -207,6 +210,11 @@ class ServeConfig:
     """The most CPU threads a run may use; None: this machine's CPU count."""
     max_upload_mb: float = 10.0
     """The largest file gradio's upload route accepts, in MB (the page itself asks for no uploads)."""
+    auth: Annotated[tuple[str, ...], tyro.conf.UseAppendAction] = ()
+    """A login the page accepts, USER:PASSWORD; repeat the flag for more (a password on the command line shows in
+    the process list: --auth-file keeps it out)."""
+    auth_file: str | None = None
+    """A file of logins, one USER:PASSWORD a line (blank lines and lines starting with # are skipped)."""
     models: tuple[str, ...] = ()
     """The models the page offers for 'sd', 'pixel' and 'zero123', each NAME=MODEL or MODEL (a diffusers folder or a
     model id in the Hugging Face cache; nothing is downloaded). Visitors see the names only. None listed: the
@@ -229,6 +237,35 @@ def serve_models(entries: tuple[str, ...]) -> dict[str, str]:
     return models
 
 
+def serve_logins(entries: tuple[str, ...], auth_file: str | None) -> list[tuple[str, str]]:
+    """--auth and --auth-file as (user, password) pairs; UserError naming a malformed entry or an unreadable file."""
+    lines = [(f"--auth {e.split(':', 1)[0]}:...", e) for e in entries]
+    if auth_file is not None:
+        try:
+            text = Path(auth_file).read_text()
+        except OSError as err:
+            raise UserError(f"cannot read --auth-file {auth_file}: {err.strerror or err}") from None
+        lines += [
+            (f"{auth_file} line {n}", line.strip())
+            for n, line in enumerate(text.splitlines(), 1)
+            if line.strip() and not line.strip().startswith("#")
+        ]
+    logins: dict[str, str] = {}
+    for where, entry in lines:
+        user, sep, password = entry.partition(":")
+        if not sep or not user.strip() or not password:
+            raise UserError(f"{where}: a login is USER:PASSWORD with neither part empty")
+        if user.strip() in logins:
+            raise UserError(f"{where}: the user {user.strip()!r} is given twice")
+        logins[user.strip()] = password
+    if auth_file is not None and not logins:
+        raise UserError(f"--auth-file {auth_file} holds no USER:PASSWORD line")
+    return list(logins.items())
+
+
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
 def cmd_serve(argv: list[str]) -> int:
     cfg = tyro.cli(ServeConfig, args=argv, prog="sjc serve", description=inspect.cleandoc(ServeConfig.__doc__ or ""))
     if cfg.concurrency < 1:
@@ -248,8 +285,16 @@ def cmd_serve(argv: list[str]) -> int:
     from ..web.page import serve
 
     limits = Limits(cfg.max_grid, cfg.max_steps, cfg.max_threads, serve_models(cfg.models))
+    logins = serve_logins(cfg.auth, cfg.auth_file)
+    if not logins and cfg.host not in LOOPBACK and not cfg.host.startswith("127."):
+        print(
+            f"warning: serving on {cfg.host} without a login: anyone who can reach this machine can start runs and "
+            "download every run in --runs; add --auth USER:PASSWORD or --auth-file FILE",
+            file=sys.stderr,
+            flush=True,
+        )
     try:
-        serve(cfg.runs, cfg.host, cfg.port, cfg.concurrency, cfg.allow_sd_on_cpu, limits, cfg.max_upload_mb)
+        serve(cfg.runs, cfg.host, cfg.port, cfg.concurrency, cfg.allow_sd_on_cpu, limits, cfg.max_upload_mb, logins)
     except OSError as err:
         raise UserError(f"cannot serve on {cfg.host}:{cfg.port}: {err.strerror or err}") from None
     return 0

@@ -449,8 +449,10 @@ def serve(
     allow_sd_on_cpu: bool = False,
     limits: Limits | None = None,
     max_upload_mb: float = 10.0,
+    logins: list[tuple[str, str]] | None = None,
 ) -> None:
-    """Serve the page until Ctrl-C or SIGTERM; runs still going are then stopped with a checkpoint."""
+    """Serve the page until Ctrl-C or SIGTERM; runs still going are then stopped with a checkpoint. With `logins`
+    ((user, password) pairs) gradio asks for one before the page, its API or its files answer."""
     _gradio()  # the missing extra, said before anything is written
     runs = Path(runs)
     runs.mkdir(parents=True, exist_ok=True)
@@ -462,7 +464,8 @@ def serve(
     os.environ["HF_HUB_OFFLINE"] = "1"  # the page's models come from the operator's list, never from the hub
     page = Page(runs, concurrency=concurrency, allow_sd_on_cpu=allow_sd_on_cpu, limits=limits)
     demo = page.build()
-    print(f"serving the runs in {page.runs} at http://{host}:{port} (Ctrl-C stops)", flush=True)
+    login = f", {len(logins)} login(s)" if logins else ""
+    print(f"serving the runs in {page.runs} at http://{host}:{port}{login} (Ctrl-C stops)", flush=True)
     previous = _terminate_like_ctrl_c()
     try:
         demo.launch(
@@ -475,6 +478,8 @@ def serve(
             css=CSS,
             footer_links=["api"],
             max_file_size=f"{max_upload_mb:g}mb",
+            auth=logins or None,
+            auth_message="Log in to run sjc on this machine." if logins else None,
         )
     finally:
         if previous is not None:
