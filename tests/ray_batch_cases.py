@@ -98,6 +98,14 @@ def test_a_killed_worker_is_resumed_and_a_second_invocation_skips_everything(tmp
     assert starts[0]["pid"] == victim and starts[1]["pid"] != victim
     assert starts[1]["step"] >= 40 and record["resumed_from"] == [starts[1]["step"]]
     assert newest_step(long_run) == 600 and "resumed from step" in text
+    # Each run's TensorBoard files sit in its folder (one --logdir shows the batch); the killed run's curve goes on
+    # after its resume with each step once, as log.jsonl has them.
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    board = EventAccumulator(str(long_run / "tensorboard"), size_guidance={"scalars": 0})
+    board.Reload()
+    logged = [json.loads(line)["step"] for line in (long_run / "log.jsonl").read_text().splitlines()]
+    assert [e.step for e in board.Scalars("loss/sjc")] == logged == sorted(set(logged))
     for name in ("a-green-cube-seed0", "a-yellow-sphere-seed0"):
         assert read_result(out / name)["status"] == "done" and (out / name / "turntable.gif").exists()
     summary = (out / "summary.csv").read_text().splitlines()

@@ -18,6 +18,7 @@ from functools import partial
 from pathlib import Path
 
 import imageio.v3 as iio
+import numpy as np
 import torch
 
 from ...core import methods
@@ -44,12 +45,13 @@ from ...outputs.video import to_uint8
 from ...priors import IMAGE_PRIORS, TOY_PRIORS, build_prior
 from ...priors.toy import BACKGROUND
 from .checkpoint import CheckpointError, checkpoint_path, list_checkpoints, prune_checkpoints, read_checkpoint, restore, save_checkpoint
-from ..settings.config import GenerateConfig, from_dict, picture_title, slug, to_json
+from ..settings.config import GenerateConfig, from_dict, picture_title, slug, to_dict, to_json
 from ..settings.config2d import Config2D
 from .interrupt import Interrupted, StopRequest, catch_signals
 from .picture import make_reference, picture_size, read_picture
 from .restore import restore_run
 from .runlock import RunLock
+from .tensorboard import TensorBoardLog, wanted
 
 VALIDATION_VIEW = View(azimuth=30.0, elevation=20.0)
 
@@ -188,9 +190,10 @@ class RunRecorder:
         gens: dict[str, torch.Generator],
         stop: StopRequest,
         user: Callable[[FitStep], bool | None] | None = None,
+        tensorboard: TensorBoardLog | None = None,
     ) -> None:
         self.run_dir, self.cfg, self.prior, self.optimizer, self.gens = run_dir, cfg, prior, optimizer, gens
-        self.stop, self.user, self.clock = stop, user, time.perf_counter()
+        self.stop, self.user, self.clock, self.tensorboard = stop, user, time.perf_counter(), tensorboard
 
     def __call__(self, info: FitStep) -> bool:
         t, done = self.cfg.train, info.step
@@ -206,8 +209,14 @@ class RunRecorder:
             record["seconds"] = round(time.perf_counter() - self.clock, 3)
             with open(self.run_dir / "log.jsonl", "a") as log:
                 log.write(json.dumps(record) + "\n")
+            if self.tensorboard is not None:
+                self.tensorboard.scalars(done, record, learning_rates(self.optimizer))
         if validates:
-            save_validation(info.field, self.prior, self.cfg, self.run_dir / "validation" / f"step_{done:07d}.png")
+            rgb = save_validation(
+                info.field, self.prior, self.cfg, self.run_dir / "validation" / f"step_{done:07d}.png"
+            )
+            if self.tensorboard is not None:
+                self.tensorboard.image(done, rgb)
         if saves:
             path = checkpoint_path(self.run_dir, done)
             save_checkpoint(path, info.field, self.optimizer, self.gens, done, to_json(self.cfg))
@@ -218,12 +227,19 @@ class RunRecorder:
 
 
 @torch.no_grad()
-def save_validation(field: VoxelField, prior: Prior, cfg: GenerateConfig, path: Path) -> None:
-    """A render of the field from a fixed three-quarter view, decoded to RGB, as PNG."""
+def save_validation(field: VoxelField, prior: Prior, cfg: GenerateConfig, path: Path) -> np.ndarray:
+    """A render of the field from a fixed three-quarter view, decoded to RGB, as PNG; returns its pixels."""
     view = replace(VALIDATION_VIEW, fov=cfg.camera.test_fov, radius=cfg.camera.radius)
     out = render(field, camera_from_view(view, prior.image_size))
     path.parent.mkdir(parents=True, exist_ok=True)
-    iio.imwrite(path, to_uint8(prior.decode(out.image)))
+    rgb = to_uint8(prior.decode(out.image))
+    iio.imwrite(path, rgb)
+    return rgb
+
+
+def learning_rates(optimizer: torch.optim.Optimizer) -> dict[str, float]:
+    """The optimiser's current rate of each parameter group, by the group's name (else its index)."""
+    return {str(g.get("name", k)): float(g["lr"]) for k, g in enumerate(optimizer.param_groups)}
 
 
 @dataclass
@@ -266,30 +282,38 @@ def generate(
             prepare_run_dir(run_dir, cfg, cfg.overwrite)
             if image is not None:
                 _keep_reference(image, run_dir)
-        with catch_signals() as stop:  # Ctrl-C: checkpoint the current step, then raise Interrupted
-            result = run_fit(
-                field,
-                prior,
-                cfg,
-                run_dir,
-                optimizer=optimizer,
-                gens=gens,
-                start_step=start,
-                stop=stop,
-                cameras=cameras,
-                render_fn=render_fn,
-                callback=callback,
-                progress=progress,
-                reference=image.reference if image is not None else None,
-            )
-        if result.stopped:
-            return RunResult(run_dir, field, prior, {}, None, stopped=True)
-        files = write_outputs(field, prior, run_dir, cfg.export)
-        metrics = evaluate(field, cfg, prior)
-        if metrics is not None:
-            files["metrics"] = run_dir / "metrics.json"
-            files["metrics"].write_text(json.dumps(_json_safe(metrics), indent=2) + "\n")
-        return RunResult(run_dir, field, prior, files, metrics)
+        tensorboard = TensorBoardLog(run_dir, start) if wanted(cfg.log.tensorboard) else None
+        try:
+            with catch_signals() as stop:  # Ctrl-C: checkpoint the current step, then raise Interrupted
+                result = run_fit(
+                    field,
+                    prior,
+                    cfg,
+                    run_dir,
+                    optimizer=optimizer,
+                    gens=gens,
+                    start_step=start,
+                    stop=stop,
+                    cameras=cameras,
+                    render_fn=render_fn,
+                    callback=callback,
+                    progress=progress,
+                    reference=image.reference if image is not None else None,
+                    tensorboard=tensorboard,
+                )
+            if result.stopped:
+                return RunResult(run_dir, field, prior, {}, None, stopped=True)
+            files = write_outputs(field, prior, run_dir, cfg.export)
+            metrics = evaluate(field, cfg, prior)
+            if metrics is not None:
+                files["metrics"] = run_dir / "metrics.json"
+                files["metrics"].write_text(json.dumps(_json_safe(metrics), indent=2) + "\n")
+            if tensorboard is not None:
+                tensorboard.finish(result.step, to_dict(cfg), metrics)
+            return RunResult(run_dir, field, prior, files, metrics)
+        finally:
+            if tensorboard is not None:
+                tensorboard.close()
 
 
 def run_fit(
@@ -308,6 +332,7 @@ def run_fit(
     progress: bool = True,
     reference: Reference | None = None,
     check_every: int | None = None,
+    tensorboard: TensorBoardLog | None = None,
 ) -> FitResult:
     """`core.fit.fit` with a run's settings (and image-to-3D's `reference`); with `run_dir`, its logs, validation
     renders and checkpoints (`RunRecorder`, which reads the non-finite guard before it writes anything), and
@@ -315,7 +340,7 @@ def run_fit(
     gens = gens or make_generators(cfg.train.seed, field.grid.device)
     optimizer = optimizer or make_optimizer(field, cfg.optim)
     if run_dir is not None:
-        callback = RunRecorder(Path(run_dir), cfg, prior, optimizer, gens, stop or StopRequest(), callback)
+        callback = RunRecorder(Path(run_dir), cfg, prior, optimizer, gens, stop or StopRequest(), callback, tensorboard)
     return fit(
         field,
         prior,

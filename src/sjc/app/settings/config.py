@@ -52,6 +52,14 @@ class TrainConfig:
 
 
 @dataclass(frozen=True)
+class LogConfig:
+    tensorboard: Literal["auto", "on", "off"] = "auto"
+    """TensorBoard event files under <run>/tensorboard: every logged loss, sigma, learning rate, gradient norm and
+    steps per second, the validation renders, the toy-world quality figures at the end and the run's settings as
+    hyper-parameters. 'auto': when the tensorboard package is installed (the [logs] extra); 'on' needs it."""
+
+
+@dataclass(frozen=True)
 class ImageConfig:
     path: Annotated[str | None, tyro.conf.arg(aliases=("--image",))] = None
     """Image-to-3D: a picture of the object (PNG or JPEG; RGBA uses its alpha as the object's mask, RGB its
@@ -142,6 +150,7 @@ class GenerateConfig:
     losses: LossConfig = dataclasses.field(default_factory=LossConfig)
     optim: OptimConfig = dataclasses.field(default_factory=OptimConfig)
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+    log: LogConfig = dataclasses.field(default_factory=LogConfig)
     toy: ToyConfig = dataclasses.field(default_factory=ToyConfig)
     sd: SDConfig = dataclasses.field(default_factory=SDConfig)
     pixel: PixelConfig = dataclasses.field(default_factory=PixelConfig)
@@ -339,6 +348,10 @@ def validate(cfg: GenerateConfig) -> None:
         ),
         (cfg.train.log_every > 0, f"--train.log-every must be positive, got {cfg.train.log_every}"),
         (
+            cfg.log.tensorboard != "on" or _has_tensorboard(),
+            "--log.tensorboard on needs the tensorboard package: pip install 'sjc[logs]' (or --log.tensorboard off)",
+        ),
+        (
             cfg.prior != "pixel" or cfg.pixel.resolution is None or cfg.pixel.resolution > 0,
             f"--pixel.resolution must be positive, got {cfg.pixel.resolution}",
         ),
@@ -358,6 +371,12 @@ def validate(cfg: GenerateConfig) -> None:
     if lo is not None and hi is not None:
         checks.append((lo < hi, f"--scoring.sigma-min ({lo}) must be below --scoring.sigma-max ({hi})"))
     raise_first(*_finite_checks(cfg), *checks, *_run_checks(cfg), *_image_checks(cfg))
+
+
+def _has_tensorboard() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("tensorboard") is not None
 
 
 def _image_checks(cfg: GenerateConfig) -> list[tuple[bool, str]]:

@@ -30,6 +30,7 @@ RESUMABLE = (
     "train.validate_every",
     "train.log_every",
     "export.",
+    "log.",
 )
 
 
