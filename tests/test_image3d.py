@@ -183,6 +183,7 @@ def test_stable_diffusion_takes_a_picture_as_vae_latents(tmp_path, cache_dir):
     picture = write_picture(tmp_path / "cube.png", "a red and blue cube", size=64)
     out = tmp_path / "sd"
     args = ["a cube", "--prior", "sd", "--sd.model", str(model), "--image", str(picture), "--steps", "4"]
+    args.append("--allow-sd-on-cpu")
     assert _generate(*args, "--out", str(out), cache_dir=cache_dir) == 0
     log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     assert len(log) == 4 and all(math.isfinite(r["reference_rgb"]) and r["reference_mask"] > 0 for r in log)

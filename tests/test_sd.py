@@ -175,7 +175,7 @@ def test_dtype_is_half_on_cuda_and_full_on_cpu_unless_asked():
 
 def test_generate_with_sd_runs_end_to_end_and_writes_decoded_pictures(sd_folders, tmp_path, capsys):
     out = tmp_path / "burger"
-    args = ["generate", "a hamburger", "--prior", "sd", "--sd.model", str(sd_folders["epsilon"])]
+    args = ["generate", "a hamburger", "--prior", "sd", "--sd.model", str(sd_folders["epsilon"]), "--allow-sd-on-cpu"]
     assert cli.main([*args, "--preset", "tiny", "--steps", "3", "--out", str(out)]) == 0
     saved = json.loads((out / "config.json").read_text())
     assert saved["prior"] == "sd" and saved["sd"]["model"] == str(sd_folders["epsilon"])
@@ -196,6 +196,7 @@ def test_a_missing_model_folder_exits_2_with_one_message_and_no_traceback(tmp_pa
     missing = tmp_path / "no-such-model"
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     args = ["generate", "a hamburger", "--prior", "sd", "--sd.model", str(missing), "--out", str(tmp_path / "run")]
+    args.append("--allow-sd-on-cpu")
     done = subprocess.run([sys.executable, "-m", "sjc", *args], capture_output=True, text=True, env=env)
     assert done.returncode == 2 and "Traceback" not in done.stderr
     lines = done.stderr.strip().splitlines()
@@ -213,6 +214,7 @@ def test_a_model_id_missing_from_the_offline_cache_names_the_cache_and_the_fix(t
         "someone/missing-sd",
         "--out",
         str(tmp_path / "r"),
+        "--allow-sd-on-cpu",
     ]
     assert cli.main(args) == 2
     err = capsys.readouterr().err
@@ -220,6 +222,19 @@ def test_a_model_id_missing_from_the_offline_cache_names_the_cache_and_the_fix(t
         "'someone/missing-sd'" in err and f"Hugging Face cache at {hub_cache_dir()}" in err and "HF_HUB_OFFLINE" in err
     )
     assert "hf download someone/missing-sd" in err and "Traceback" not in err
+    # The README's filtered download (the weights the prior reads, about 4 GB), not the whole repository.
+    assert '--include "*/diffusion_pytorch_model.safetensors"' in err and "about 4 GB" in err
+
+
+def test_stable_diffusion_on_a_cpu_is_refused_unless_allowed(sd_folders, tmp_path, capsys):
+    args = ["generate", "a hamburger", "--prior", "sd", "--sd.model", str(sd_folders["epsilon"]), "--device", "cpu"]
+    assert cli.main([*args, "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert "--allow-sd-on-cpu" in err and "minutes a step on a CPU" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "r").exists()
+    args += ["--preset", "tiny", "--steps", "1", "--allow-sd-on-cpu", "--out", str(tmp_path / "ok")]
+    assert cli.main(args) == 0
+    assert "running on cpu, prior float32, field float32" in capsys.readouterr().err
 
 
 def test_an_incomplete_folder_and_a_missing_extra_are_explained(sd_folders, tmp_path, monkeypatch):
@@ -274,6 +289,7 @@ def test_the_refined_preset_grows_the_grid_with_the_tiny_model(sd_folders, tmp_p
     assert dataclasses.replace(cfg, field=preset("sd", "paper").field, preset="paper") == preset("sd", "paper")
     out = tmp_path / "refined"
     args = ["generate", "a hamburger", "--prior", "sd", "--sd.model", str(sd_folders["epsilon"]), "--preset", "refined"]
+    args.append("--allow-sd-on-cpu")
     small = ["--field.resolution", "12", "--sd.resolution", "64", "--steps", "6", "--train.checkpoint-every", "2"]
     exports = ["--export.turntable-frames", "2", "--export.turntable-size", "8"]
     assert cli.main([*args, *small, *exports, "--out", str(out)]) == 0

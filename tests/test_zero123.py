@@ -217,7 +217,16 @@ def test_a_folder_without_cc_projection_exits_2_saying_what_is_missing(model_dir
     import imageio.v3 as iio
 
     iio.imwrite(picture, ((_picture().permute(1, 2, 0) + 1) * 127.5).round().to(torch.uint8).numpy())
-    args = ["generate", "--prior", "zero123", "--image", str(picture), "--zero123.model", str(broken)]
+    args = [
+        "generate",
+        "--prior",
+        "zero123",
+        "--image",
+        str(picture),
+        "--zero123.model",
+        str(broken),
+        "--allow-sd-on-cpu",
+    ]
     args += ["--out", str(tmp_path / "run")]
     done = subprocess.run([sys.executable, "-m", "sjc", *args], capture_output=True, text=True, env=os.environ)
     assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
@@ -234,6 +243,7 @@ def test_a_missing_model_exits_2_naming_the_cache_and_the_download(tmp_path):
 
     iio.imwrite(picture, ((_picture().permute(1, 2, 0) + 1) * 127.5).round().to(torch.uint8).numpy())
     args = ["generate", "--prior", "zero123", "--image", str(picture), "--zero123.model", "someone/missing-zero123"]
+    args.append("--allow-sd-on-cpu")
     args += ["--out", str(tmp_path / "run")]
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     done = subprocess.run([sys.executable, "-m", "sjc", *args], capture_output=True, text=True, env=env)
@@ -280,6 +290,7 @@ def test_a_tiny_image_to_3d_run_end_to_end_then_resumed_rendered_and_exported(mo
 
     out = tmp_path / "ball"
     args = ["generate", "--prior", "zero123", "--image", str(picture_file), "--zero123.model", str(model_dir)]
+    args.append("--allow-sd-on-cpu")
     assert cli.main([*args, "--preset", "tiny", "--steps", "20", "--out", str(out)]) == 0
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["prior"] == "zero123" and cfg["prompt"] == "" and cfg["image"]["view"] == [0.0, 0.0, 49.1, 4.0]

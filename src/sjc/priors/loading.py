@@ -41,6 +41,8 @@ class ModelKind:
     example: str  # a model id to name in messages
     layouts: tuple[Layout, ...]  # the folder layouts accepted, tried in order
     holds: str  # the layouts in words, for messages
+    download: str = ""  # `hf download` options fetching only what sjc reads, e.g. '--include "*.json" ...'
+    size: str = ""  # what that download weighs, in words ('about 4 GB')
 
     def how_to(self, local: bool, model: str) -> str:
         if local:
@@ -48,9 +50,11 @@ class ModelKind:
                 f"Give {self.flag} a folder holding {self.holds}, or a Hugging Face model id such as "
                 f"{self.example} whose files are in your Hugging Face cache."
             )
+        options = f" {self.download}" if self.download else ""
+        size = f", {self.size}" if self.size else ""
         return (
-            f"Download it once, online, with `hf download {model}` (it lands in that cache), or give {self.flag} "
-            f"a local folder holding {self.holds}."
+            f"Download it once, online, with `hf download {model}{options}` (it lands in that cache{size}), or give "
+            f"{self.flag} a local folder holding {self.holds}."
         )
 
     def not_found(self, model: str, where: str, reason: str, local: bool = True) -> WeightsNotFoundError:

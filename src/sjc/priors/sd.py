@@ -38,6 +38,10 @@ KIND = ModelKind(
     ),
     holds="unet/, vae/, text_encoder/, tokenizer/ and scheduler/ (a diffusers folder, as "
     "StableDiffusionPipeline.save_pretrained writes it)",
+    # What the prior reads and no more: the configs, the tokenizer's files, one safetensors file per network.
+    download='--include "*.json" --include "*.txt" --include "*/diffusion_pytorch_model.safetensors" '
+    '--include "text_encoder/model.safetensors"',
+    size="about 4 GB for Stable Diffusion 1.5",
 )
 CLASSES = {
     "unet": "diffusers.UNet2DConditionModel",

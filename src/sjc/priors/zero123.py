@@ -54,6 +54,7 @@ KIND = ModelKind(
     ),
     holds="unet/ (8 input channels), vae/, image_encoder/, cc_projection/ and scheduler/ (a Zero-1-to-3 checkpoint "
     f"in diffusers layout, such as {ZERO123_MODEL})",
+    download='--include "unet/*" "vae/*" "image_encoder/*" "cc_projection/*" "scheduler/*"',
 )
 CLASSES = {
     "unet": "diffusers.UNet2DConditionModel",

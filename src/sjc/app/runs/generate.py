@@ -24,7 +24,7 @@ import torch
 from ...core import methods
 from ...core.cameras import View, camera_from_view
 from ...core.denoisers import Prior
-from ...core.errors import UserError
+from ...core.errors import ConfigError, UserError
 from ...core.fit import (
     CameraSampler,
     FitResult,
@@ -265,12 +265,14 @@ def generate(
     views, mesh and metrics. `prior` replaces the one the config names (built in Python, e.g. a
     `DenoiserPrior`); `cameras`, `render_fn` and `callback` go to `core.fit.fit`."""
     device = pick_device(cfg.device)
+    check_device(cfg, device)
     run_dir = Path(cfg.out) if cfg.out else Path("runs") / run_slug(cfg)
     cfg = replace(cfg, out=str(run_dir))
     # A bad prompt or picture fails here, before any write.
     prior, image, cfg = prior_and_reference(cfg, device, run_dir, prior)
     gens = make_generators(cfg.train.seed, device)
     field = build_field(prior, cfg.field, device, generator=gens["init"])
+    print(f"{run_dir}: {describe_device(cfg, device, prior, field)}", file=sys.stderr)
     optimizer = make_optimizer(field, cfg.optim)
     SigmaSchedule(cfg.scoring, prior, cfg.train.schedule_steps or cfg.train.steps)  # ConfigError before writing
     methods.Scorer.check(cfg.scoring.method, prior)  # a prior the method cannot use fails before writing too
@@ -314,6 +316,32 @@ def generate(
         finally:
             if tensorboard is not None:
                 tensorboard.close()
+
+
+BIG_UNETS = ("sd", "zero123")  # full-size UNets: minutes a step on a CPU
+
+
+def check_device(cfg: GenerateConfig, device: torch.device) -> None:
+    """ConfigError for a full-size diffusion UNet on a CPU without --allow-sd-on-cpu."""
+    if cfg.prior in BIG_UNETS and device.type == "cpu" and not cfg.allow_sd_on_cpu:
+        why = "no CUDA GPU was found (--device auto)" if cfg.device == "auto" else f"--device {cfg.device} is a CPU"
+        raise ConfigError(
+            f"--prior {cfg.prior} runs a full-size UNet, minutes a step on a CPU, and {why}; run it on a machine with "
+            "an NVIDIA GPU, or pass --allow-sd-on-cpu to run it here anyway (small test models take seconds)"
+        )
+
+
+def describe_device(cfg: GenerateConfig, device: torch.device, prior: Prior, field: VoxelField) -> str:
+    """Where and in what precision a run computes, e.g. 'cuda:0 (NVIDIA H200), prior float16, field float32'."""
+    name = str(device)
+    if device.type == "cuda":
+        name += f" ({torch.cuda.get_device_name(device)})"
+    elif cfg.device == "auto":
+        name += " (--device auto: no CUDA GPU found)"
+    network = getattr(prior, "unet", None) or getattr(prior, "network", None)
+    precision = getattr(network, "dtype", None)
+    prior_part = f"prior {str(precision).removeprefix('torch.')}, " if precision is not None else ""
+    return f"running on {name}, {prior_part}field {str(field.grid.dtype).removeprefix('torch.')}"
 
 
 def run_fit(

@@ -134,6 +134,9 @@ class GenerateConfig:
     """'auto' (CUDA when present, else CPU), 'cpu', 'cuda', 'cuda:1', ..."""
     threads: int | None = DEFAULT_THREADS
     """CPU threads for PyTorch; None keeps PyTorch's default (all cores)."""
+    allow_sd_on_cpu: bool = False
+    """Run --prior sd or zero123 on a CPU anyway: a full-size UNet takes minutes a step there (about a week for the
+    paper's 10000 steps), so without this flag such a run is refused when no GPU is used."""
     dry_run: bool = False
     """Print the resolved configuration and exit."""
     overwrite: bool = False

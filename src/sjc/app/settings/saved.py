@@ -24,6 +24,7 @@ RESUMABLE = (
     "config",
     "dry_run",
     "threads",
+    "allow_sd_on_cpu",
     "toy.cache_dir",
     "train.checkpoint_every",
     "train.keep_checkpoints",

@@ -159,6 +159,8 @@ def form_config(
         ),
         threads=whole_number(form.threads, cfg.threads, "threads"),
     )
+    if form.prior in ("sd", "zero123"):  # offered here only with a GPU, or as the operator allowed on a CPU
+        cfg = replace(cfg, allow_sd_on_cpu=True)
     if form.model and form.prior in NETWORK_PRIORS:
         if form.model not in limits.models:
             offered = ", ".join(limits.models) or "none (the preset's model is used)"
