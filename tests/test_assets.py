@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import subprocess
 import sys
+from pathlib import Path
 
 import imageio.v3 as iio
 import numpy as np
@@ -60,6 +61,9 @@ def test_export_formats_decimation_and_an_older_step(toy_run, tmp_path, capsys):
     assert len(small.faces) <= 200 and abs(np.median(np.linalg.norm(small.vertices, axis=1)) - 0.3) < 0.05
     assert _main(["export", toy_run, "--format", "obj", "--mesh", tmp_path / "plain"], capsys)[0] == 0
     assert len(trimesh.load(tmp_path / "plain.obj", force="mesh").vertices) > 100
+    # A bare name lands in the run folder, wherever the command runs; ./name where it says.
+    assert _main(["export", toy_run, "--mesh", "chair.obj", "--max-faces", 200], capsys)[0] == 0
+    assert (toy_run / "chair.obj").is_file() and not Path("chair.obj").exists()
     assert _main(["export", toy_run, "--format", "npz", "--resolution", 16], capsys)[0] == 0
     with np.load(toy_run / "field.npz") as grids:
         assert grids["density"].shape == (16, 16, 16) and grids["features"].shape == (3, 16, 16, 16)

@@ -120,7 +120,7 @@ def test_stop_writes_a_checkpoint_and_the_page_resumes_it(server):
     url, runs, _ = server
     client = Client(url, verbose=False)
     job = client.submit(**form("a green cone", steps=3000, seed=3), api_name="/generate")
-    run_dir = runs / "a-green-cone-s3"
+    run_dir = runs / "a-green-cone-seed3"
     wait_for_log(run_dir, 50)
     assert client.predict(api_name="/stop").startswith("stopping after this step")
     out = job.result(timeout=60)
@@ -130,9 +130,9 @@ def test_stop_writes_a_checkpoint_and_the_page_resumes_it(server):
     assert list_checkpoints(run_dir)[-1][0] == stopped  # the step in flight was checkpointed
     assert not (run_dir / "mesh.glb").exists()
     assert "resumable" in out[METRICS]
-    opened = client.predict("a-green-cone-s3", api_name="/open_run")
+    opened = client.predict("a-green-cone-seed3", api_name="/open_run")
     assert f"stopped at step {stopped} of 3000; resumable" in opened[METRICS]
-    out = client.predict("a-green-cone-s3", None, api_name="/resume")
+    out = client.predict("a-green-cone-seed3", None, api_name="/resume")
     assert out[STATUS].startswith("finished 3000 steps"), out[STATUS]
     assert list_checkpoints(run_dir)[-1][0] == 3000 and (run_dir / "mesh.glb").is_file()
     steps = [json.loads(x)["step"] for x in (run_dir / "log.jsonl").read_text().splitlines()]
@@ -143,14 +143,14 @@ def test_two_visitors_queue_one_run_at_a_time(server):
     url, runs, _ = server
     first, second = Client(url, verbose=False), Client(url, verbose=False)
     a = first.submit(**form("a blue sphere", steps=1500, seed=1), api_name="/generate")
-    wait_for_log(runs / "a-blue-sphere-s1", 10)
+    wait_for_log(runs / "a-blue-sphere-seed1", 10)
     b = second.submit(**form("a yellow torus", seed=1), api_name="/generate")
     seen = []
     while not a.done():
         status = b.status()
         seen.append((status.code.name, status.rank))
-        if (runs / "a-yellow-torus-s1").exists():  # the second run starts only once the first has finished
-            assert (runs / "a-blue-sphere-s1" / "mesh.glb").exists()
+        if (runs / "a-yellow-torus-seed1").exists():  # the second run starts only once the first has finished
+            assert (runs / "a-blue-sphere-seed1" / "mesh.glb").exists()
         time.sleep(0.2)
     assert ("IN_QUEUE", 0) in seen  # the second visitor was told their place: first in line
     assert a.result()[STATUS].startswith("finished 1500 steps")
@@ -160,7 +160,7 @@ def test_two_visitors_queue_one_run_at_a_time(server):
 def test_a_closed_tab_stops_its_run_with_a_checkpoint(server):
     url, runs, _ = server
     job = Client(url, verbose=False).submit(**form("an orange cylinder", steps=20000, seed=4), api_name="/generate")
-    run_dir = runs / "an-orange-cylinder-s4"
+    run_dir = runs / "an-orange-cylinder-seed4"
     wait_for_log(run_dir, 20)
     job.cancel()  # what the page sees when its visitor goes away
     deadline = time.monotonic() + 30
@@ -175,7 +175,7 @@ def test_a_closed_tab_stops_its_run_with_a_checkpoint(server):
 def test_files_outside_the_runs_folder_are_refused(server):
     url, runs, _ = server
     Client(url, verbose=False).predict(**form("a purple cube"), api_name="/generate")
-    inside = runs / "a-purple-cube-s0" / "config.json"
+    inside = runs / "a-purple-cube-seed0" / "config.json"
     base = url + "gradio_api/file="
     status, body = http_get(base + urllib.parse.quote(str(inside)))
     assert status == 200 and b'"prompt": "a purple cube"' in body  # the control: the page does serve its runs
@@ -185,7 +185,7 @@ def test_files_outside_the_runs_folder_are_refused(server):
         assert status in (403, 404), (target, status)
         assert b"root:" not in body and b"not for the page" not in body and b"[project]" not in body
     client = Client(url, verbose=False)
-    for name in ("../secret.txt", "..", "/etc", "a-purple-cube-s0/../..", ".web"):
+    for name in ("../secret.txt", "..", "/etc", "a-purple-cube-seed0/../..", ".web"):
         out = client.predict(name, api_name="/open_run")
         assert out[STATUS].startswith("**error:** no run named"), (name, out[STATUS])
     out = client.predict("../../etc/passwd", None, api_name="/resume")
@@ -220,14 +220,14 @@ def test_sigterm_stops_the_running_job_with_a_checkpoint_then_exits(tmp_path):
     runs = tmp_path / "runs"
     with running_server(runs) as (url, proc):
         Client(url, verbose=False).submit(**form("a blue cube", steps=20000), api_name="/generate")
-        run_dir = runs / "a-blue-cube-s0"
+        run_dir = runs / "a-blue-cube-seed0"
         wait_for_log(run_dir, 30)
         proc.send_signal(signal.SIGTERM)  # what a service manager sends
         assert proc.wait(timeout=60) == 0
     stopped = list_checkpoints(run_dir)[-1][0]
     assert 30 <= stopped < 20000 and stopped % 100, "the stop checkpoint, not a periodic one"
     log = next(tmp_path.glob("serve-*.log")).read_text()
-    assert f"stopped a-blue-cube-s0 at step {stopped}; its checkpoint is saved" in log
+    assert f"stopped a-blue-cube-seed0 at step {stopped}; its checkpoint is saved" in log
 
 
 def test_two_visitors_and_a_command_line_writer_never_share_a_run(tmp_path):
@@ -240,7 +240,7 @@ def test_two_visitors_and_a_command_line_writer_never_share_a_run(tmp_path):
         assert out[STATUS] == "**error:** grid size 32 is above this server's limit of 24"
         a = first.submit(**form("a green sphere", steps=20000), api_name="/generate")
         b = first.submit(**form("a green sphere", steps=20000, seed=1), api_name="/generate")
-        x, y = runs / "a-green-sphere-s0", runs / "a-green-sphere-s1"
+        x, y = runs / "a-green-sphere-seed0", runs / "a-green-sphere-seed1"
         wait_for_log(x, 10)
         wait_for_log(y, 10)
         # A second visitor, and `sjc generate --resume` beside the page, are refused while the page writes it.

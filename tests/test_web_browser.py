@@ -79,7 +79,7 @@ def test_the_page_runs_a_prompt_and_shows_the_mesh_and_the_video(browser, tmp_pa
         assert "finished 300 steps" in page.locator("#status").inner_text()
         assert "3D IoU" in page.locator("#metrics").inner_text()
         downloads = page.locator("#downloads").inner_text()
-        for name in ("mesh.glb", "mesh.obj", "turntable.mp4", "a-red-and-blue-cube-s0.zip"):
+        for name in ("mesh.glb", "mesh.obj", "turntable.mp4", "a-red-and-blue-cube-seed0.zip"):
             assert name in downloads.replace("\n", ""), downloads
 
         # The viewer draws the mesh: its canvas is not one flat colour. Give WebGL a moment to draw.
@@ -93,7 +93,7 @@ def test_the_page_runs_a_prompt_and_shows_the_mesh_and_the_video(browser, tmp_pa
         assert spread > 10 and colours > 20, f"the viewer's canvas looks blank (spread {spread:.1f}, {colours} colours)"
 
         # The gallery lists the run, and opening it from there shows the same result.
-        assert "a-red-and-blue-cube-s0" in page.locator("#gallery").inner_html()
+        assert "a-red-and-blue-cube-seed0" in page.locator("#gallery").inner_html()
         page.locator("#gallery").scroll_into_view_if_needed()
         page.wait_for_function(
             "() => [...document.querySelectorAll('#gallery img')].some(i => i.complete && i.naturalWidth > 0)",
@@ -101,7 +101,9 @@ def test_the_page_runs_a_prompt_and_shows_the_mesh_and_the_video(browser, tmp_pa
         )
 
         page.locator("#gallery img").first.click()  # opening a run from the gallery shows the same result view
-        page.wait_for_function("() => document.querySelector('#metrics').innerText.includes('a-red-and-blue-cube-s0')")
+        page.wait_for_function(
+            "() => document.querySelector('#metrics').innerText.includes('a-red-and-blue-cube-seed0')"
+        )
         assert "3D IoU" in page.locator("#metrics").inner_text()
 
         shot = tmp_path / "page.png"

@@ -44,7 +44,7 @@ def test_a_form_is_its_preset_with_the_forms_values_over_it(tmp_path):
     tiny = preset("toy", "tiny")
     assert cfg.prompt == "a red cube" and cfg.train.steps == 40 and cfg.train.seed == 7
     assert cfg.scoring.method == "naive" and cfg.field == tiny.field and cfg.toy == tiny.toy
-    assert cfg.out == str(tmp_path / "a-red-cube-s7")
+    assert cfg.out == str(tmp_path / "a-red-cube-seed7")
     changed = form_config(Form("a red cube", resolution=24, emptiness_weight=0.0, threads=2), tmp_path, PRIORS)
     assert changed.field.resolution == 24 and changed.losses.emptiness_weight == 0.0 and changed.threads == 2
     assert preset_values("toy", "tiny")["steps"] == tiny.train.steps
@@ -74,7 +74,7 @@ def test_bad_forms_get_one_line_messages_and_write_nothing(tmp_path, form, messa
 def test_run_folders_never_collide_and_never_leave_the_runs_folder(tmp_path):
     first = form_config(Form("a red cube"), tmp_path, PRIORS)
     second = form_config(Form("a red cube"), tmp_path, PRIORS)
-    assert (first.out, second.out) == (str(tmp_path / "a-red-cube-s0"), str(tmp_path / "a-red-cube-s0-2"))
+    assert (first.out, second.out) == (str(tmp_path / "a-red-cube-seed0"), str(tmp_path / "a-red-cube-seed0-2"))
     assert os.listdir(first.out) == [] and os.listdir(second.out) == []  # made empty, for generate to fill
     with pytest.raises(PromptError):  # not a toy prompt; and even its slug would stay inside
         form_config(Form("../../etc/passwd"), tmp_path, PRIORS)
@@ -123,30 +123,30 @@ def make_run(runs, name, steps=10, done=True):
 
 def test_the_gallery_lists_runs_and_opens_only_folders_inside(tmp_path):
     runs = tmp_path / "runs"
-    make_run(runs, "done-s0")
-    make_run(runs, "half-s0", done=False)
+    make_run(runs, "done-seed0")
+    make_run(runs, "half-seed0", done=False)
     (runs / ".web").mkdir()
     (runs / "not-a-run").mkdir()
     (tmp_path / "outside").mkdir()
     make_run(tmp_path, "elsewhere")
     (runs / "link").symlink_to(tmp_path / "elsewhere")
     listed = {i.name: i for i in list_runs(runs)}
-    assert set(listed) >= {"done-s0", "half-s0"} and ".web" not in listed and "not-a-run" not in listed
-    assert listed["done-s0"].finished and not listed["half-s0"].finished and listed["half-s0"].step == 3
-    for bad in ("..", "../elsewhere", "/etc", "link", ".web", "done-s0/..", "", "half-s0/config.json"):
+    assert set(listed) >= {"done-seed0", "half-seed0"} and ".web" not in listed and "not-a-run" not in listed
+    assert listed["done-seed0"].finished and not listed["half-seed0"].finished and listed["half-seed0"].step == 3
+    for bad in ("..", "../elsewhere", "/etc", "link", ".web", "done-seed0/..", "", "half-seed0/config.json"):
         with pytest.raises(RunNotFound):
             open_run(runs, bad)
-    assert open_run(runs, "done-s0").metrics == {"iou_3d": 0.5}
+    assert open_run(runs, "done-seed0").metrics == {"iou_3d": 0.5}
 
 
 def test_a_run_zips_whole_into_the_pages_own_folder(tmp_path):
     runs = tmp_path / "runs"
-    info = open_run(runs, make_run(runs, "done-s0").name)
+    info = open_run(runs, make_run(runs, "done-seed0").name)
     path = zip_run(runs, info)
     assert path.parent == runs / ".web" / "zips"
     with zipfile.ZipFile(path) as archive:
         assert sorted(archive.namelist()) == sorted(
-            f"done-s0/{p.relative_to(info.path)}" for p in info.path.rglob("*") if p.is_file()
+            f"done-seed0/{p.relative_to(info.path)}" for p in info.path.rglob("*") if p.is_file()
         )
 
 
@@ -208,14 +208,14 @@ def test_an_offered_model_is_loaded_by_its_name_and_resumes_are_held_to_the_limi
 
 def test_malformed_run_folders_are_skipped_and_links_are_neither_listed_nor_opened(tmp_path, capsys):
     runs = tmp_path / "runs"
-    make_run(runs, "good-s0")
+    make_run(runs, "good-seed0")
     (make_run(runs, "list-config") / "config.json").write_text("[1, 2]")
     (make_run(runs, "odd-metrics") / "metrics.json").write_text(json.dumps({"psnr": None, "shape_accuracy": True}))
     (make_run(runs, "broken-json") / "config.json").write_text("{")
     make_run(tmp_path, "outside")
     (runs / "linked").symlink_to(tmp_path / "outside")
     names = {i.name for i in list_runs(runs)}
-    assert names == {"good-s0", "odd-metrics"}
+    assert names == {"good-seed0", "odd-metrics"}
     assert "skipping the run folder" in capsys.readouterr().err
     with pytest.raises(RunNotFound):
         open_run(runs, "linked")
@@ -237,10 +237,10 @@ def test_prompts_show_as_text_not_as_markdown_or_html():
 
 def test_zips_leave_out_files_in_writing_and_two_at_once_never_share_a_file(tmp_path):
     runs = tmp_path / "runs"
-    run = make_run(runs, "done-s0")
+    run = make_run(runs, "done-seed0")
     (run / "checkpoints" / "step_0000020.safetensors.tmp").write_bytes(b"half")
     (run / ".lock").write_text("{}")
-    info = open_run(runs, "done-s0")
+    info = open_run(runs, "done-seed0")
     results, errors = [], []
 
     def one():
@@ -257,8 +257,8 @@ def test_zips_leave_out_files_in_writing_and_two_at_once_never_share_a_file(tmp_
     assert not errors and len(set(results)) == 1
     with zipfile.ZipFile(results[0]) as archive:
         names = archive.namelist()
-    assert not any(n.endswith((".tmp", ".lock")) for n in names) and "done-s0/config.json" in names
-    assert [p.name for p in (runs / ".web" / "zips").iterdir()] == ["done-s0.zip"]
+    assert not any(n.endswith((".tmp", ".lock")) for n in names) and "done-seed0/config.json" in names
+    assert [p.name for p in (runs / ".web" / "zips").iterdir()] == ["done-seed0.zip"]
 
 
 def test_raising_the_steps_twice_keeps_the_runs_schedule(tmp_path):
@@ -276,13 +276,13 @@ def test_raising_the_steps_twice_keeps_the_runs_schedule(tmp_path):
 def test_a_gallery_click_opens_the_run_it_shows_even_when_the_gallery_is_old(tmp_path):
     pytest.importorskip("gradio")
     runs = tmp_path / "runs"
-    make_run(runs, "first-s0")
+    make_run(runs, "first-seed0")
     page = Page(runs)
     shown = page.gallery()  # what a visitor's page drew
     time.sleep(0.05)
-    make_run(runs, "newer-s0")  # a run appears before they click: positions move, names do not
+    make_run(runs, "newer-seed0")  # a run appears before they click: positions move, names do not
     opened = page.open_selected({"image": {"path": shown[0][0]}, "caption": shown[0][1]})
-    assert opened["selected"] == "first-s0"
+    assert opened["selected"] == "first-seed0"
     assert page.open_selected({"caption": None})["status"].startswith("**error:** that gallery entry names no run")
     assert page.open_selected({"caption": "../secret · x"})["status"].startswith("**error:** no run named")
 

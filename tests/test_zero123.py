@@ -363,7 +363,7 @@ def test_the_page_offers_zero123_beside_sd_and_loads_an_offered_model(picture_fi
     form = Form("", prior="zero123", preset="tiny", model="zero123-xl", image=str(picture_file), image_view="30, 10")
     cfg = form_config(form, tmp_path, ["zero123"], limits)
     assert cfg.zero123.model == "/models/zero123-xl" and cfg.image.path == str(picture_file)
-    assert cfg.image.view[:2] == (30.0, 10.0) and cfg.out == str(tmp_path / "image-ball-s0")
+    assert cfg.image.view[:2] == (30.0, 10.0) and cfg.out == str(tmp_path / "image-ball-seed0")
     with pytest.raises(ConfigError, match="upload one first"):
         form_config(Form("", prior="zero123", preset="tiny"), tmp_path, ["zero123"], limits)
 

@@ -61,7 +61,9 @@ def _cannot_write(err: OSError, what: str) -> UserError:
 def cmd_generate(argv: list[str]) -> int:
     cfg = parse_generate(argv)
     if cfg.dry_run:
-        return _print_dry_run(cfg)
+        from ..runs.generate import default_run_dir
+
+        return _print_dry_run(dataclasses.replace(cfg, out=cfg.out or str(default_run_dir(cfg))))
     from ...core.fit import NonFiniteError
     from ..runs.generate import generate
     from ..runs.interrupt import Interrupted
@@ -119,9 +121,10 @@ def _asset_command(name: str, cfg: Any) -> int:
 
 def _run_2d(command: str, argv: list[str]) -> int:
     cfg = parse_2d(command, argv)
+    from .run2d import default_out, run_canvas, run_sample
+
     if cfg.dry_run:
-        return _print_dry_run(cfg)
-    from .run2d import run_canvas, run_sample
+        return _print_dry_run(dataclasses.replace(cfg, out=cfg.out or str(default_out(cfg))))
 
     _set_threads(cfg.threads)
     try:

@@ -32,7 +32,7 @@ class AssetError(UserError, ValueError):
 def open_run(run: str, step: int | None, device: str) -> tuple[Path, GenerateConfig, VoxelField, int]:
     """The run folder, its saved config, and its field at `step` (None: the newest readable checkpoint)."""
     if not run:
-        raise AssetError("give a run folder written by `sjc generate`, e.g. runs/a-red-and-blue-cube")
+        raise AssetError("give a run folder written by `sjc generate`, e.g. runs/a-red-and-blue-cube-seed0")
     run_dir = Path(run)
     if not run_dir.is_dir():
         raise AssetError(f"{run} is not a folder; give a run folder written by `sjc generate`")
@@ -109,6 +109,8 @@ def _target(ec: ExportMeshConfig, run_dir: Path) -> tuple[str, Path]:
     fmt = ec.format or suffix or "glb"
     if ec.mesh:
         path = Path(ec.mesh) if suffix else Path(f"{ec.mesh}.{fmt}")
+        if path.parent == Path(".") and not ec.mesh.startswith(("./", ".\\")):  # a bare name: into the run folder
+            path = run_dir / path
     else:
         path = run_dir / ("field.npz" if fmt == "npz" else f"mesh.{fmt}")
     return fmt, path

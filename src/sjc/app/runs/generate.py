@@ -44,9 +44,17 @@ from ...outputs.files import write_outputs
 from ...outputs.video import to_uint8
 from ...priors import IMAGE_PRIORS, TOY_PRIORS, build_prior
 from ...priors.toy import BACKGROUND
-from .checkpoint import CheckpointError, checkpoint_path, list_checkpoints, prune_checkpoints, read_checkpoint, restore, save_checkpoint
 from ..settings.config import GenerateConfig, from_dict, picture_title, slug, to_dict, to_json
 from ..settings.config2d import Config2D
+from .checkpoint import (
+    CheckpointError,
+    checkpoint_path,
+    list_checkpoints,
+    prune_checkpoints,
+    read_checkpoint,
+    restore,
+    save_checkpoint,
+)
 from .interrupt import Interrupted, StopRequest, catch_signals
 from .picture import make_reference, picture_size, read_picture
 from .restore import restore_run
@@ -66,6 +74,16 @@ def run_slug(cfg: GenerateConfig | Config2D) -> str:
     image = getattr(cfg, "image", None)
     picture = picture_title(image.path) if image is not None and image.path else None
     return slug(cfg.prompt or picture or (cfg.pixel.model if cfg.prior == "pixel" else cfg.prior))
+
+
+def run_name(cfg: GenerateConfig) -> str:
+    """The one name of a run folder, for `sjc generate`, the page and `sjc batch` alike: <slug>-seed<seed>."""
+    return f"{run_slug(cfg)}-seed{cfg.train.seed}"
+
+
+def default_run_dir(cfg: GenerateConfig) -> Path:
+    """Where a run without --out goes: runs/<slug>-seed<seed>."""
+    return Path("runs") / run_name(cfg)
 
 
 def prior_from_config(cfg: GenerateConfig, device: torch.device | str = "cpu", picture=None) -> Prior:
@@ -266,7 +284,7 @@ def generate(
     `DenoiserPrior`); `cameras`, `render_fn` and `callback` go to `core.fit.fit`."""
     device = pick_device(cfg.device)
     check_device(cfg, device)
-    run_dir = Path(cfg.out) if cfg.out else Path("runs") / run_slug(cfg)
+    run_dir = Path(cfg.out) if cfg.out else default_run_dir(cfg)
     cfg = replace(cfg, out=str(run_dir))
     # A bad prompt or picture fails here, before any write.
     prior, image, cfg = prior_and_reference(cfg, device, run_dir, prior)

@@ -129,7 +129,8 @@ class GenerateConfig:
     preset: str = "default"
     """Named set of defaults for the prior ('default', 'tiny' for a smoke test, 'paper'); flags override it."""
     out: str | None = None
-    """Run folder; default runs/<prompt-slug> (runs/<model-slug> for the unconditional pixel prior)."""
+    """Run folder; default runs/<slug>-seed<seed>: the slug of the prompt (else the picture's image-<name>, else the
+    pixel model's name), as the page and sjc batch name runs too."""
     device: str = "auto"
     """'auto' (CUDA when present, else CPU), 'cpu', 'cuda', 'cuda:1', ..."""
     threads: int | None = DEFAULT_THREADS
@@ -205,7 +206,8 @@ class ExportMeshConfig:
     step: int | None = None
     """Checkpoint step to export; None takes the newest readable one."""
     mesh: str | None = None
-    """Output path; None writes RUN/mesh.<format> (RUN/field.npz for npz)."""
+    """Output file: a bare name (e.g. chair.obj) goes into the run folder, a path (./chair.obj, out/chair.obj) where
+    it says; None writes RUN/mesh.<format> (RUN/field.npz for npz)."""
     format: Literal["glb", "obj", "ply", "npz"] | None = None
     """File format; None takes it from --mesh's extension, else glb. npz holds the raw grids instead of a mesh."""
     threshold: float | None = None

@@ -30,7 +30,8 @@ class Config2D:
     seed: int = 0
     """Seed of the first image; image k uses seed + k (the run seeding scheme of each, `core.fit.make_generators`)."""
     out: str | None = None
-    """Output folder; default runs/<command>/<prompt-or-model-slug>-<method>."""
+    """Output folder; default runs/canvas/<slug>-<scoring>-<schedule> (canvas) or runs/sample/<slug>-<sampler>
+    (sample), the slug of the prompt or the pixel model, with -view<az>-<el> for a --view."""
     device: str = "auto"
     """'auto' (CUDA when present, else CPU), 'cpu', 'cuda', 'cuda:1', ..."""
     threads: int | None = DEFAULT_THREADS

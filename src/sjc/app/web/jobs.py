@@ -211,11 +211,11 @@ def _num(value: Any, default: float, what: str = "a number") -> float:
 
 
 def new_run_dir(runs: Path, cfg: GenerateConfig) -> Path:
-    """A new, empty runs/<prompt-slug>-s<seed> (-2, -3, ... when taken), made here so that two visitors starting
+    """A new, empty runs/<prompt-slug>-seed<seed> (-2, -3, ... when taken), made here so that two visitors starting
     the same prompt at once never share one. The slug keeps [a-z0-9-] alone: no prompt names a folder outside."""
-    from ..runs.generate import run_slug
+    from ..runs.generate import run_name
 
-    base = f"{run_slug(cfg)}-s{cfg.train.seed}"
+    base = run_name(cfg)
     runs.mkdir(parents=True, exist_ok=True)
     for n in range(1, 10_000):
         path = runs / (base if n == 1 else f"{base}-{n}")
