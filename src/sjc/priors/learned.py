@@ -336,7 +336,7 @@ class LearnedToyPrior:
 
 
 class OnlineCopy:
-    """ProlificDreamer's second network, for --scoring.method vsd: a full copy of the prior's (1.3M parameters;
+    """ProlificDreamer's second network, for --scoring.method vsd: a full copy of the prior's (1.36 M parameters;
     the network is small enough that no LoRA is needed), starting equal to it and conditioned on the prompt and
     the camera's view bucket. `train_step` takes one Adam step of the EDM-weighted denoising loss on the render
     just scored, at sigma drawn as the prior was trained (ln sigma ~ N(-0.8, 1.4^2)), so D_phi follows the

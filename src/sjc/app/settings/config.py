@@ -144,7 +144,8 @@ class GenerateConfig:
     """Replace an existing run folder."""
     resume: str | None = None
     """Continue the run in this folder from its newest readable checkpoint, with its saved settings; only
-    --steps (raised), --threads, and logging, checkpoint and export settings may change."""
+    --steps (raised), --threads, --toy.cache-dir, --allow-sd-on-cpu, and logging, checkpoint, TensorBoard and export
+    settings may change."""
     config: str | None = None
     """Start from the settings in this TOML or JSON file instead of a preset (a run's own config.json works as it
     is; a file may also hold only what differs from its prior's preset); flags given with it override it."""
