@@ -52,9 +52,46 @@ def write_tokenizer_folder(folder: Path) -> Path:
     return folder
 
 
+def tiny_unet(in_channels: int, cross_attention_dim: int):
+    """A two-level UNet2DConditionModel of 4 output channels, its random output layer scaled up (random-init output
+    convolutions are small: this makes the tests compare non-trivial outputs)."""
+    from diffusers import UNet2DConditionModel
+
+    unet = UNet2DConditionModel(
+        sample_size=8,
+        in_channels=in_channels,
+        out_channels=4,
+        block_out_channels=(32, 64),
+        layers_per_block=1,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=cross_attention_dim,
+        attention_head_dim=8,
+    )
+    with torch.no_grad():
+        unet.conv_out.weight.normal_(0, 0.1)
+    return unet
+
+
+def tiny_vae():
+    """An AutoencoderKL of four blocks, so latents are 1/8 of the image side, as in Stable Diffusion."""
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        block_out_channels=(8, 16, 16, 16),
+        norm_num_groups=8,
+        latent_channels=4,
+        sample_size=64,
+    )
+
+
 def build_tiny_sd(folder: Path, prediction_type: str = "epsilon", seed: int = 0) -> Path:
     """Write tokenizer/, text_encoder/, unet/, vae/, scheduler/ and model_index.json under `folder`."""
-    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+    from diffusers import DDPMScheduler
     from transformers import CLIPTextConfig, CLIPTextModel
 
     folder = Path(folder)
@@ -74,31 +111,8 @@ def build_tiny_sd(folder: Path, prediction_type: str = "epsilon", seed: int = 0)
         pad_token_id=vocab[EOS],
     )
     CLIPTextModel(text_config).save_pretrained(folder / "text_encoder")
-    unet = UNet2DConditionModel(
-        sample_size=8,
-        in_channels=4,
-        out_channels=4,
-        block_out_channels=(32, 64),
-        layers_per_block=1,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        cross_attention_dim=TEXT_DIM,
-        attention_head_dim=8,
-    )
-    # Random-init output convolutions are small; scale them so the tests compare non-trivial outputs.
-    with torch.no_grad():
-        unet.conv_out.weight.normal_(0, 0.1)
-    unet.save_pretrained(folder / "unet")
-    AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        down_block_types=("DownEncoderBlock2D",) * 4,
-        up_block_types=("UpDecoderBlock2D",) * 4,
-        block_out_channels=(8, 16, 16, 16),
-        norm_num_groups=8,
-        latent_channels=4,
-        sample_size=64,
-    ).save_pretrained(folder / "vae")
+    tiny_unet(4, TEXT_DIM).save_pretrained(folder / "unet")
+    tiny_vae().save_pretrained(folder / "vae")
     DDPMScheduler(
         beta_start=0.00085,
         beta_end=0.012,

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import torch
 
+from tiny_sd import tiny_unet, tiny_vae
+
 os.environ["HF_HUB_OFFLINE"] = "1"  # nothing may come from the hub
 
 IMAGE_DIM = 24  # the CLIP image embedding's width (768 in the real model)
@@ -22,36 +24,14 @@ CLIP_SIZE = 32  # the image encoder's input side (224 in the real model)
 
 def build_tiny_zero123(folder: Path, seed: int = 0, projection_format: str = "safetensors") -> Path:
     """Write the five subfolders and model_index.json under `folder`; returns it."""
-    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+    from diffusers import DDIMScheduler
     from safetensors.torch import save_file
     from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
 
     folder = Path(folder)
     torch.manual_seed(seed)
-    unet = UNet2DConditionModel(
-        sample_size=8,
-        in_channels=8,
-        out_channels=4,
-        block_out_channels=(32, 64),
-        layers_per_block=1,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        cross_attention_dim=CONTEXT_DIM,
-        attention_head_dim=8,
-    )
-    with torch.no_grad():  # random-init output convolutions are small: make the outputs worth comparing
-        unet.conv_out.weight.normal_(0, 0.1)
-    unet.save_pretrained(folder / "unet")
-    AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        down_block_types=("DownEncoderBlock2D",) * 4,
-        up_block_types=("UpDecoderBlock2D",) * 4,
-        block_out_channels=(8, 16, 16, 16),
-        norm_num_groups=8,
-        latent_channels=4,
-        sample_size=64,
-    ).save_pretrained(folder / "vae")
+    tiny_unet(8, CONTEXT_DIM).save_pretrained(folder / "unet")  # the noisy latent and the reference's
+    tiny_vae().save_pretrained(folder / "vae")
     vision = CLIPVisionConfig(
         hidden_size=16,
         intermediate_size=24,

@@ -27,8 +27,8 @@ from ...core.denoisers import Prior
 from ...core.fit import make_generators, pick_device
 from ...core.methods import Scorer
 from ...outputs.video import write_gif, write_mp4
-from ...priors import TOY_PRIORS, build_prior
-from ..runs.generate import RunFolderError, run_slug
+from ...priors import TOY_PRIORS
+from ..runs.generate import RunFolderError, prior_from_config, run_slug
 from ..settings.config import to_dict
 from ..settings.config2d import CanvasConfig, Config2D, SampleConfig
 
@@ -54,17 +54,7 @@ def prior_2d(cfg: Config2D, device: torch.device) -> Prior:
         im = cfg.image
         rgb = read_picture(im.path, cfg.zero123.resolution, 1.0, im.background_colour, im.tolerance).rgb
         picture = (rgb, views_2d(cfg)[0])
-    return build_prior(
-        cfg.prior,
-        cfg.prompt,
-        device=device,
-        toy=cfg.toy,
-        sd=cfg.sd,
-        pixel=cfg.pixel,
-        zero123=cfg.zero123,
-        guidance_scale=cfg.guidance_scale,
-        picture=picture,
-    )
+    return prior_from_config(cfg, device, picture)
 
 
 def views_2d(cfg: Config2D) -> tuple[View | None, View | None]:

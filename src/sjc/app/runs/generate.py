@@ -86,9 +86,10 @@ def default_run_dir(cfg: GenerateConfig) -> Path:
     return Path("runs") / run_name(cfg)
 
 
-def prior_from_config(cfg: GenerateConfig, device: torch.device | str = "cpu", picture=None) -> Prior:
-    """The prior named by a run's config, bound to its prompt (and for `IMAGE_PRIORS` to `picture`: an RGB
-    image and its View)."""
+def prior_from_config(cfg: GenerateConfig | Config2D, device: torch.device | str = "cpu", picture=None) -> Prior:
+    """The prior named by a run's config (or a canvas or sample configuration's), bound to its prompt (and for
+    `IMAGE_PRIORS` to `picture`: an RGB image and its View)."""
+    scoring = getattr(cfg, "scoring", None)  # a 2D configuration names its scoring method there, not its settings
     return build_prior(
         cfg.prior,
         cfg.prompt,
@@ -97,7 +98,7 @@ def prior_from_config(cfg: GenerateConfig, device: torch.device | str = "cpu", p
         sd=cfg.sd,
         pixel=cfg.pixel,
         zero123=cfg.zero123,
-        guidance_scale=cfg.scoring.guidance_scale,
+        guidance_scale=scoring.guidance_scale if hasattr(scoring, "guidance_scale") else cfg.guidance_scale,
         picture=picture,
     )
 

@@ -86,16 +86,20 @@ def _sd_paper() -> GenerateConfig:
     )
 
 
-def _sd_tiny() -> GenerateConfig:
-    # Seconds on a CPU with a tiny test model: a 16^3 grid seen as 8x8 latents (64 px images).
-    base = _sd_paper()
+def _network_tiny(base: GenerateConfig, turntable_size: int, **model) -> GenerateConfig:
+    """A network prior's smoke test: `base` on a 16^3 grid for 20 steps, its model settings replaced by `model`."""
     return dataclasses.replace(
         base,
         field=dataclasses.replace(base.field, resolution=16),
-        sd=SDConfig(resolution=64),
         train=TrainConfig(steps=20, checkpoint_every=10, validate_every=10, log_every=1),
-        export=ExportConfig(turntable_frames=8, turntable_size=8),
+        export=ExportConfig(turntable_frames=8, turntable_size=turntable_size),
+        **model,
     )
+
+
+def _sd_tiny() -> GenerateConfig:
+    # Seconds on a CPU with a tiny test model: a 16^3 grid seen as 8x8 latents (64 px images).
+    return _network_tiny(_sd_paper(), 8, sd=SDConfig(resolution=64))
 
 
 def _sd_refined() -> GenerateConfig:
@@ -116,14 +120,7 @@ def _pixel_paper() -> GenerateConfig:
 
 def _pixel_tiny() -> GenerateConfig:
     # Seconds on a CPU with a tiny test model: a 16^3 grid seen at 32x32.
-    base = _pixel_paper()
-    return dataclasses.replace(
-        base,
-        field=dataclasses.replace(base.field, resolution=16),
-        pixel=PixelConfig(resolution=32),
-        train=TrainConfig(steps=20, checkpoint_every=10, validate_every=10, log_every=1),
-        export=ExportConfig(turntable_frames=8, turntable_size=32),
-    )
+    return _network_tiny(_pixel_paper(), 32, pixel=PixelConfig(resolution=32))
 
 
 # Zero-1-to-3's own 3D reconstruction (its repository's 3drec, SJC's code with the view-conditioned model; the
@@ -153,14 +150,7 @@ def _zero123_paper() -> GenerateConfig:
 
 def _zero123_tiny() -> GenerateConfig:
     # Seconds on a CPU with a tiny test model: a 16^3 grid seen as 8x8 latents (64 px pictures).
-    base = _zero123_paper()
-    return dataclasses.replace(
-        base,
-        field=dataclasses.replace(base.field, resolution=16),
-        zero123=Zero123Config(resolution=64),
-        train=TrainConfig(steps=20, checkpoint_every=10, validate_every=10, log_every=1),
-        export=ExportConfig(turntable_frames=8, turntable_size=8),
-    )
+    return _network_tiny(_zero123_paper(), 8, zero123=Zero123Config(resolution=64))
 
 
 def _toy_learned_default() -> GenerateConfig:
