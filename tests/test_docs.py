@@ -128,3 +128,24 @@ def test_every_docs_page_is_listed_in_the_readme():
     names = {"learned-prior": "learned toy prior", "canvas": "2d canvas"}
     for page in sorted((ROOT / "docs").glob("*.md")):
         assert names.get(page.stem, page.stem.lower()) in listing, page.name
+
+
+def test_the_readmes_suite_table_is_the_quality_benchmarks_rows():
+    found = rows("quality-rows.jsonl")
+
+    def pick(prior, variant):
+        return {r["prompt"]: r for r in found if r["prior"] == prior and r["variant"] == variant and r["seed"] == 0}
+
+    ceiling, before, now = (
+        pick("oracle", "default"),
+        pick("toy", "previous default (32^3, 2000 steps)"),
+        pick("toy", "default"),
+    )
+    readme = doc("README.md")
+    for prompt, r in now.items():
+        c, b = ceiling[prompt], before[prompt]
+        line = (
+            f"| {prompt} | {c['iou_3d']:.3f} | {b['iou_3d']:.3f} | **{r['iou_3d']:.3f}** | "
+            f"{c['iou_3d_closed']:.3f} / {r['iou_3d_closed']:.3f} | {r['silhouette_iou']:.3f} | {r['psnr']:.2f} | "
+        )
+        assert line in readme, line
