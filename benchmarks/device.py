@@ -729,7 +729,11 @@ def main() -> None:
         "--profile", action="store_true", help="only the step variants and the profile (--only variants)"
     )
     parser.add_argument(
-        "--compile-modes", nargs="*", default=["default"], help="torch.compile modes the variants try (and off)"
+        "--compile-modes",
+        nargs="*",
+        default=["default"],
+        choices=("off", "default", "reduce-overhead", "max-autotune"),
+        help="torch.compile modes the variants try (besides off)",
     )
     parser.add_argument("--out", default=os.environ.get("OUT") or str(ROOT / "out" / "device"))
     args = parser.parse_args()
