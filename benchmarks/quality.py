@@ -73,6 +73,8 @@ LEVERS = {
     "fov 50-60": {"camera": {"fov_min": 50.0, "fov_max": 60.0}},
     "fov ends 40/70": {"camera": {"fov_ends": True}},
     "render 48 px": {"toy": {"image_size": 48}},
+    "grid 64 render 64 px": {"field": {"resolution": 64}, "toy": {"image_size": 64}},
+    "grid 96 render 96 px": {"field": {"resolution": 96}, "toy": {"image_size": 96}},
     "PAAS k=2": {"scoring": {"n_noise": 2}},
     "opacity 30": {"losses": {"opacity_weight": 30.0}},
     "opacity 300": {"losses": {"opacity_weight": 300.0}},
