@@ -1,6 +1,6 @@
 """`sjc serve`: a web page (gradio) to type a prompt, watch the field form, turn the mesh around and download it.
 
-The page is a thin layer over `webruns`: the form becomes a `GenerateConfig` through the command line's own
+The page is a thin layer over `web.jobs`: the form becomes a `GenerateConfig` through the command line's own
 presets and checks, each run is a `webruns.Job` polled twice a second, and every file the page shows or
 serves comes from the runs folder (gradio's own cache is put inside it too, under .web/).
 """
