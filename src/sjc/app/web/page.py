@@ -1,7 +1,7 @@
 """`sjc serve`: a web page (gradio) to type a prompt, watch the field form, turn the mesh around and download it.
 
 The page is a thin layer over `web.jobs`: the form becomes a `GenerateConfig` through the command line's own
-presets and checks, each run is a `webruns.Job` polled twice a second, and every file the page shows or
+presets and checks, each run is a `web.jobs.Job` polled twice a second, and every file the page shows or
 serves comes from the runs folder (gradio's own cache is put inside it too, under .web/).
 """
 
