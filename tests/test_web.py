@@ -163,13 +163,22 @@ def test_a_closed_tab_stops_its_run_with_a_checkpoint(server):
     run_dir = runs / "an-orange-cylinder-seed4"
     wait_for_log(run_dir, 20)
     job.cancel()  # what the page sees when its visitor goes away
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and not [s for s, _ in list_checkpoints(run_dir) if s % 100]:
-        time.sleep(0.2)
-    stopped = list_checkpoints(run_dir)[-1][0]
-    assert 20 <= stopped < 20000 and stopped % 100, "the stop checkpoint, not a periodic one"
+
+    def state():
+        saved = list_checkpoints(run_dir)
+        return (saved[-1][0] if saved else None), (run_dir / "log.jsonl").read_text().count("\n")
+
+    # Stopped: for a second and a half neither a checkpoint nor a log line comes (a step takes about 10 ms). The
+    # stop checkpoint may fall on a multiple of the periodic one: what tells them apart is that nothing follows.
+    deadline, last = time.monotonic() + 30, None
+    while time.monotonic() < deadline and (last is None or last[0] is None or state() != last):
+        last = state()
+        time.sleep(1.5)
+    stopped, logged = state()
+    last_logged = json.loads((run_dir / "log.jsonl").read_text().splitlines()[-1])["step"]
+    assert stopped is not None and 20 <= stopped < 20000 and stopped >= last_logged, (stopped, last_logged)
     time.sleep(1.5)
-    assert list_checkpoints(run_dir)[-1][0] == stopped  # and nothing goes on afterwards
+    assert state() == (stopped, logged)  # and nothing goes on afterwards
 
 
 def test_files_outside_the_runs_folder_are_refused(server):
