@@ -25,7 +25,9 @@ TOY_PRIORS = ("toy", "toy-learned")  # the toy world's priors of a prompt: groun
 IMAGE_PRIORS = ("toy-image", "zero123")  # conditioned on the reference picture (--image) instead of a prompt
 UNCONDITIONAL = ("pixel",)
 NETWORK_PRIORS = ("sd", "pixel", "zero123")  # diffusers checkpoints: the [sd] extra, weights, GPU work
+BIG_UNETS = ("sd", "zero123")  # full-size UNets: minutes a step on a CPU (--allow-sd-on-cpu)
 __all__ = [
+    "BIG_UNETS",
     "BUILT_IN",
     "IMAGE_PRIORS",
     "NETWORK_PRIORS",

@@ -54,7 +54,7 @@ def prior_2d(cfg: Config2D, device: torch.device) -> Prior:
         im = cfg.image
         rgb = read_picture(im.path, cfg.zero123.resolution, 1.0, im.background_colour, im.tolerance).rgb
         picture = (rgb, views_2d(cfg)[0])
-    return prior_from_config(cfg, device, picture)
+    return prior_from_config(cfg, device, picture, cfg.guidance_scale)
 
 
 def views_2d(cfg: Config2D) -> tuple[View | None, View | None]:
@@ -139,11 +139,7 @@ def _scorer(cfg: CanvasConfig, prior: Prior, sigma_range: tuple[float, float]) -
     """The canvas's distillation method bound to the prior and --view (None for paas and naive)."""
     if cfg.scoring in ("paas", "naive"):
         return None
-    view = views_2d(cfg)[1]
-    if view is not None:  # the canvas asks for any view (None); a picture's novel view is this one
-        scorer = _scorer(dataclasses.replace(cfg, view=None), prior, sigma_range)
-        return lambda x, sigma, _, generator: scorer(x, sigma, view, generator)
-    return Scorer(
+    scorer = Scorer(
         cfg.scoring,
         prior,
         guidance_scale=cfg.guidance_scale,
@@ -154,6 +150,10 @@ def _scorer(cfg: CanvasConfig, prior: Prior, sigma_range: tuple[float, float]) -
         n_noise=cfg.n_noise,
         vsd_lr=cfg.vsd_lr,
     )
+    view = views_2d(cfg)[1]
+    if view is None:
+        return scorer
+    return lambda x, sigma, _, generator: scorer(x, sigma, view, generator)  # the canvas asks for any view (None)
 
 
 # --- sjc sample ---------------------------------------------------------------------------

@@ -42,7 +42,7 @@ from ...core.render import render
 from ...core.voxel import VoxelField
 from ...outputs.files import write_outputs
 from ...outputs.video import to_uint8
-from ...priors import IMAGE_PRIORS, TOY_PRIORS, build_prior
+from ...priors import BIG_UNETS, IMAGE_PRIORS, TOY_PRIORS, build_prior
 from ...priors.toy import BACKGROUND
 from ..settings.config import GenerateConfig, from_dict, picture_title, slug, to_dict, to_json
 from ..settings.config2d import Config2D
@@ -86,10 +86,15 @@ def default_run_dir(cfg: GenerateConfig) -> Path:
     return Path("runs") / run_name(cfg)
 
 
-def prior_from_config(cfg: GenerateConfig | Config2D, device: torch.device | str = "cpu", picture=None) -> Prior:
+def prior_from_config(
+    cfg: GenerateConfig | Config2D,
+    device: torch.device | str = "cpu",
+    picture=None,
+    guidance_scale: float | None = None,
+) -> Prior:
     """The prior named by a run's config (or a canvas or sample configuration's), bound to its prompt (and for
-    `IMAGE_PRIORS` to `picture`: an RGB image and its View)."""
-    scoring = getattr(cfg, "scoring", None)  # a 2D configuration names its scoring method there, not its settings
+    `IMAGE_PRIORS` to `picture`: an RGB image and its View), with `guidance_scale` (None: the run's
+    --scoring.guidance-scale)."""
     return build_prior(
         cfg.prior,
         cfg.prompt,
@@ -98,7 +103,7 @@ def prior_from_config(cfg: GenerateConfig | Config2D, device: torch.device | str
         sd=cfg.sd,
         pixel=cfg.pixel,
         zero123=cfg.zero123,
-        guidance_scale=scoring.guidance_scale if hasattr(scoring, "guidance_scale") else cfg.guidance_scale,
+        guidance_scale=cfg.scoring.guidance_scale if guidance_scale is None else guidance_scale,
         picture=picture,
     )
 
@@ -335,9 +340,6 @@ def generate(
         finally:
             if tensorboard is not None:
                 tensorboard.close()
-
-
-BIG_UNETS = ("sd", "zero123")  # full-size UNets: minutes a step on a CPU
 
 
 def check_device(cfg: GenerateConfig, device: torch.device) -> None:

@@ -15,6 +15,8 @@ from typing import Any
 
 import numpy as np
 
+from ..settings.config import flatten
+
 FOLDER = "tensorboard"
 
 
@@ -59,7 +61,11 @@ class TensorBoardLog:
         numbers = {f"quality/{k}": float(v) for k, v in (metrics or {}).items() if _is_number(v)}
         for tag, value in numbers.items():
             self.writer.add_scalar(tag, value, step)
-        hparams = {k: v if isinstance(v, bool | int | float | str) else str(v) for k, v in _flatten(settings).items()}
+        hparams = {
+            k: v if isinstance(v, bool | int | float | str) else str(v)
+            for k, v in flatten(settings).items()
+            if v is not None
+        }
         self.writer.add_hparams(hparams, numbers or {"quality/none": 0.0}, run_name=".", global_step=step)
 
     def close(self) -> None:
@@ -68,13 +74,3 @@ class TensorBoardLog:
 
 def _is_number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and np.isfinite(value)
-
-
-def _flatten(data: dict, prefix: str = "") -> dict[str, Any]:
-    flat: dict[str, Any] = {}
-    for key, value in data.items():
-        if isinstance(value, dict):
-            flat.update(_flatten(value, f"{prefix}{key}."))
-        elif value is not None:
-            flat[prefix + key] = value
-    return flat

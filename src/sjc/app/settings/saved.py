@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ...core.errors import ConfigError
-from .config import GenerateConfig, from_dict, to_dict
+from .config import GenerateConfig, flatten, from_dict, to_dict
 
 # Config keys (or sections) a resume may change: none of them changes the optimised field. --threads may
 # change the last bits of large CPU reductions; runs are bit-identical at the same thread count.
@@ -56,7 +56,7 @@ def resume_config(saved: GenerateConfig, requested: GenerateConfig) -> GenerateC
     if requested.train.schedule_steps is None:  # the schedule length of a run is the run's, not the invocation's
         requested = replace(requested, train=replace(requested.train, schedule_steps=saved.train.schedule_steps))
     requested = _as_resolved(saved, requested)
-    old, new = _flatten(to_dict(saved)), _flatten(to_dict(requested))
+    old, new = flatten(to_dict(saved)), flatten(to_dict(requested))
     for key, value in new.items():
         if key.startswith(RESUMABLE) or key == "train.steps" or value == old.get(key):
             continue
@@ -83,16 +83,6 @@ def _as_resolved(saved: GenerateConfig, requested: GenerateConfig) -> GenerateCo
     if image.estimate_elevation and len(saved.image.view) > 1:
         view = replace(view, elevation=saved.image.view[1])
     return replace(requested, image=image.resolved(view))
-
-
-def _flatten(data: dict, prefix: str = "") -> dict[str, Any]:
-    flat: dict[str, Any] = {}
-    for key, value in data.items():
-        if isinstance(value, dict):
-            flat.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            flat[prefix + key] = value
-    return flat
 
 
 def _flag(key: str) -> str:

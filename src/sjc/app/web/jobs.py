@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from ...core.errors import ConfigError, UserError
-from ...priors import IMAGE_PRIORS, NETWORK_PRIORS
+from ...priors import BIG_UNETS, IMAGE_PRIORS, NETWORK_PRIORS
 from ...priors.settings import SUITE_PROMPTS
 from ..runs.picture import check_picture
 from ..runs.runlock import LOCK_NAME, holder
@@ -92,7 +92,7 @@ def available_priors(allow_sd_on_cpu: bool = False) -> list[str]:
         return priors
     priors.append("pixel")
     if allow_sd_on_cpu or _has_cuda():
-        priors[2:2] = ["sd", "zero123"]
+        priors[2:2] = list(BIG_UNETS)
     return priors
 
 
@@ -159,7 +159,7 @@ def form_config(
         ),
         threads=whole_number(form.threads, cfg.threads, "threads"),
     )
-    if form.prior in ("sd", "zero123"):  # offered here only with a GPU, or as the operator allowed on a CPU
+    if form.prior in BIG_UNETS:  # offered here only with a GPU, or as the operator allowed on a CPU
         cfg = replace(cfg, allow_sd_on_cpu=True)
     if form.model and form.prior in NETWORK_PRIORS:
         if form.model not in limits.models:
