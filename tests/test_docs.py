@@ -149,3 +149,7 @@ def test_the_readmes_suite_table_is_the_quality_benchmarks_rows():
             f"{c['iou_3d_closed']:.3f} / {r['iou_3d_closed']:.3f} | {r['silhouette_iou']:.3f} | {r['psnr']:.2f} | "
         )
         assert line in readme, line
+        constrained = f"| {c['iou_3d_constrained']:.3f} / {r['iou_3d_constrained']:.3f} |"
+        assert next(x for x in readme.splitlines() if x.startswith(line)).endswith(constrained), constrained
+    figure = [r["iou_3d_constrained"] for r in now.values()]
+    assert f"constrained 3D IoU mean **{statistics.mean(figure):.3f}**, lowest {min(figure):.3f}" in readme

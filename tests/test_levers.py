@@ -211,3 +211,22 @@ def test_adam_is_built_with_its_betas_and_bad_betas_are_refused(tmp_path):
     assert isinstance(make_optimizer(field, cfg.optim), torch.optim.Adamax)
     flags = ["--optim.optimizer", "adam", "--optim.betas", "0.9", "1.0"]
     assert cli.main(["generate", "a red cube", "--preset", "tiny", "--out", str(tmp_path / "x"), *flags]) == 2
+
+
+def test_the_initial_density_ball_is_highest_at_the_centre_and_zero_past_its_radius():
+    from sjc.core.fit import build_field
+
+    class _RGB:
+        channels, feature_activation = 3, "sigmoid"
+
+    plain = build_field(_RGB(), FieldConfig(resolution=16))
+    ball = build_field(_RGB(), FieldConfig(resolution=16, init_blob=8.0, init_blob_radius=0.5))
+    added = (ball.grid[0, 0] - plain.grid[0, 0]).detach()
+    centres = -1 + (torch.arange(16, dtype=torch.float64) + 0.5) * 2 / 16
+    z, y, x = torch.meshgrid(centres, centres, centres, indexing="ij")
+    r = (x.square() + y.square() + z.square()).sqrt()
+    assert torch.allclose(added.double(), (8.0 * (1 - r / 0.5)).clamp_min(0), atol=1e-6)
+    assert added.max() > 6.0 and (added[r >= 0.5] == 0).all()  # the nearest centres are 0.11 from the middle
+    assert torch.equal(ball.grid[0, 1:], plain.grid[0, 1:])  # the colours start as they would without it
+    with pytest.raises(ValueError, match="radius"):
+        build_field(_RGB(), FieldConfig(resolution=16, init_blob=1.0, init_blob_radius=0.0))

@@ -95,3 +95,75 @@ def test_every_suite_shape_is_its_own_closure_but_for_the_floor_sliver():
         added = closed & ~truth
         assert (yy[added] < -0.1).all(), shape  # only under the object
         assert added.sum() <= 0.1 * truth.sum(), shape  # the cone: 68 voxels under 748
+
+
+# --- the constrained 3D IoU: what the true shape hides is not counted ------------------------------------------
+def _cone_truth(n):
+    from sjc.priors import toy
+
+    xx, yy, zz = _coords(n)
+    return toy.occupancy("cone", torch.stack([xx, yy, zz], -1).view(-1, 3)).view(n, n, n)
+
+
+def test_the_true_shapes_hidden_space_is_found_from_the_shape_not_its_voxels():
+    from sjc.outputs.metrics import true_hidden
+
+    n = 64
+    # The cone's base (y = -0.45) lies 0.003 above a layer of voxel centres (-0.453): that layer is outside the
+    # truth, and the voxelised truth hides almost nothing under it. The shape itself hides a flat cone there: at
+    # depth d under the base, everything within 0.45 - d / slope of the axis, slope that of a ray from the lowest
+    # camera (height 1.5 sin(-6.38 deg)) over the base's near rim.
+    hidden = true_hidden("cone", n)
+    truth = _cone_truth(n)
+    assert not (hidden & truth).any()
+    xx, yy, zz = _coords(n)
+    r = (xx.square() + zz.square()).sqrt()
+    cam_y, cam_r = 1.5 * math.sin(math.radians(lowest_training_elevation())), 1.5 * math.cos(math.radians(6.38))
+    slope = (cam_y + 0.45) / (cam_r - 0.45)
+    depth = -0.45 - yy
+    inside = (depth > 0) & (r < 0.45 - depth / slope - 2 * 2 / n)  # two voxels inside the analytic boundary
+    outside = (depth < 0) | (r > 0.45 - depth / slope + 2 * 2 / n)
+    assert hidden[inside].all() and not hidden[outside].any()
+    assert hidden.sum() > 1.5 * (hidden_space(truth)).sum()  # the voxel grid's own shadow is far smaller
+
+
+def test_the_constrained_iou_does_not_count_what_the_truth_hides_and_counts_what_it_shows():
+    from sjc.outputs.metrics import true_hidden
+    from sjc.outputs.visibility import constrained_iou
+
+    n = 32
+    truth, hidden = _cone_truth(n), true_hidden("cone", n)
+    assert constrained_iou(truth, truth, hidden) == 1.0
+    # A skirt under the base, inside what the cone hides, costs nothing; the 3D IoU counts all of it.
+    skirt = truth | hidden
+    assert constrained_iou(skirt, truth, hidden) == 1.0 and iou(skirt, truth) < 0.95
+    # Anything a camera sees in the true scene counts: a voxel layer over the tip, or a ring round the base.
+    xx, yy, zz = _coords(n)
+    over = truth | ((xx.abs() < 0.1) & (zz.abs() < 0.1) & (yy > 0.45) & (yy < 0.55))
+    added = (over & ~truth).sum().item()
+    assert constrained_iou(over, truth, hidden) == pytest.approx(truth.sum().item() / (truth.sum().item() + added))
+    # Hollowed from below, open underneath: no camera looks in, so the inside counts as the solid's.
+    hollow = truth & ~((yy < -0.15) & (xx.square() + zz.square() < 0.2**2))
+    assert fill_interior(hollow).sum() == hollow.sum()
+    assert iou(fill_interior(hollow), truth) < 0.9 and constrained_iou(hollow, truth, hidden) == 1.0
+    # Hollowed through its side: the cameras see in, and what they see missing is a miss.
+    holed = truth & ~((yy > -0.15) & (yy < 0.1) & (xx > 0) & (xx.square() + zz.square() < 0.3**2))
+    assert constrained_iou(holed, truth, hidden) == pytest.approx(iou(holed, truth))
+    assert iou(holed, truth) < 0.95
+    # It is never below the 3D IoU of the same occupancy.
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(3):
+        noisy = truth ^ (torch.rand(n, n, n, generator=gen) < 0.01)
+        assert constrained_iou(fill_interior(noisy), truth, hidden) >= iou(fill_interior(noisy), truth)
+
+
+def test_an_open_topped_cup_is_not_forgiven_by_the_constrained_iou():
+    from sjc.outputs.visibility import constrained_iou, hidden_centres
+
+    xx, yy, zz = _coords()
+    cube = _box(0.4)
+    cup = cube & ~((xx.abs() < 0.3) & (zz.abs() < 0.3) & (yy > -0.3))  # open at the top: cameras see inside
+    hidden = hidden_centres(cup, N) & ~cup  # the cup hides only the sliver under its floor
+    assert not hidden[(yy > -0.4)].any()
+    # A solid where the truth is a cup fills what the cameras see inside it.
+    assert constrained_iou(cube, cup, hidden) == pytest.approx(cup.sum().item() / cube.sum().item(), abs=1e-9)

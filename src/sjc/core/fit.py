@@ -72,7 +72,7 @@ def build_field(
     """A voxel field holding the prior's data space (its channels and feature activation), initialised from
     `generator`, by default the 'init' stream of `seed`, at the resolution of step 0 (the coarse one of a
     coarse-to-fine run)."""
-    return VoxelField(
+    field = VoxelField(
         settings.coarse_resolution,
         prior.channels,
         feature_activation=prior.feature_activation,
@@ -82,7 +82,23 @@ def build_field(
         background_value=settings.background_value,
         background_size=settings.background_size,
         generator=generator or make_generators(seed)["init"],
-    ).to(device)
+    )
+    if settings.init_blob:
+        add_density_blob(field, settings.init_blob, settings.init_blob_radius)
+    return field.to(device)
+
+
+@torch.no_grad()
+def add_density_blob(field: VoxelField, height: float, radius: float) -> None:
+    """Add `height` * max(0, 1 - r / radius) to the raw density of every voxel at distance r from the box's
+    centre (before the density's scale and shift)."""
+    if radius <= 0:
+        raise ValueError(f"the initial density ball's radius must be positive, got {radius}")
+    n, half = field.resolution, field.half_size
+    centres = (torch.arange(n, dtype=torch.float64) + 0.5) * (2 * half / n) - half
+    z, y, x = torch.meshgrid(centres, centres, centres, indexing="ij")
+    r = (x.square() + y.square() + z.square()).sqrt()
+    field.grid[0, 0] += (height * (1 - r / radius).clamp_min(0)).to(field.grid.dtype)
 
 
 def make_optimizer(field: VoxelField, optim: OptimConfig = OptimConfig()) -> torch.optim.Optimizer:

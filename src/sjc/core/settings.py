@@ -38,6 +38,12 @@ class FieldConfig:
     """Distance between samples along a ray, in voxels."""
     density_shift: float = -1.0
     """Density = softplus(raw * exp(d_scale) + shift); the shift sets the initial fog."""
+    init_blob: float = 0.0
+    """Initial raw density added at the centre of the box, falling linearly to 0 at `init_blob_radius` (a fog
+    ball the object grows out of, as several text-to-3D pipelines start from; 0: none, every voxel starts at
+    the shift alone)."""
+    init_blob_radius: float = 0.5
+    """Radius of the initial density ball, in world units (the box is [-1, 1]^3)."""
     background: Literal["texture", "fixed"] = "texture"
     """'texture': a small learned texture over the sphere of directions; 'fixed': a constant colour."""
     background_value: float = 1.0

@@ -6,6 +6,7 @@ VoxelField. Rotations: +angle turns the object about +y so a point's azimuth gro
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Iterable, Sequence
 
@@ -19,7 +20,7 @@ from ..core.cameras import View, camera_from_view
 from ..core.render import render
 from ..core.voxel import VoxelField
 from ..priors import toy as toyworld
-from .visibility import closed_occupancy
+from .visibility import closed_occupancy, constrained_iou, hidden_centres
 
 ANGLES = tuple(range(0, 360, 5))
 THRESHOLDS = (0.1, 0.3, 0.5, 0.7, 0.9)
@@ -80,6 +81,28 @@ def true_rotations(shape: str, resolution: int, angles: Iterable[float] = ANGLES
     if shape in toyworld.SYMMETRIC_SHAPES:
         return [toyworld.occupancy(shape, _rotated_points(n, 0.0).view(-1, 3)).view(n, n, n)] * len(angles)
     return [toyworld.occupancy(shape, _rotated_points(n, a).view(-1, 3)).view(n, n, n) for a in angles]
+
+
+# The true shape is voxelised this many times finer than the grid to find what it hides from the cameras.
+HIDDEN_SUPERSAMPLE = 4
+
+
+@functools.lru_cache(maxsize=64)
+def true_hidden(shape: str, resolution: int, angle: float = 0.0) -> Tensor:
+    """The voxels of a [n, n, n] grid that the true primitive, turned by `angle`, hides from every training camera
+    position (`visibility.hidden_centres` with the shape voxelised `HIDDEN_SUPERSAMPLE` times finer as the
+    occluder, so a face that lies a hair off a layer of voxel centres still hides what is behind it). Cached: the
+    same for every field of that shape and size."""
+    m = resolution * HIDDEN_SUPERSAMPLE
+    fine = toyworld.occupancy(shape, _rotated_points(m, angle).view(-1, 3)).view(m, m, m)
+    n = resolution
+    truth = toyworld.occupancy(shape, _rotated_points(n, angle).view(-1, 3)).view(n, n, n)
+    return hidden_centres(fine, n) & ~truth
+
+
+def _truth_angle(shape: str, angle: float) -> float:
+    """The turn at which `true_rotations` built the truth: 0 for shapes symmetric about +y."""
+    return 0.0 if shape in toyworld.SYMMETRIC_SHAPES else float(angle)
 
 
 def _ious(pred_occ: Tensor, rotated: list[Tensor]) -> list[float]:
@@ -150,9 +173,11 @@ def _occupancy_metrics(field: VoxelField, scene: toyworld.Scene, threshold: floa
     angle = near_best[int(np.argmin(errors))]
     shapes = {s: max(_ious(occ, r)) for s, r in rotations.items()}
     truth = rotated[ANGLES.index(angle)]
+    hidden = true_hidden(scene.shape, n, _truth_angle(scene.shape, angle))
     return {
         "iou_3d": best,
         "iou_3d_closed": iou(closed_occupancy(alpha > threshold), closed_occupancy(truth)),
+        "iou_3d_constrained": constrained_iou(occ, truth, hidden),
         "angle": float(angle),
         "iou_3d_at_angle": scores[ANGLES.index(angle)],
         "iou_sweep": sweep,
@@ -174,9 +199,10 @@ def evaluate_field(
 
     iou_3d: best-rotation IoU of the filled occupancy (voxel alpha > threshold). iou_3d_closed: the IoU at
     `angle` of the occupancy and the truth each closed over the space no training camera can see
-    (`visibility.closed_occupancy`; docs/CONVENTIONS.md). angle: the rotation used for the image metrics,
-    chosen among angles within `tie_tolerance` of the best
-    IoU by the colour match on the true surface. silhouette_iou / psnr: means over held-out
+    (`visibility.closed_occupancy`; docs/CONVENTIONS.md). iou_3d_constrained: the IoU at `angle` over what the
+    training cameras constrain (`visibility.constrained_iou`: what the true shape hides is not counted). angle:
+    the rotation used for the image metrics, chosen among angles within `tie_tolerance` of the best IoU by the
+    colour match on the true surface. silhouette_iou / psnr: means over held-out
     views of the field rendered at azimuth + angle against the truth at azimuth.
     """
     scene = toyworld.parse_prompt(scene) if isinstance(scene, str) else scene

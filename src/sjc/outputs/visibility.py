@@ -52,13 +52,12 @@ def training_camera_positions(
 
 
 @numba.njit(cache=True)
-def _path_is_clear(occ: np.ndarray, x: int, y: int, z: int, target: np.ndarray) -> bool:
-    """Whether the segment from the centre of voxel (x, y, z) to `target` (grid units, a voxel spans [i, i + 1])
-    leaves the grid, or reaches the target, without entering an occupied voxel."""
+def _segment_is_clear(occ: np.ndarray, p: np.ndarray, target: np.ndarray) -> bool:
+    """Whether the segment from point `p` to `target` (grid units, a voxel spans [i, i + 1]) leaves the grid, or
+    reaches the target, without entering an occupied voxel other than the one `p` lies in."""
     n = occ.shape[0]
-    p = (x + 0.5, y + 0.5, z + 0.5)
     d = (target[0] - p[0], target[1] - p[1], target[2] - p[2])
-    cell = [x, y, z]
+    cell = [int(math.floor(p[0])), int(math.floor(p[1])), int(math.floor(p[2]))]
     step = [0, 0, 0]
     t_next = [np.inf, np.inf, np.inf]
     t_delta = [np.inf, np.inf, np.inf]
@@ -85,6 +84,25 @@ def _path_is_clear(occ: np.ndarray, x: int, y: int, z: int, target: np.ndarray) 
         if occ[cell[2], cell[1], cell[0]]:
             return False
         t_next[a] += t_delta[a]
+
+
+@numba.njit(cache=True)
+def _path_is_clear(occ: np.ndarray, x: int, y: int, z: int, target: np.ndarray) -> bool:
+    """Whether the segment from the centre of voxel (x, y, z) to `target` is clear (`_segment_is_clear`)."""
+    return _segment_is_clear(occ, np.array([x + 0.5, y + 0.5, z + 0.5]), target)
+
+
+@numba.njit(cache=True)
+def _points_hidden(occ: np.ndarray, points: np.ndarray, cameras: np.ndarray) -> np.ndarray:
+    hidden = np.zeros(points.shape[0], dtype=np.bool_)
+    for i in range(points.shape[0]):
+        seen = False
+        for k in range(cameras.shape[0]):
+            if _segment_is_clear(occ, points[i], cameras[k]):
+                seen = True
+                break
+        hidden[i] = not seen
+    return hidden
 
 
 @numba.njit(cache=True)
@@ -119,3 +137,34 @@ def hidden_space(occ: Tensor, cameras: np.ndarray | None = None) -> Tensor:
 def closed_occupancy(occ: Tensor, cameras: np.ndarray | None = None) -> Tensor:
     """The occupied voxels together with the empty ones no training camera can see (`hidden_space`)."""
     return occ.bool() | hidden_space(occ, cameras)
+
+
+def hidden_centres(occluder: Tensor, resolution: int, cameras: np.ndarray | None = None) -> Tensor:
+    """Which voxel centres of a [n, n, n] grid (n = `resolution`, over [-1, 1]^3) no camera position can see past
+    `occluder`, a boolean grid [m, m, m] (z, y, x) of any resolution over the same box, typically finer: every
+    segment from the centre to each camera crosses an occupied voxel of the occluder (the one holding the centre
+    does not count). With the true shape voxelised finely as the occluder this is what the shape itself hides."""
+    m, n = occluder.shape[-1], resolution
+    cams = training_camera_positions() if cameras is None else np.asarray(cameras, dtype=np.float64)
+    grid_cams = np.ascontiguousarray((cams + 1.0) / 2.0 * m)
+    c = (np.arange(n) + 0.5) * (m / n)  # the coarse centres in the occluder's grid units
+    zz, yy, xx = np.meshgrid(c, c, c, indexing="ij")
+    points = np.ascontiguousarray(np.stack([xx, yy, zz], axis=-1).reshape(-1, 3))
+    grid = np.ascontiguousarray(occluder.cpu().numpy().astype(np.bool_))
+    return torch.from_numpy(_points_hidden(grid, points, grid_cams)).view(n, n, n).to(occluder.device)
+
+
+def constrained_iou(occ: Tensor, truth: Tensor, truth_hidden: Tensor, cameras: np.ndarray | None = None) -> float:
+    """The IoU of an occupancy grid (its enclosed cavities filled) with the truth over what the training cameras
+    constrain (docs/CONVENTIONS.md): the 3D IoU with two things no camera can see left out.
+
+    `truth_hidden`: the truth's empty voxels that the true shape hides from every camera (`hidden_centres` of a
+    fine voxelisation of the shape). They are not counted: a field may hold anything there and render the same.
+    A voxel of the truth that the field leaves empty but hides from every camera behind its own occupied voxels
+    (an inside open underneath, which renders as the solid) counts as matched."""
+    occ, truth = occ.bool(), truth.bool()
+    hidden = truth_hidden.bool() & ~truth
+    matched = ((occ | hidden_space(occ, cameras)) & truth).sum().item()
+    extra = (occ & ~truth & ~hidden).sum().item()
+    union = truth.sum().item() + extra
+    return 1.0 if union == 0 else matched / union

@@ -84,7 +84,8 @@ def cmd_generate(argv: list[str]) -> int:
         if "object" in m:
             print(f"the picture shows: {m['object']} (quality below against it)")
         print(
-            f"quality: 3D IoU {m['iou_3d']:.3f} (closed {m['iou_3d_closed']:.3f}), "
+            f"quality: 3D IoU {m['iou_3d']:.3f} (closed {m['iou_3d_closed']:.3f}, "
+            f"constrained {m['iou_3d_constrained']:.3f}), "
             f"silhouette IoU {m['silhouette_iou']:.3f}, "
             f"PSNR {m['psnr']:.2f} dB, shape {'matched' if m['shape_accuracy'] else 'NOT matched'}"
         )
