@@ -3,8 +3,8 @@
 The mesh is drawn by a small z-buffer rasteriser (flat shading by the angle to a light from the camera's upper
 left), so the staircase of marching cubes shows as it would in Blender.
 
-    python benchmarks/pictures.py runs/torus-before runs/torus-after --labels before after \
-        --meshes 1:0 2:30 --out docs/images/torus-before-after.png
+    python benchmarks/pictures.py runs/torus-before runs/torus-then runs/torus-now --labels before then now \
+        --meshes 1:0 2:30 2:30 --out docs/images/torus-before-after.png
 """
 
 from __future__ import annotations

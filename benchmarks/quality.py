@@ -83,6 +83,7 @@ LEVERS = {
     "toy data 20000": {"toy": {"n_images": 20000}},
     "previous default (32^3, 2000 steps)": {
         "field": {"coarse_scale": None, "upsample_at": ()},
+        "camera": {"fov_min": 40.0},
         "train": {"steps": 2000},
     },
 }
@@ -120,6 +121,15 @@ LEVERS.update(
         "density ball 5": {"field": {"init_blob": 5.0}},
         "density ball 10": {"field": {"init_blob": 10.0}},
         "sigma 0.3-1.5": {"scoring": {"sigma_min": 0.3}},
+        "fov 55-70": {"camera": {"fov_min": 55.0}},
+        "guidance 3": {"scoring": {"guidance_scale": 3.0}},
+        "sigma down to 0.05": {"scoring": {"sigma_min": 0.05}},
+        "fov 60-70": {"camera": {"fov_min": 60.0}},
+        "fov 50-70": {"camera": {"fov_min": 50.0}},
+        "the default before (fov 40-70, 2500 steps)": {"camera": {"fov_min": 40.0}, "train": {"steps": 2500}},
+        "fov 55-70, 2000 steps (16^3 for 1600)": {"camera": {"fov_min": 55.0}, "train": {"steps": 2000}},
+        "fov 50-70, 2000 steps (16^3 for 1600)": {"camera": {"fov_min": 50.0}, "train": {"steps": 2000}},
+        "fov 55-70, emptiness 1000": {"camera": {"fov_min": 55.0}, "losses": {"emptiness_weight": 1000.0}},
         "Adamax beta2 0.99": {"optim": {"betas": (0.9, 0.99)}},
         "Adamax beta2 0.95": {"optim": {"betas": (0.9, 0.95)}},
         "Adamax beta2 0.99, 2000 steps, c2f at 0.8": {
@@ -275,10 +285,10 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def gap_table(rows: list[dict], prior: str, variant: str = "default") -> str:
-    """Ceiling (oracle), SJC and their gap per prompt on both figures, with mean and worst rows."""
-    oracle = {r["prompt"]: r for r in rows if r["prior"] == "oracle" and r["variant"] == variant}
-    sjc = {r["prompt"]: r for r in rows if r["prior"] == prior and r["variant"] == variant}
+def gap_table(rows: list[dict], prior: str, variant: str = "default", seed: int = 0) -> str:
+    """Ceiling (oracle), SJC and their gap per prompt on each figure at one seed, with mean and worst rows."""
+    oracle = {r["prompt"]: r for r in rows if r["prior"] == "oracle" and r["variant"] == variant and r["seed"] == seed}
+    sjc = {r["prompt"]: r for r in rows if r["prior"] == prior and r["variant"] == variant and r["seed"] == seed}
     prompts = sorted((p for p in oracle if p in sjc), key=lambda p: (SUITE.index(p) if p in SUITE else len(SUITE), p))
     if not prompts:
         return ""

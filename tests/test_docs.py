@@ -138,7 +138,7 @@ def test_the_readmes_suite_table_is_the_quality_benchmarks_rows():
 
     ceiling, before, now = (
         pick("oracle", "default"),
-        pick("toy", "previous default (32^3, 2000 steps)"),
+        pick("toy", "the default before (fov 40-70, 2500 steps)"),
         pick("toy", "default"),
     )
     readme = doc("README.md")
