@@ -279,7 +279,18 @@ def test_a_non_finite_gradient_is_named_at_its_step():
 
 def test_an_overflowing_update_is_caught_in_the_parameters_and_never_saved(tmp_path):
     cfg, prior, gens, field = _oracle_setup(checkpoint_every=1)
-    overflowing = torch.optim.SGD(field.parameters(), lr=1e38)  # finite losses and gradients, infinite values
+
+    class Overflowing(torch.optim.Optimizer):  # finite losses and gradients; values x 1e30 a step: inf at step 2
+        def __init__(self, params):
+            super().__init__(params, {})
+
+        @torch.no_grad()
+        def step(self, closure=None):
+            for group in self.param_groups:
+                for p in group["params"]:
+                    p.mul_(1e30)
+
+    overflowing = Overflowing(field.parameters())
     with pytest.raises(NonFiniteError, match="the parameter grid became -?inf at step 2"):
         run_fit(field, prior, cfg, tmp_path, optimizer=overflowing, gens=gens, progress=False)
     assert [s for s, _ in list_checkpoints(tmp_path)] == [1]  # step 1 was still finite
