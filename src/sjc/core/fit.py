@@ -94,11 +94,8 @@ def add_density_blob(field: VoxelField, height: float, radius: float) -> None:
     centre (before the density's scale and shift)."""
     if radius <= 0:
         raise ValueError(f"the initial density ball's radius must be positive, got {radius}")
-    n, half = field.resolution, field.half_size
-    centres = (torch.arange(n, dtype=torch.float64) + 0.5) * (2 * half / n) - half
-    z, y, x = torch.meshgrid(centres, centres, centres, indexing="ij")
-    r = (x.square() + y.square() + z.square()).sqrt()
-    field.grid[0, 0] += (height * (1 - r / radius).clamp_min(0)).to(field.grid.dtype)
+    r = field.voxel_centres().norm(dim=-1)
+    field.grid[0, 0] += height * (1 - r / radius).clamp_min(0)
 
 
 def make_optimizer(field: VoxelField, optim: OptimConfig = OptimConfig()) -> torch.optim.Optimizer:

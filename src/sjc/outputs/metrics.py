@@ -93,11 +93,8 @@ def true_hidden(shape: str, resolution: int, angle: float = 0.0) -> Tensor:
     position (`visibility.hidden_centres` with the shape voxelised `HIDDEN_SUPERSAMPLE` times finer as the
     occluder, so a face that lies a hair off a layer of voxel centres still hides what is behind it). Cached: the
     same for every field of that shape and size."""
-    m = resolution * HIDDEN_SUPERSAMPLE
-    fine = toyworld.occupancy(shape, _rotated_points(m, angle).view(-1, 3)).view(m, m, m)
-    n = resolution
-    truth = toyworld.occupancy(shape, _rotated_points(n, angle).view(-1, 3)).view(n, n, n)
-    return hidden_centres(fine, n) & ~truth
+    fine = true_rotations(shape, resolution * HIDDEN_SUPERSAMPLE, (angle,))[0]
+    return hidden_centres(fine, resolution) & ~true_rotations(shape, resolution, (angle,))[0]
 
 
 def _truth_angle(shape: str, angle: float) -> float:
@@ -174,10 +171,11 @@ def _occupancy_metrics(field: VoxelField, scene: toyworld.Scene, threshold: floa
     shapes = {s: max(_ious(occ, r)) for s, r in rotations.items()}
     truth = rotated[ANGLES.index(angle)]
     hidden = true_hidden(scene.shape, n, _truth_angle(scene.shape, angle))
+    closed = closed_occupancy(alpha > threshold)  # the same voxels as the filled occupancy's closure
     return {
         "iou_3d": best,
-        "iou_3d_closed": iou(closed_occupancy(alpha > threshold), closed_occupancy(truth)),
-        "iou_3d_constrained": constrained_iou(occ, truth, hidden),
+        "iou_3d_closed": iou(closed, closed_occupancy(truth)),
+        "iou_3d_constrained": constrained_iou(occ, truth, hidden, closed=closed),
         "angle": float(angle),
         "iou_3d_at_angle": scores[ANGLES.index(angle)],
         "iou_sweep": sweep,

@@ -87,12 +87,6 @@ def _segment_is_clear(occ: np.ndarray, p: np.ndarray, target: np.ndarray) -> boo
 
 
 @numba.njit(cache=True)
-def _path_is_clear(occ: np.ndarray, x: int, y: int, z: int, target: np.ndarray) -> bool:
-    """Whether the segment from the centre of voxel (x, y, z) to `target` is clear (`_segment_is_clear`)."""
-    return _segment_is_clear(occ, np.array([x + 0.5, y + 0.5, z + 0.5]), target)
-
-
-@numba.njit(cache=True)
 def _points_hidden(occ: np.ndarray, points: np.ndarray, cameras: np.ndarray) -> np.ndarray:
     hidden = np.zeros(points.shape[0], dtype=np.bool_)
     for i in range(points.shape[0]):
@@ -105,33 +99,22 @@ def _points_hidden(occ: np.ndarray, points: np.ndarray, cameras: np.ndarray) -> 
     return hidden
 
 
-@numba.njit(cache=True)
-def _hidden(occ: np.ndarray, cameras: np.ndarray) -> np.ndarray:
-    n = occ.shape[0]
-    hidden = np.zeros_like(occ)
-    for z in range(n):
-        for y in range(n):
-            for x in range(n):
-                if occ[z, y, x]:
-                    continue
-                seen = False
-                for k in range(cameras.shape[0]):
-                    if _path_is_clear(occ, x, y, z, cameras[k]):
-                        seen = True
-                        break
-                hidden[z, y, x] = not seen
-    return hidden
-
-
 def hidden_space(occ: Tensor, cameras: np.ndarray | None = None) -> Tensor:
     """Empty voxels of a boolean grid [n, n, n] (z, y, x) that no camera position [K, 3] (world units; default
     `training_camera_positions()`) can see: every path from the voxel's centre to each camera crosses an
     occupied voxel."""
-    n = occ.shape[-1]
-    cams = training_camera_positions() if cameras is None else np.asarray(cameras, dtype=np.float64)
-    grid_cams = np.ascontiguousarray((cams + 1.0) / 2.0 * n)  # world [-1, 1] -> grid units [0, n]
     grid = np.ascontiguousarray(occ.cpu().numpy().astype(np.bool_))
-    return torch.from_numpy(_hidden(grid, grid_cams)).to(occ.device)
+    empty = np.argwhere(~grid)  # [K, 3] (z, y, x), in the order a boolean mask reads them
+    points = np.ascontiguousarray(empty[:, ::-1] + 0.5)  # their centres, (x, y, z) grid units
+    hidden = np.zeros_like(grid)
+    hidden[~grid] = _points_hidden(grid, points, _grid_cameras(cameras, grid.shape[0]))
+    return torch.from_numpy(hidden).to(occ.device)
+
+
+def _grid_cameras(cameras: np.ndarray | None, m: int) -> np.ndarray:
+    """Camera positions (world units; default `training_camera_positions()`) in the grid units of an m^3 grid."""
+    cams = training_camera_positions() if cameras is None else np.asarray(cameras, dtype=np.float64)
+    return np.ascontiguousarray((cams + 1.0) / 2.0 * m)  # world [-1, 1] -> grid units [0, m]
 
 
 def closed_occupancy(occ: Tensor, cameras: np.ndarray | None = None) -> Tensor:
@@ -145,26 +128,33 @@ def hidden_centres(occluder: Tensor, resolution: int, cameras: np.ndarray | None
     segment from the centre to each camera crosses an occupied voxel of the occluder (the one holding the centre
     does not count). With the true shape voxelised finely as the occluder this is what the shape itself hides."""
     m, n = occluder.shape[-1], resolution
-    cams = training_camera_positions() if cameras is None else np.asarray(cameras, dtype=np.float64)
-    grid_cams = np.ascontiguousarray((cams + 1.0) / 2.0 * m)
     c = (np.arange(n) + 0.5) * (m / n)  # the coarse centres in the occluder's grid units
     zz, yy, xx = np.meshgrid(c, c, c, indexing="ij")
     points = np.ascontiguousarray(np.stack([xx, yy, zz], axis=-1).reshape(-1, 3))
     grid = np.ascontiguousarray(occluder.cpu().numpy().astype(np.bool_))
-    return torch.from_numpy(_points_hidden(grid, points, grid_cams)).view(n, n, n).to(occluder.device)
+    hidden = _points_hidden(grid, points, _grid_cameras(cameras, m))
+    return torch.from_numpy(hidden).view(n, n, n).to(occluder.device)
 
 
-def constrained_iou(occ: Tensor, truth: Tensor, truth_hidden: Tensor, cameras: np.ndarray | None = None) -> float:
+def constrained_iou(
+    occ: Tensor,
+    truth: Tensor,
+    truth_hidden: Tensor,
+    cameras: np.ndarray | None = None,
+    closed: Tensor | None = None,
+) -> float:
     """The IoU of an occupancy grid (its enclosed cavities filled) with the truth over what the training cameras
     constrain (docs/CONVENTIONS.md): the 3D IoU with two things no camera can see left out.
 
     `truth_hidden`: the truth's empty voxels that the true shape hides from every camera (`hidden_centres` of a
     fine voxelisation of the shape). They are not counted: a field may hold anything there and render the same.
     A voxel of the truth that the field leaves empty but hides from every camera behind its own occupied voxels
-    (an inside open underneath, which renders as the solid) counts as matched."""
+    (an inside open underneath, which renders as the solid) counts as matched. `closed`: `closed_occupancy` of the
+    grid (or of it before its cavities were filled: the same voxels) if the caller has it already."""
     occ, truth = occ.bool(), truth.bool()
     hidden = truth_hidden.bool() & ~truth
-    matched = ((occ | hidden_space(occ, cameras)) & truth).sum().item()
+    closed = closed_occupancy(occ, cameras) if closed is None else closed.bool()
+    matched = (closed & truth).sum().item()
     extra = (occ & ~truth & ~hidden).sum().item()
     union = truth.sum().item() + extra
     return 1.0 if union == 0 else matched / union
